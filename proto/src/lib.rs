@@ -1,0 +1,23 @@
+//! The dllm wire contract.
+//!
+//! - [`pb`]: the public API of `node.proto` (package `distributed_llm`): NodeService,
+//!   DiscoveryService, TUIService and the additive AdminService.
+//! - [`raft`]: internal replica-to-replica traffic of `raft.proto`
+//!   (package `distributed_llm.raft`), bincode payloads framed by gRPC.
+//! - [`FILE_DESCRIPTOR_SET`]: both files' descriptors, for gRPC server reflection.
+//!
+//! This crate stays thin: conversion into validated domain types happens in the crates
+//! that own those types.
+
+/// Generated code for `node.proto`.
+pub mod pb {
+    tonic::include_proto!("distributed_llm");
+}
+
+/// Generated code for `raft.proto`.
+pub mod raft {
+    tonic::include_proto!("distributed_llm.raft");
+}
+
+/// Encoded `FileDescriptorSet` of every proto file, served by gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("dllm_descriptor");

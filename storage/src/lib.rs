@@ -1,0 +1,98 @@
+//! How dllm's bytes survive.
+//!
+//! One sled database per control-plane replica holds everything openraft must not lose:
+//!
+//! - [`SledLogStore`] implements [`openraft::storage::RaftLogStorage`]: the log (tree `log`,
+//!   keyed by big-endian index), the vote, the committed log id and the last purged log id
+//!   (tree `meta`). Every append, truncation, purge and vote is flushed to disk before openraft
+//!   is told it happened, so nothing acknowledged is lost to a crash.
+//! - [`SledStateMachine`] implements [`openraft::storage::RaftStateMachine`] for any
+//!   [`AppData`]: the application's state lives in memory, and snapshots of it are persisted in
+//!   tree `snapshot`. A restart loads the latest snapshot and openraft re-applies the log tail
+//!   up to the saved committed index.
+//!
+//! The meaning of the state (what a command does) belongs to the caller, through [`AppData`];
+//! this crate only knows how to keep it.
+//!
+//! [`open`] opens or creates the database and checks that everything in it decodes, so a
+//! corrupted data directory fails loudly at start instead of being silently reset.
+
+mod error;
+mod log_store;
+mod state_machine;
+
+use std::{io::Cursor, path::Path};
+
+pub use error::OpenError;
+pub use log_store::SledLogStore;
+use openraft::{BasicNode, Entry, RaftTypeConfig};
+pub use state_machine::{AppData, SledStateMachine, StateHandle};
+
+/// The openraft type configurations this store can keep: u64 node ids, [`BasicNode`] nodes,
+/// plain [`Entry`] log entries and in-memory snapshot buffers.
+pub trait SledTypeConfig:
+    RaftTypeConfig<NodeId = u64, Node = BasicNode, Entry = Entry<Self>, SnapshotData = Cursor<Vec<u8>>>
+{
+}
+
+impl<T> SledTypeConfig for T where
+    T: RaftTypeConfig<
+        NodeId = u64,
+        Node = BasicNode,
+        Entry = Entry<T>,
+        SnapshotData = Cursor<Vec<u8>>,
+    >
+{
+}
+
+/// Tunables of the sled database.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Upper bound of sled's page cache, in bytes. sled's default (1 GiB) is far more than a
+    /// control plane needs; a small cache keeps each replica's memory use modest.
+    pub cache_capacity_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            cache_capacity_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// Opens (or creates) the store in `dir` and returns its two halves.
+///
+/// Everything already in the store is decoded once here (vote, committed id, last log entry,
+/// latest snapshot), so a damaged store is reported now, with what was damaged.
+///
+/// # Errors
+/// [`OpenError`] when the directory cannot be opened by sled or what is in it does not decode.
+pub fn open<C, S>(
+    dir: &Path,
+    options: &StoreOptions,
+) -> Result<(SledLogStore<C>, SledStateMachine<C, S>), OpenError>
+where
+    C: SledTypeConfig,
+    S: AppData<C>,
+{
+    let config = sled::Config::new()
+        .path(dir)
+        .cache_capacity(options.cache_capacity_bytes);
+    // sled may panic instead of returning an error on some kinds of damage; either way the
+    // caller gets an error that names the directory.
+    let db = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()))
+        .map_err(|_| OpenError::Panicked {
+            path: dir.to_path_buf(),
+        })?
+        .map_err(|source| OpenError::Sled {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    let log = SledLogStore::open(db.clone())?;
+    let sm = SledStateMachine::open(db)?;
+    Ok((log, sm))
+}
+
+#[cfg(test)]
+mod test_support;

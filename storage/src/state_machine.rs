@@ -1,0 +1,261 @@
+//! The state machine half: the application's state in memory, its snapshots in sled.
+
+use std::{
+    io::Cursor,
+    sync::{Arc, RwLock, RwLockReadGuard},
+};
+
+use openraft::{
+    storage::{RaftStateMachine, Snapshot},
+    EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError,
+    StoredMembership,
+};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::{OpenError, SledTypeConfig};
+
+const KEY_CURRENT: &[u8] = b"current";
+
+/// The application's replicated state: a plain data structure that applies commands
+/// deterministically. Everything that varies between replicas (clocks, randomness) must be
+/// decided before a command is proposed and carried inside it.
+pub trait AppData<C: SledTypeConfig>:
+    Default + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+    /// Applies one committed command and returns what the proposer is answered.
+    fn apply(&mut self, log_id: &LogId<u64>, command: C::D) -> C::R;
+}
+
+/// What is applied so far, behind a lock shared with readers.
+#[derive(Default)]
+struct Applied<S> {
+    last_applied: Option<LogId<u64>>,
+    last_membership: StoredMembership<u64, openraft::BasicNode>,
+    data: S,
+}
+
+/// A persisted snapshot: its metadata and the encoded [`AppData`].
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<u64, openraft::BasicNode>,
+    data: Vec<u8>,
+}
+
+/// Read access to the applied application state, for serving queries.
+pub struct StateHandle<S> {
+    applied: Arc<RwLock<Applied<S>>>,
+}
+
+impl<S> Clone for StateHandle<S> {
+    fn clone(&self) -> Self {
+        Self {
+            applied: self.applied.clone(),
+        }
+    }
+}
+
+impl<S> StateHandle<S> {
+    /// Runs `f` on the current state. Keep `f` short: apply waits while it runs.
+    pub fn read<T>(&self, f: impl FnOnce(&S) -> T) -> T {
+        f(&self.lock().data)
+    }
+
+    /// Index of the last applied log entry, if any.
+    pub fn last_applied_index(&self) -> Option<u64> {
+        self.lock().last_applied.map(|id| id.index)
+    }
+
+    fn lock(&self) -> RwLockReadGuard<'_, Applied<S>> {
+        // A panic while holding the lock leaves the state as it was before the panicking
+        // apply started writing, because apply only writes after decoding succeeds.
+        self.applied.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The state machine half of the store. Cheap to clone; clones share state and trees.
+pub struct SledStateMachine<C, S> {
+    applied: Arc<RwLock<Applied<S>>>,
+    db: sled::Db,
+    snapshots: sled::Tree,
+    _c: std::marker::PhantomData<fn() -> C>,
+}
+
+impl<C, S> Clone for SledStateMachine<C, S> {
+    fn clone(&self) -> Self {
+        Self {
+            applied: self.applied.clone(),
+            db: self.db.clone(),
+            snapshots: self.snapshots.clone(),
+            _c: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<C: SledTypeConfig, S: AppData<C>> SledStateMachine<C, S> {
+    pub(crate) fn open(db: sled::Db) -> Result<Self, OpenError> {
+        let what = "snapshot";
+        let snapshots = db
+            .open_tree("snapshot")
+            .map_err(|source| OpenError::Read { what, source })?;
+        let mut applied = Applied::<S>::default();
+        if let Some(bytes) = snapshots
+            .get(KEY_CURRENT)
+            .map_err(|source| OpenError::Read { what, source })?
+        {
+            let stored: StoredSnapshot = bincode::deserialize(&bytes)
+                .map_err(|source| OpenError::Corrupt { what, source })?;
+            applied.data = bincode::deserialize(&stored.data)
+                .map_err(|source| OpenError::Corrupt { what, source })?;
+            applied.last_applied = stored.meta.last_log_id;
+            applied.last_membership = stored.meta.last_membership;
+        }
+        Ok(Self {
+            applied: Arc::new(RwLock::new(applied)),
+            db,
+            snapshots,
+            _c: std::marker::PhantomData,
+        })
+    }
+
+    /// A read handle on the applied state.
+    pub fn state(&self) -> StateHandle<S> {
+        StateHandle {
+            applied: self.applied.clone(),
+        }
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Applied<S>> {
+        self.applied.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn persist_snapshot(&self, stored: &StoredSnapshot) -> Result<(), StorageError<u64>> {
+        let signature = Some(stored.meta.signature());
+        let bytes = bincode::serialize(stored)
+            .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
+        self.snapshots
+            .insert(KEY_CURRENT, bytes)
+            .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
+        Ok(())
+    }
+
+    fn load_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError<u64>> {
+        let bytes = self
+            .snapshots
+            .get(KEY_CURRENT)
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        bytes
+            .map(|b| bincode::deserialize(&b))
+            .transpose()
+            .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+    }
+}
+
+impl<C: SledTypeConfig, S: AppData<C>> RaftSnapshotBuilder<C> for SledStateMachine<C, S> {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<C>, StorageError<u64>> {
+        let (meta, data) = {
+            let applied = self.applied.read().unwrap_or_else(|e| e.into_inner());
+            let data = bincode::serialize(&applied.data)
+                .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+            let snapshot_id = match applied.last_applied {
+                Some(id) => format!("{}-{}-{}", id.leader_id, id.index, data.len()),
+                None => format!("empty-{}", data.len()),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: applied.last_applied,
+                last_membership: applied.last_membership.clone(),
+                snapshot_id,
+            };
+            (meta, data)
+        };
+        let stored = StoredSnapshot { meta, data };
+        self.persist_snapshot(&stored).await?;
+        Ok(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        })
+    }
+}
+
+impl<C: SledTypeConfig, S: AppData<C>> RaftStateMachine<C> for SledStateMachine<C, S>
+where
+    C::R: Default,
+{
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<
+        (
+            Option<LogId<u64>>,
+            StoredMembership<u64, openraft::BasicNode>,
+        ),
+        StorageError<u64>,
+    > {
+        let applied = self.applied.read().unwrap_or_else(|e| e.into_inner());
+        Ok((applied.last_applied, applied.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<C::R>, StorageError<u64>>
+    where
+        I: IntoIterator<Item = C::Entry> + openraft::OptionalSend,
+        I::IntoIter: openraft::OptionalSend,
+    {
+        let mut applied = self.write();
+        let mut responses = Vec::new();
+        for entry in entries {
+            applied.last_applied = Some(entry.log_id);
+            let response = match entry.payload {
+                EntryPayload::Blank => C::R::default(),
+                EntryPayload::Normal(command) => applied.data.apply(&entry.log_id, command),
+                EntryPayload::Membership(membership) => {
+                    applied.last_membership = StoredMembership::new(Some(entry.log_id), membership);
+                    C::R::default()
+                }
+            };
+            responses.push(response);
+        }
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<u64>> {
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: snapshot.into_inner(),
+        };
+        let data: S = bincode::deserialize(&stored.data)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        // Persist first: once the state below is replaced, openraft may purge the log behind
+        // the snapshot, and a restart must find the snapshot that covers it.
+        self.persist_snapshot(&stored).await?;
+        let mut applied = self.write();
+        applied.data = data;
+        applied.last_applied = meta.last_log_id;
+        applied.last_membership = meta.last_membership.clone();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<C>>, StorageError<u64>> {
+        Ok(self.load_snapshot()?.map(|stored| Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        }))
+    }
+}
