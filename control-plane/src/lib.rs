@@ -1,1 +1,27 @@
+//! The dllm control plane: what the replicated bytes mean and how clients reach them.
+//!
+//! - [`state`]: the cluster state machine (nodes, models) and its commands; plain data,
+//!   unit-tested without Raft or gRPC.
+//! - [`raft_types`]: the openraft type configuration; storage comes from `dllm-storage`.
+//! - [`replica`]: one Raft replica and the paths that take writes and linearizable reads to
+//!   the leader ([`forward`] holds what crosses between replicas for that).
+//! - [`network`]: Raft traffic to peers over gRPC on reused channels.
+//! - [`api`]: the gRPC services; [`convert`] turns wire types into validated domain types and
+//!   back; [`error`] maps every failure onto one gRPC status.
+//! - [`config`]: flags, environment and TOML, validated before start.
+//! - [`server`]: transport setup and [`server::run`], which `main` and tests call alike.
 
+// openraft's error types (ConfigError, RaftError, StorageError) are large by design and are
+// what its API returns; boxing them at every call would only move the allocation.
+#![allow(clippy::result_large_err)]
+
+pub mod api;
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod forward;
+pub mod network;
+pub mod raft_types;
+pub mod replica;
+pub mod server;
+pub mod state;

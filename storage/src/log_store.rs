@@ -1,6 +1,11 @@
 //! The Raft log, vote and committed id in sled.
 
-use std::{fmt::Debug, marker::PhantomData, ops::RangeBounds};
+use std::{
+    fmt::Debug,
+    marker::PhantomData,
+    ops::RangeBounds,
+    sync::{Arc, Mutex},
+};
 
 use openraft::{
     storage::{LogFlushed, LogState, RaftLogStorage},
@@ -20,6 +25,8 @@ pub struct SledLogStore<C> {
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
+    /// The last committed log id openraft saved, for status reporting.
+    committed: Arc<Mutex<Option<LogId<u64>>>>,
     _c: PhantomData<fn() -> C>,
 }
 
@@ -29,6 +36,7 @@ impl<C> Clone for SledLogStore<C> {
             db: self.db.clone(),
             log: self.log.clone(),
             meta: self.meta.clone(),
+            committed: self.committed.clone(),
             _c: PhantomData,
         }
     }
@@ -56,9 +64,17 @@ impl<C: SledTypeConfig> SledLogStore<C> {
             log: tree("log")?,
             meta: tree("meta")?,
             db,
+            committed: Arc::default(),
             _c: PhantomData,
         };
         store.check()?;
+        // check() has just decoded it, so reading it again cannot fail on content.
+        let committed = store
+            .read_meta::<Option<LogId<u64>>>(KEY_COMMITTED)
+            .ok()
+            .flatten()
+            .flatten();
+        *store.committed.lock().unwrap_or_else(|e| e.into_inner()) = committed;
         Ok(store)
     }
 
@@ -100,7 +116,19 @@ impl<C: SledTypeConfig> SledLogStore<C> {
             .map_err(|e| StorageIOError::read(&e))
     }
 
-    async fn flush(&self) -> Result<(), std::io::Error> {
+    /// The highest log index known committed on this replica.
+    pub fn committed_index(&self) -> Option<u64> {
+        self.committed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|id| id.index)
+    }
+
+    /// Flushes everything written so far to disk.
+    ///
+    /// # Errors
+    /// When sled cannot flush.
+    pub async fn flush(&self) -> Result<(), std::io::Error> {
         self.db
             .flush_async()
             .await
@@ -213,6 +241,7 @@ impl<C: SledTypeConfig> RaftLogStorage<C> for SledLogStore<C> {
         self.meta
             .insert(KEY_COMMITTED, bytes)
             .map_err(|e| StorageIOError::write(&e))?;
+        *self.committed.lock().unwrap_or_else(|e| e.into_inner()) = committed;
         Ok(())
     }
 

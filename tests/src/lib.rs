@@ -1,1 +1,367 @@
+//! Harness for cross-process tests: start the real `dllm-control-plane` binary as child
+//! processes on free loopback ports with fresh data directories, kill, pause, restart and
+//! stop them, and talk to them with the generated gRPC clients.
+//!
+//! Binaries are looked up next to the test executable's target directory (what
+//! `cargo test --workspace` builds), or in `DLLM_BIN_DIR` when set.
 
+use std::{
+    collections::BTreeMap,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::Duration,
+};
+
+use dllm_proto::pb::{
+    self, admin_service_client::AdminServiceClient,
+    discovery_service_client::DiscoveryServiceClient, node_service_client::NodeServiceClient,
+    tui_service_client::TuiServiceClient,
+};
+use nix::{sys::signal::Signal, unistd::Pid};
+use tonic::{codec::CompressionEncoding, transport::Channel};
+
+/// Path of a workspace binary such as `dllm-control-plane`.
+///
+/// # Panics
+/// When the binary has not been built.
+pub fn binary(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("DLLM_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().expect("test executable path");
+            // target/<profile>/deps/<test> -> target/<profile>
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("target directory")
+                .to_path_buf()
+        }
+    };
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test --workspace` (which builds it) or `cargo build --bins`",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on 127.0.0.1 (bound once, then released for the child to take).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One control-plane replica process.
+pub struct Replica {
+    /// Raft id.
+    pub id: u64,
+    /// host:port it serves on.
+    pub addr: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Its log file.
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Replica {
+    /// Whether the process is running (started and not yet reaped).
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => child.try_wait().ok().flatten().is_none(),
+            None => false,
+        }
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: Signal) {
+        nix::sys::signal::kill(self.pid(), signal).expect("signal the replica");
+    }
+
+    /// SIGKILLs the process and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERMs the process and waits for it to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal(Signal::SIGTERM);
+        let mut child = self.child.take().expect("running");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "replica {} did not exit within 20 s of SIGTERM",
+                self.id
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The last lines of its log, for assertion messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A control-plane cluster of child processes.
+pub struct Cluster {
+    /// The replicas by id.
+    pub replicas: BTreeMap<u64, Replica>,
+    initial_cluster: String,
+    dir: tempfile::TempDir,
+    extra_args: Vec<String>,
+}
+
+impl Cluster {
+    /// Starts `n` founding replicas (ids 1..=n) with `extra_args` passed to each.
+    pub fn start(n: u64, extra_args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let members: BTreeMap<u64, String> = (1..=n)
+            .map(|id| (id, format!("127.0.0.1:{}", free_port())))
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|(id, addr)| format!("{id}={addr}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Self {
+            replicas: BTreeMap::new(),
+            initial_cluster,
+            dir,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        for (id, addr) in members {
+            cluster.add_process(id, addr, true);
+        }
+        cluster
+    }
+
+    fn add_process(&mut self, id: u64, addr: String, founding: bool) {
+        let data_dir = self.dir.path().join(format!("cp{id}"));
+        let log = self.dir.path().join(format!("cp{id}.log"));
+        let mut replica = Replica {
+            id,
+            addr,
+            data_dir,
+            log,
+            child: None,
+        };
+        self.spawn(&mut replica, founding);
+        self.replicas.insert(id, replica);
+    }
+
+    fn spawn(&self, replica: &mut Replica, founding: bool) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&replica.log)
+            .expect("log file");
+        let mut cmd = Command::new(binary("dllm-control-plane"));
+        cmd.arg("--id")
+            .arg(replica.id.to_string())
+            .arg("--listen")
+            .arg(&replica.addr)
+            .arg("--data-dir")
+            .arg(&replica.data_dir)
+            .args(&self.extra_args)
+            .env("RUST_LOG", "info,openraft=info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log);
+        if founding {
+            cmd.arg("--initial-cluster").arg(&self.initial_cluster);
+        }
+        replica.child = Some(cmd.spawn().expect("start dllm-control-plane"));
+    }
+
+    /// Starts a new replica `id` that is not a founding member; it waits to be added.
+    pub fn start_joiner(&mut self, id: u64) -> String {
+        let addr = format!("127.0.0.1:{}", free_port());
+        self.add_process(id, addr.clone(), false);
+        addr
+    }
+
+    /// Restarts a stopped replica on its old address and data directory.
+    pub fn restart(&mut self, id: u64) {
+        let mut replica = self.replicas.remove(&id).expect("known replica");
+        assert!(!replica.is_running(), "replica {id} is still running");
+        let founding = self
+            .initial_cluster
+            .contains(&format!("{id}={}", replica.addr));
+        self.spawn(&mut replica, founding);
+        self.replicas.insert(id, replica);
+    }
+
+    /// The replica with `id`.
+    pub fn replica(&mut self, id: u64) -> &mut Replica {
+        self.replicas.get_mut(&id).expect("known replica")
+    }
+
+    /// Address of replica `id`.
+    pub fn addr(&self, id: u64) -> String {
+        self.replicas[&id].addr.clone()
+    }
+
+    /// Waits until every running replica in `among` reports the same leader, which is itself
+    /// one of `among`, and returns its id.
+    pub async fn wait_leader(&self, among: &[u64]) -> u64 {
+        let among = among.to_vec();
+        wait_for(
+            "a leader agreed on by the replicas",
+            Duration::from_secs(30),
+            || {
+                let among = among.clone();
+                let addrs: Vec<String> = among.iter().map(|id| self.addr(*id)).collect();
+                async move {
+                    let mut seen = None;
+                    for addr in addrs {
+                        let status = replica_status(&addr).await.ok()?;
+                        if status.leader_id == 0 || seen.is_some_and(|l| l != status.leader_id) {
+                            return None;
+                        }
+                        seen = Some(status.leader_id);
+                    }
+                    seen.filter(|l| among.contains(l))
+                }
+            },
+        )
+        .await
+    }
+
+    /// Log tails of every replica, for assertion messages.
+    pub fn logs(&self) -> String {
+        self.replicas
+            .values()
+            .map(|r| format!("--- replica {} ---\n{}", r.id, r.log_tail()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// A channel to `addr` that fails fast when nothing listens.
+pub async fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("valid uri")
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(15))
+        .connect()
+        .await
+}
+
+/// The clients of every public service on one replica, speaking gzip both ways.
+pub struct Clients {
+    /// NodeService.
+    pub node: NodeServiceClient<Channel>,
+    /// DiscoveryService.
+    pub discovery: DiscoveryServiceClient<Channel>,
+    /// TUIService.
+    pub tui: TuiServiceClient<Channel>,
+    /// AdminService.
+    pub admin: AdminServiceClient<Channel>,
+}
+
+/// Connects [`Clients`] to `addr`.
+pub async fn clients(addr: &str) -> Clients {
+    let ch = channel(addr).await.expect("connect to the replica");
+    let gz = CompressionEncoding::Gzip;
+    Clients {
+        node: NodeServiceClient::new(ch.clone())
+            .send_compressed(gz)
+            .accept_compressed(gz),
+        discovery: DiscoveryServiceClient::new(ch.clone())
+            .send_compressed(gz)
+            .accept_compressed(gz),
+        tui: TuiServiceClient::new(ch.clone())
+            .send_compressed(gz)
+            .accept_compressed(gz),
+        admin: AdminServiceClient::new(ch)
+            .send_compressed(gz)
+            .accept_compressed(gz),
+    }
+}
+
+/// AdminService.GetReplicaStatus on `addr`.
+pub async fn replica_status(addr: &str) -> Result<pb::ReplicaStatusResponse, tonic::Status> {
+    let ch = channel(addr)
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    AdminServiceClient::new(ch)
+        .get_replica_status(pb::ReplicaStatusRequest {})
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// A registration for a simulated worker.
+pub fn join_request(node_id: &str, gpus: usize) -> pb::ClusterJoinRequest {
+    pb::ClusterJoinRequest {
+        node_id: node_id.to_string(),
+        address: "127.0.0.1".to_string(),
+        port: 9000,
+        resources: Some(pb::ResourceInfo {
+            cpu_cores: 16,
+            memory_mb: 65536,
+            gpus: (0..gpus)
+                .map(|i| pb::GpuInfo {
+                    name: "NVIDIA H100 80GB HBM3".to_string(),
+                    memory_mb: 81559,
+                    uuid: format!("GPU-{node_id}-{i}"),
+                })
+                .collect(),
+            max_layers: 40,
+            used_layers: 0,
+        }),
+        seed_nodes: vec![],
+    }
+}
+
+/// Installs a test log subscriber once (RUST_LOG respected).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_test_writer()
+        .try_init();
+}

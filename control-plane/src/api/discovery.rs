@@ -1,0 +1,133 @@
+//! `distributed_llm.DiscoveryService`: joining, leaving and discovering nodes.
+
+use std::{collections::HashSet, sync::Arc};
+
+use dllm_proto::pb::{self, discovery_service_server::DiscoveryService};
+use tonic::{Request, Response, Status};
+
+use super::now_ms;
+use crate::{
+    convert::{self, ResourceFilter},
+    replica::Replica,
+    state::{Command, NodeSpec, Outcome},
+};
+
+/// Serves DiscoveryService on one replica.
+pub struct DiscoveryApi {
+    replica: Arc<Replica>,
+}
+
+impl DiscoveryApi {
+    /// The service over `replica`.
+    pub fn new(replica: Arc<Replica>) -> Self {
+        Self { replica }
+    }
+}
+
+#[tonic::async_trait]
+impl DiscoveryService for DiscoveryApi {
+    async fn discover_nodes(
+        &self,
+        request: Request<pb::DiscoveryRequest>,
+    ) -> Result<Response<pb::DiscoveryResponse>, Status> {
+        let req = request.into_inner();
+        convert::text("requester_id", &req.requester_id, convert::MAX_TEXT_LEN)?;
+        let filter = ResourceFilter::parse("filter", req.filter)?;
+        let known: HashSet<&str> = req.known_nodes.iter().map(String::as_str).collect();
+        let nodes: Vec<pb::NodeInfo> = self
+            .replica
+            .read(|s| {
+                s.members()
+                    .filter(|n| {
+                        n.node_id != req.requester_id && !known.contains(n.node_id.as_str())
+                    })
+                    .filter(|n| filter.matches(n))
+                    .map(convert::node_info)
+                    .collect()
+            })
+            .await?;
+        Ok(Response::new(pb::DiscoveryResponse {
+            message: format!("{} node(s) discovered", nodes.len()),
+            discovered_nodes: nodes,
+            success: true,
+        }))
+    }
+
+    async fn register_with_cluster(
+        &self,
+        request: Request<pb::ClusterJoinRequest>,
+    ) -> Result<Response<pb::ClusterJoinResponse>, Status> {
+        let spec = NodeSpec::try_from(request.into_inner())?;
+        let node_id = spec.node_id.clone();
+        let cluster_id = self.replica.ensure_cluster_id().await?;
+        let outcome = self
+            .replica
+            .write(Command::RegisterNode {
+                spec,
+                now_ms: now_ms(),
+            })
+            .await?;
+        let message = match outcome {
+            Outcome::Registered { created: true } => "registered",
+            _ => "re-registered",
+        };
+        // write() returns once this replica has applied the registration, so its own state
+        // is at least as new as the write.
+        let existing_nodes = self.replica.local_state().read(|s| {
+            s.members()
+                .filter(|n| n.node_id != node_id)
+                .map(convert::node_info)
+                .collect()
+        });
+        Ok(Response::new(pb::ClusterJoinResponse {
+            success: true,
+            message: message.to_string(),
+            existing_nodes,
+            cluster_id,
+        }))
+    }
+
+    async fn leave_cluster(
+        &self,
+        request: Request<pb::ClusterLeaveRequest>,
+    ) -> Result<Response<pb::ClusterLeaveResponse>, Status> {
+        let req = request.into_inner();
+        let node_id = convert::node_id("node_id", &req.node_id)?;
+        convert::text("reason", &req.reason, convert::MAX_TEXT_LEN)?;
+        let outcome = self
+            .replica
+            .write(Command::LeaveNode {
+                node_id: node_id.clone(),
+                now_ms: now_ms(),
+            })
+            .await?;
+        let message = match outcome {
+            Outcome::Left { already: true } => format!("node {node_id} had already left"),
+            _ if req.reason.is_empty() => format!("node {node_id} left"),
+            _ => format!("node {node_id} left ({})", req.reason),
+        };
+        tracing::info!(%node_id, reason = %req.reason, "node left the cluster");
+        Ok(Response::new(pb::ClusterLeaveResponse {
+            success: true,
+            message,
+        }))
+    }
+
+    async fn get_cluster_info(
+        &self,
+        request: Request<pb::ClusterInfoRequest>,
+    ) -> Result<Response<pb::ClusterInfoResponse>, Status> {
+        let req = request.into_inner();
+        convert::text("requester_id", &req.requester_id, convert::MAX_TEXT_LEN)?;
+        let info = self
+            .replica
+            .read(|s| pb::ClusterInfoResponse {
+                cluster_id: s.cluster_id.clone().unwrap_or_default(),
+                nodes: s.nodes.values().map(convert::node_info).collect(),
+                models: s.models.values().map(convert::model_info).collect(),
+                metrics: Some(convert::cluster_metrics(s)),
+            })
+            .await?;
+        Ok(Response::new(info))
+    }
+}

@@ -1,0 +1,78 @@
+//! `distributed_llm.raft.RaftService`: Raft consensus traffic and the leader's side of
+//! forwarded requests.
+
+use std::sync::Arc;
+
+use dllm_proto::raft::{raft_service_server::RaftService, RaftPayload};
+use serde::{de::DeserializeOwned, Serialize};
+use tonic::{Request, Response, Status};
+
+use crate::{forward::MembershipChange, replica::Replica, state::Command};
+
+/// Serves Raft traffic for one replica.
+pub struct RaftApi {
+    replica: Arc<Replica>,
+}
+
+impl RaftApi {
+    /// The service over `replica`.
+    pub fn new(replica: Arc<Replica>) -> Self {
+        Self { replica }
+    }
+}
+
+fn decode<T: DeserializeOwned>(request: Request<RaftPayload>) -> Result<T, Status> {
+    bincode::deserialize(&request.into_inner().data)
+        .map_err(|e| Status::invalid_argument(format!("data: undecodable payload: {e}")))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
+    bincode::serialize(value)
+        .map(|data| Response::new(RaftPayload { data }))
+        .map_err(|e| Status::internal(format!("cannot encode the answer: {e}")))
+}
+
+#[tonic::async_trait]
+impl RaftService for RaftApi {
+    async fn append_entries(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        encode(&self.replica.raft.append_entries(decode(request)?).await)
+    }
+
+    async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        encode(&self.replica.raft.vote(decode(request)?).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        encode(&self.replica.raft.install_snapshot(decode(request)?).await)
+    }
+
+    async fn forward_write(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let command: Command = decode(request)?;
+        encode(&self.replica.leader_write(command).await)
+    }
+
+    async fn read_index(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let () = decode(request)?;
+        encode(&self.replica.leader_read_index().await)
+    }
+
+    async fn forward_membership(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let change: MembershipChange = decode(request)?;
+        encode(&self.replica.leader_membership(change).await)
+    }
+}

@@ -1,0 +1,408 @@
+//! Replica configuration: flags, `DLLM_*` environment variables and an optional TOML file,
+//! merged in that order of precedence and validated before anything starts.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Command-line flags of `dllm-control-plane`. Every flag is optional here so that a value
+/// from the config file can fill in what the command line leaves out; [`Args::resolve`]
+/// applies the defaults and validates.
+#[derive(Parser, Debug, Default)]
+#[command(
+    name = "dllm-control-plane",
+    version,
+    about = "A dllm control-plane replica: cluster state in Raft, served over gRPC."
+)]
+pub struct Args {
+    /// TOML file with any of the settings below (keys as the long flag names, with '_').
+    #[arg(long, env = "DLLM_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This replica's Raft id, >= 1, unique in the cluster.
+    #[arg(long, env = "DLLM_ID")]
+    pub id: Option<u64>,
+    /// Address to serve the API and Raft on (host:port).
+    #[arg(long, env = "DLLM_LISTEN")]
+    pub listen: Option<String>,
+    /// Address other replicas and clients reach this one at (default: --listen).
+    #[arg(long, env = "DLLM_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Directory for the Raft log, vote and snapshots.
+    #[arg(long, env = "DLLM_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The founding replicas, `1=host:port,2=host:port,3=host:port`. Used once, on the first
+    /// start with an empty data dir; a replica not listed waits to be added with AddReplica.
+    #[arg(long, env = "DLLM_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// Raft leader heartbeat interval in milliseconds [default: 100].
+    #[arg(long, env = "DLLM_HEARTBEAT_INTERVAL_MS")]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Lower bound of the randomized election timeout in milliseconds [default: 300].
+    #[arg(long, env = "DLLM_ELECTION_TIMEOUT_MIN_MS")]
+    pub election_timeout_min_ms: Option<u64>,
+    /// Upper bound of the randomized election timeout in milliseconds [default: 600].
+    #[arg(long, env = "DLLM_ELECTION_TIMEOUT_MAX_MS")]
+    pub election_timeout_max_ms: Option<u64>,
+    /// Build a snapshot (and purge the log behind it) every this many applied entries
+    /// [default: 10000].
+    #[arg(long, env = "DLLM_SNAPSHOT_LOGS")]
+    pub snapshot_logs: Option<u64>,
+    /// How long a client request may wait for a leader or a quorum, in milliseconds
+    /// [default: 5000].
+    #[arg(long, env = "DLLM_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// How long shutdown waits for in-flight requests, in milliseconds [default: 5000].
+    #[arg(long, env = "DLLM_SHUTDOWN_TIMEOUT_MS")]
+    pub shutdown_timeout_ms: Option<u64>,
+}
+
+/// The same settings as [`Args`], read from a TOML file.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    id: Option<u64>,
+    listen: Option<String>,
+    advertise: Option<String>,
+    data_dir: Option<PathBuf>,
+    initial_cluster: Option<String>,
+    heartbeat_interval_ms: Option<u64>,
+    election_timeout_min_ms: Option<u64>,
+    election_timeout_max_ms: Option<u64>,
+    snapshot_logs: Option<u64>,
+    request_timeout_ms: Option<u64>,
+    shutdown_timeout_ms: Option<u64>,
+}
+
+/// A validated replica configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Raft id.
+    pub id: u64,
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Where others reach this replica.
+    pub advertise: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Founding replicas by id; empty when this replica joins later.
+    pub initial_cluster: BTreeMap<u64, String>,
+    /// Raft heartbeat interval.
+    pub heartbeat_interval: Duration,
+    /// Election timeout bounds.
+    pub election_timeout: (Duration, Duration),
+    /// Snapshot every this many entries.
+    pub snapshot_logs: u64,
+    /// Client request budget.
+    pub request_timeout: Duration,
+    /// Shutdown drain budget.
+    pub shutdown_timeout: Duration,
+}
+
+/// A setting that is missing or wrong, naming the flag.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A required setting is absent.
+    #[error("--{0} is required")]
+    Missing(&'static str),
+    /// A setting has a bad value.
+    #[error("--{flag}: {reason}")]
+    Invalid {
+        /// The flag.
+        flag: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The config file cannot be read or parsed.
+    #[error("--config {path}: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+fn invalid(flag: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        flag,
+        reason: reason.into(),
+    }
+}
+
+/// Checks that `addr` looks like `host:port` with a port in 1..=65535.
+pub fn check_host_port(flag: &'static str, addr: &str) -> Result<(), ConfigError> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| invalid(flag, format!("{addr:?} is not host:port")))?;
+    if host.is_empty() {
+        return Err(invalid(flag, format!("{addr:?} has no host")));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(invalid(flag, format!("{addr:?} has no valid port"))),
+    }
+}
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_initial_cluster(value: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
+    const FLAG: &str = "initial-cluster";
+    let mut members = BTreeMap::new();
+    for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| invalid(FLAG, format!("{part:?} is not id=host:port")))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .ok()
+            .filter(|id| *id >= 1)
+            .ok_or_else(|| invalid(FLAG, format!("{id:?} is not an id >= 1")))?;
+        check_host_port(FLAG, addr.trim())?;
+        if members.insert(id, addr.trim().to_string()).is_some() {
+            return Err(invalid(FLAG, format!("id {id} appears twice")));
+        }
+    }
+    Ok(members)
+}
+
+impl Args {
+    /// Merges flags over the config file over defaults, and validates the result.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first flag that is missing or wrong.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let file = match &self.config {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::File {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?
+            }
+        };
+        let id = self.id.or(file.id).ok_or(ConfigError::Missing("id"))?;
+        if id == 0 {
+            return Err(invalid("id", "must be >= 1"));
+        }
+        let listen_raw = self
+            .listen
+            .or(file.listen)
+            .ok_or(ConfigError::Missing("listen"))?;
+        let listen: SocketAddr = listen_raw
+            .parse()
+            .map_err(|_| invalid("listen", format!("{listen_raw:?} is not ip:port")))?;
+        let advertise = self
+            .advertise
+            .or(file.advertise)
+            .unwrap_or_else(|| listen_raw.clone());
+        check_host_port("advertise", &advertise)?;
+        let data_dir = self
+            .data_dir
+            .or(file.data_dir)
+            .ok_or(ConfigError::Missing("data-dir"))?;
+        let initial_cluster = match self.initial_cluster.or(file.initial_cluster) {
+            Some(v) => parse_initial_cluster(&v)?,
+            None => BTreeMap::new(),
+        };
+        if let Some(addr) = initial_cluster.get(&id) {
+            if *addr != advertise {
+                return Err(invalid(
+                    "initial-cluster",
+                    format!("lists {id}={addr} but this replica advertises {advertise}"),
+                ));
+            }
+        }
+        let ms =
+            |flag: &'static str, v: Option<u64>, default: u64| -> Result<Duration, ConfigError> {
+                match v.unwrap_or(default) {
+                    0 => Err(invalid(flag, "must be > 0")),
+                    n => Ok(Duration::from_millis(n)),
+                }
+            };
+        let heartbeat_interval = ms(
+            "heartbeat-interval-ms",
+            self.heartbeat_interval_ms.or(file.heartbeat_interval_ms),
+            100,
+        )?;
+        let emin = ms(
+            "election-timeout-min-ms",
+            self.election_timeout_min_ms
+                .or(file.election_timeout_min_ms),
+            300,
+        )?;
+        let emax = ms(
+            "election-timeout-max-ms",
+            self.election_timeout_max_ms
+                .or(file.election_timeout_max_ms),
+            600,
+        )?;
+        if emin <= heartbeat_interval {
+            return Err(invalid(
+                "election-timeout-min-ms",
+                "must be greater than --heartbeat-interval-ms",
+            ));
+        }
+        if emax <= emin {
+            return Err(invalid(
+                "election-timeout-max-ms",
+                "must be greater than --election-timeout-min-ms",
+            ));
+        }
+        let snapshot_logs = self.snapshot_logs.or(file.snapshot_logs).unwrap_or(10_000);
+        if snapshot_logs == 0 {
+            return Err(invalid("snapshot-logs", "must be > 0"));
+        }
+        Ok(Config {
+            id,
+            listen,
+            advertise,
+            data_dir,
+            initial_cluster,
+            heartbeat_interval,
+            election_timeout: (emin, emax),
+            snapshot_logs,
+            request_timeout: ms(
+                "request-timeout-ms",
+                self.request_timeout_ms.or(file.request_timeout_ms),
+                5000,
+            )?,
+            shutdown_timeout: ms(
+                "shutdown-timeout-ms",
+                self.shutdown_timeout_ms.or(file.shutdown_timeout_ms),
+                5000,
+            )?,
+        })
+    }
+}
+
+impl Config {
+    /// The openraft configuration these settings give.
+    ///
+    /// # Errors
+    /// When openraft rejects the combination.
+    pub fn raft_config(&self) -> Result<openraft::Config, openraft::ConfigError> {
+        openraft::Config {
+            cluster_name: "dllm".to_string(),
+            heartbeat_interval: self.heartbeat_interval.as_millis() as u64,
+            election_timeout_min: self.election_timeout.0.as_millis() as u64,
+            election_timeout_max: self.election_timeout.1.as_millis() as u64,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
+            max_in_snapshot_log_to_keep: 1000,
+            // Chunks well under gRPC's 4 MiB default message limit.
+            snapshot_max_chunk_size: 1024 * 1024,
+            ..Default::default()
+        }
+        .validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Args {
+        Args {
+            id: Some(1),
+            listen: Some("127.0.0.1:8080".into()),
+            data_dir: Some("d".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn minimal_config_takes_defaults() {
+        let c = base().resolve().expect("valid");
+        assert_eq!(c.advertise, "127.0.0.1:8080");
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(100));
+        assert!(c.initial_cluster.is_empty());
+        c.raft_config().expect("openraft accepts the defaults");
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        let cases: Vec<(Args, &str)> = vec![
+            (Args { id: None, ..base() }, "--id"),
+            (
+                Args {
+                    id: Some(0),
+                    ..base()
+                },
+                "--id",
+            ),
+            (
+                Args {
+                    listen: Some("nope".into()),
+                    ..base()
+                },
+                "--listen",
+            ),
+            (
+                Args {
+                    data_dir: None,
+                    ..base()
+                },
+                "--data-dir",
+            ),
+            (
+                Args {
+                    initial_cluster: Some("1=127.0.0.1:8080,x=y".into()),
+                    ..base()
+                },
+                "--initial-cluster",
+            ),
+            (
+                Args {
+                    initial_cluster: Some("1=127.0.0.1:9999".into()),
+                    ..base()
+                },
+                "--initial-cluster",
+            ),
+            (
+                Args {
+                    election_timeout_min_ms: Some(50),
+                    ..base()
+                },
+                "--election-timeout-min-ms",
+            ),
+        ];
+        for (args, flag) in cases {
+            let err = args.resolve().expect_err(flag).to_string();
+            assert!(err.starts_with(flag), "{err:?} should name {flag}");
+        }
+    }
+
+    #[test]
+    fn file_fills_what_flags_leave_out() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("cp.toml");
+        std::fs::write(
+            &path,
+            "id = 2\nlisten = \"127.0.0.1:8081\"\ndata_dir = \"x\"\nsnapshot_logs = 7\n",
+        )
+        .expect("write");
+        let c = Args {
+            config: Some(path),
+            id: Some(3),
+            ..Default::default()
+        }
+        .resolve()
+        .expect("valid");
+        assert_eq!(c.id, 3, "the flag wins over the file");
+        assert_eq!(c.snapshot_logs, 7, "the file wins over the default");
+    }
+
+    #[test]
+    fn initial_cluster_parses() {
+        let m = parse_initial_cluster("1=127.0.0.1:8080, 2=127.0.0.1:8081,3=h:1").expect("valid");
+        assert_eq!(m.len(), 3);
+        assert!(
+            parse_initial_cluster("1=a:1,1=b:2").is_err(),
+            "duplicate id"
+        );
+    }
+}

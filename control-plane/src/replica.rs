@@ -1,0 +1,509 @@
+//! One control-plane replica: the Raft node, its store, and the paths that take a client
+//! request to the leader and back.
+//!
+//! - Writes: proposed locally when this replica leads; otherwise forwarded to the leader over
+//!   `RaftService.ForwardWrite`. The client is answered after the entry is committed on a
+//!   quorum and applied on this replica, so a read that follows on the same replica sees it.
+//! - Reads: ReadIndex. The leader confirms its leadership with a quorum and names the log
+//!   index a read must reflect; this replica waits until it has applied that index, then reads
+//!   its own state. So reads are linearizable on every replica.
+//! - While there is no leader, requests retry until their budget runs out, then fail with
+//!   `UNAVAILABLE` (never a hang past the deadline).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    future::Future,
+    sync::Arc,
+    time::Duration,
+};
+
+use dllm_proto::pb;
+use openraft::{
+    error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError},
+    BasicNode, ChangeMembers, ServerState,
+};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::{
+    config::Config,
+    error::ApiError,
+    forward::{MembershipAnswer, MembershipChange, ReadIndexAnswer, WireError, WriteAnswer},
+    network::{Network, PeerError, Peers},
+    raft_types::{LogStore, Raft, StateHandle, StateMachine},
+    state::{ClusterState, Command, Outcome},
+};
+
+/// Budget of a replica membership change: adding a replica waits for it to catch up.
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running replica. Cheap to share behind an `Arc`.
+pub struct Replica {
+    /// This replica's Raft id.
+    pub id: u64,
+    /// The Raft node.
+    pub raft: Raft,
+    state: StateHandle,
+    log_store: LogStore,
+    peers: Peers,
+    config: Config,
+}
+
+/// Why a replica could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory could not be created or opened.
+    #[error(transparent)]
+    Store(#[from] dllm_storage::OpenError),
+    /// The data directory could not be created.
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// openraft rejected the configuration.
+    #[error("invalid Raft settings: {0}")]
+    RaftConfig(#[from] openraft::ConfigError),
+    /// openraft failed to start.
+    #[error("Raft failed to start: {0}")]
+    Raft(#[from] openraft::error::Fatal<u64>),
+}
+
+fn forward_hint(f: &ForwardToLeader<u64, BasicNode>) -> WireError {
+    WireError::NotLeader(
+        f.leader_id
+            .zip(f.leader_node.as_ref().map(|n| n.addr.clone())),
+    )
+}
+
+impl Replica {
+    /// Opens the store, starts Raft and, on the first start of a founding replica, forms the
+    /// cluster from `--initial-cluster`.
+    ///
+    /// # Errors
+    /// [`StartError`] when the store cannot be opened or Raft cannot start.
+    pub async fn start(config: Config) -> Result<Arc<Self>, StartError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let (log_store, state_machine): (LogStore, StateMachine) = dllm_storage::open(
+            &config.data_dir.join("raft"),
+            &dllm_storage::StoreOptions::default(),
+        )?;
+        let state = state_machine.state();
+        let peers = Peers::default();
+        let raft = Raft::new(
+            config.id,
+            Arc::new(config.raft_config()?),
+            Network::new(peers.clone()),
+            log_store.clone(),
+            state_machine,
+        )
+        .await?;
+        let replica = Arc::new(Self {
+            id: config.id,
+            raft,
+            state,
+            log_store,
+            peers,
+            config,
+        });
+        replica.form_cluster_once().await?;
+        Ok(replica)
+    }
+
+    /// Initializes Raft with the founding members when this replica is one of them and its
+    /// store is pristine. Every founding replica does this with the same membership, so the
+    /// order in which they start does not matter; a restarted replica has a log and skips it.
+    async fn form_cluster_once(&self) -> Result<(), StartError> {
+        let members = &self.config.initial_cluster;
+        if !members.contains_key(&self.id) || self.raft.is_initialized().await? {
+            return Ok(());
+        }
+        let nodes: BTreeMap<u64, BasicNode> = members
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode::new(addr)))
+            .collect();
+        match self.raft.initialize(nodes).await {
+            Ok(()) => info!(members = ?members, "formed the cluster from --initial-cluster"),
+            // Another founding replica's log reached us first: nothing to do.
+            Err(RaftError::APIError(e)) => info!(reason = %e, "cluster already formed"),
+            Err(RaftError::Fatal(e)) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    /// Read access to the applied state without any linearizability wait; for metrics and
+    /// background tasks, never for answering clients.
+    pub fn local_state(&self) -> &StateHandle {
+        &self.state
+    }
+
+    /// The configuration the replica runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Flushes the store; part of a clean shutdown.
+    ///
+    /// # Errors
+    /// When sled cannot flush.
+    pub async fn flush(&self) -> std::io::Result<()> {
+        self.log_store.flush().await
+    }
+
+    fn leader_addr(&self) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let leader = m.current_leader?;
+        m.membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
+    }
+
+    /// Runs `op` at the leader: here when this replica leads, otherwise at the leader it names,
+    /// retrying through elections until `budget` is spent.
+    async fn at_leader<T, L, LF, R, RF>(
+        &self,
+        budget: Duration,
+        what: &str,
+        local: L,
+        remote: R,
+    ) -> Result<T, ApiError>
+    where
+        L: Fn() -> LF,
+        LF: Future<Output = Result<T, WireError>>,
+        R: Fn(String, Duration) -> RF,
+        RF: Future<Output = Result<Result<T, WireError>, PeerError>>,
+    {
+        let deadline = Instant::now() + budget;
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let attempt = async {
+                match local().await {
+                    Err(WireError::NotLeader(Some((leader, addr)))) if leader != self.id => {
+                        match remote(addr, remaining).await {
+                            Ok(answer) => answer,
+                            Err(e) => Err(WireError::Unavailable(e.to_string())),
+                        }
+                    }
+                    other => other,
+                }
+            };
+            let error = match tokio::time::timeout(remaining, attempt).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(e @ (WireError::NotLeader(_) | WireError::Unavailable(_)))) => e,
+                Ok(Err(e)) => return Err(e.into_api(self.leader_addr())),
+                Err(_) => WireError::Unavailable(format!("no answer within {budget:?}")),
+            };
+            if Instant::now() + backoff >= deadline {
+                let reason = match error {
+                    WireError::Unavailable(m) => m,
+                    _ => "no leader".to_string(),
+                };
+                return Err(ApiError::Unavailable {
+                    message: format!(
+                        "{what}: no leader or quorum answered within {budget:?} ({reason})"
+                    ),
+                    leader: self.leader_addr(),
+                });
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    /// Proposes `command` on this replica, which must be the leader.
+    pub async fn leader_write(&self, command: Command) -> WriteAnswer {
+        match self.raft.client_write(command).await {
+            Ok(response) => Ok((response.data, response.log_id.index)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(forward_hint(&f)),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(WireError::FailedPrecondition(e.to_string()))
+            }
+            Err(RaftError::Fatal(e)) => {
+                Err(WireError::Unavailable(format!("replica stopped: {e}")))
+            }
+        }
+    }
+
+    /// The index a linearizable read must wait for, confirmed by a quorum; leader only.
+    pub async fn leader_read_index(&self) -> ReadIndexAnswer {
+        match self.raft.get_read_log_id().await {
+            Ok((read, _applied)) => Ok(read.map(|id| id.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(forward_hint(&f))
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                Err(WireError::Unavailable(e.to_string()))
+            }
+            Err(RaftError::Fatal(e)) => {
+                Err(WireError::Unavailable(format!("replica stopped: {e}")))
+            }
+        }
+    }
+
+    async fn wait_applied(&self, index: Option<u64>, budget: Duration) -> Result<(), ApiError> {
+        let Some(index) = index else { return Ok(()) };
+        if self.state.last_applied_index() >= Some(index) {
+            return Ok(());
+        }
+        self.raft
+            .wait(Some(budget))
+            .applied_index_at_least(Some(index), "catch up before answering")
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                ApiError::unavailable(format!(
+                    "this replica has not applied index {index} yet: {e}"
+                ))
+            })
+    }
+
+    /// Commits `command` through the leader and waits until this replica has applied it.
+    ///
+    /// Every command is idempotent, so a retry after an unknown outcome (a leader that died
+    /// mid-request) does no harm.
+    ///
+    /// # Errors
+    /// `UNAVAILABLE` without a leader or quorum within the request budget; the state machine's
+    /// rejection otherwise.
+    pub async fn write(&self, command: Command) -> Result<Outcome, ApiError> {
+        let budget = self.config.request_timeout;
+        let (outcome, index) = self
+            .at_leader(
+                budget,
+                "write",
+                || self.leader_write(command.clone()),
+                |addr, timeout| {
+                    let command = command.clone();
+                    let peers = self.peers.clone();
+                    async move {
+                        peers
+                            .call(&addr, &command, timeout, |mut c, r| async move {
+                                c.forward_write(r).await
+                            })
+                            .await
+                    }
+                },
+            )
+            .await?;
+        self.wait_applied(Some(index), budget).await?;
+        match outcome {
+            Outcome::Rejected(rejection) => Err(rejection.into()),
+            other => Ok(other),
+        }
+    }
+
+    /// Waits until this replica's state reflects every write acknowledged before the call.
+    ///
+    /// # Errors
+    /// `UNAVAILABLE` without a leader or quorum within the request budget.
+    pub async fn linearize(&self) -> Result<(), ApiError> {
+        let budget = self.config.request_timeout;
+        let index = self
+            .at_leader(
+                budget,
+                "read",
+                || self.leader_read_index(),
+                |addr, timeout| {
+                    let peers = self.peers.clone();
+                    async move {
+                        peers
+                            .call(&addr, &(), timeout, |mut c, r| async move {
+                                c.read_index(r).await
+                            })
+                            .await
+                    }
+                },
+            )
+            .await?;
+        self.wait_applied(index, budget).await
+    }
+
+    /// A linearizable read: `f` sees every write acknowledged before this call.
+    ///
+    /// # Errors
+    /// `UNAVAILABLE` without a leader or quorum within the request budget.
+    pub async fn read<T>(&self, f: impl FnOnce(&ClusterState) -> T) -> Result<T, ApiError> {
+        self.linearize().await?;
+        Ok(self.state.read(f))
+    }
+
+    /// Makes sure the cluster has an id; the first leader proposes one.
+    ///
+    /// # Errors
+    /// As [`Replica::write`].
+    pub async fn ensure_cluster_id(&self) -> Result<String, ApiError> {
+        if let Some(id) = self.state.read(|s| s.cluster_id.clone()) {
+            return Ok(id);
+        }
+        let proposed = uuid::Uuid::new_v4().to_string();
+        match self
+            .write(Command::SetClusterId {
+                cluster_id: proposed,
+            })
+            .await?
+        {
+            Outcome::ClusterId { cluster_id } => Ok(cluster_id),
+            other => Err(ApiError::Internal(format!(
+                "SetClusterId answered {other:?}"
+            ))),
+        }
+    }
+
+    /// Carries out a membership change; leader only.
+    pub async fn leader_membership(&self, change: MembershipChange) -> MembershipAnswer {
+        let map_write = |e: RaftError<u64, ClientWriteError<u64, BasicNode>>| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => forward_hint(&f),
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                WireError::FailedPrecondition(e.to_string())
+            }
+            RaftError::Fatal(e) => WireError::Unavailable(format!("replica stopped: {e}")),
+        };
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        match change {
+            MembershipChange::Add { id, addr } => {
+                if let Some(node) = membership.membership().get_node(&id) {
+                    if voters.contains(&id) && node.addr == addr {
+                        return Ok(());
+                    }
+                    if node.addr != addr {
+                        return Err(WireError::FailedPrecondition(format!(
+                            "replica {id} is already a member at {}",
+                            node.addr
+                        )));
+                    }
+                }
+                info!(id, %addr, "adding replica as learner");
+                self.raft
+                    .add_learner(id, BasicNode::new(&addr), true)
+                    .await
+                    .map_err(map_write)?;
+                info!(id, "promoting replica to voter");
+                self.raft
+                    .change_membership(ChangeMembers::AddVoterIds([id].into()), false)
+                    .await
+                    .map_err(map_write)?;
+                Ok(())
+            }
+            MembershipChange::Remove { id } => {
+                if membership.membership().get_node(&id).is_none() {
+                    return Err(WireError::NotFound {
+                        kind: "replica".into(),
+                        id: id.to_string(),
+                    });
+                }
+                if voters.contains(&id) && voters.len() == 1 {
+                    return Err(WireError::FailedPrecondition(format!(
+                        "replica {id} is the last voter; add another first"
+                    )));
+                }
+                info!(id, "removing replica");
+                let change = if voters.contains(&id) {
+                    ChangeMembers::RemoveVoters([id].into())
+                } else {
+                    ChangeMembers::RemoveNodes([id].into())
+                };
+                self.raft
+                    .change_membership(change, false)
+                    .await
+                    .map_err(map_write)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Carries out a membership change through the leader.
+    ///
+    /// # Errors
+    /// `NOT_FOUND` for an unknown replica, `FAILED_PRECONDITION` when the change is not
+    /// allowed, `UNAVAILABLE` without a leader.
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<(), ApiError> {
+        self.at_leader(
+            MEMBERSHIP_TIMEOUT,
+            "membership change",
+            || self.leader_membership(change.clone()),
+            |addr, timeout| {
+                let change = change.clone();
+                let peers = self.peers.clone();
+                async move {
+                    peers
+                        .call(&addr, &change, timeout, |mut c, r| async move {
+                            c.forward_membership(r).await
+                        })
+                        .await
+                }
+            },
+        )
+        .await
+    }
+
+    /// Every replica with its role, and this replica's view of leader, term and indexes.
+    pub fn status(&self) -> pb::ReplicaStatusResponse {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let replicas = membership
+            .nodes()
+            .map(|(id, node)| {
+                let role = if Some(*id) == m.current_leader {
+                    "leader"
+                } else if !voters.contains(id) {
+                    "learner"
+                } else if *id == self.id {
+                    match m.state {
+                        ServerState::Candidate => "candidate",
+                        _ => "follower",
+                    }
+                } else {
+                    "follower"
+                };
+                pb::ReplicaInfo {
+                    id: *id,
+                    address: node.addr.clone(),
+                    role: role.to_string(),
+                }
+            })
+            .collect();
+        let leader_address = m
+            .current_leader
+            .and_then(|l| membership.get_node(&l))
+            .map(|n| n.addr.clone())
+            .unwrap_or_default();
+        pb::ReplicaStatusResponse {
+            answered_by: self.id,
+            leader_id: m.current_leader.unwrap_or(0),
+            leader_address,
+            term: m.current_term,
+            commit_index: self.log_store.committed_index().unwrap_or(0),
+            applied_index: m.last_applied.map(|id| id.index).unwrap_or(0),
+            replicas,
+            last_log_index: m.last_log_index.unwrap_or(0),
+        }
+    }
+
+    /// Background duty of whichever replica leads: make sure the cluster has an id as soon as
+    /// it forms, so every answer can carry it. Ends when Raft shuts down.
+    pub async fn run_leader_duties(self: Arc<Self>) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            let leading = metrics.borrow().state == ServerState::Leader;
+            if leading && self.state.read(|s| s.cluster_id.is_none()) {
+                if let Err(e) = self.ensure_cluster_id().await {
+                    warn!(error = %e, "could not set the cluster id yet");
+                }
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}

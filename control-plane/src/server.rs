@@ -1,0 +1,165 @@
+//! Transport setup, in one place: the one gRPC server of a replica with every service on one
+//! port, compression, reflection, health, and the request hook where authentication will go.
+
+use std::sync::Arc;
+
+use dllm_proto::{pb, raft::raft_service_server::RaftServiceServer};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
+use tonic_health::ServingStatus;
+use tracing::{info, warn};
+
+use crate::{
+    api::{AdminApi, DiscoveryApi, NodeApi, RaftApi, TuiApi},
+    config::Config,
+    network::MAX_RAFT_MESSAGE_BYTES,
+    replica::{Replica, StartError},
+};
+
+/// Why a replica stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// It could not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    /// Reflection could not be set up from the descriptor sets.
+    #[error("gRPC reflection setup failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// Raft did not shut down cleanly.
+    #[error("Raft shutdown failed: {0}")]
+    RaftShutdown(String),
+    /// The final flush failed.
+    #[error("final flush of the data directory failed: {0}")]
+    Flush(std::io::Error),
+}
+
+/// Services whose health follows the replica's: SERVING while a leader is known.
+const HEALTH_SERVICES: &[&str] = &[
+    "",
+    "distributed_llm.NodeService",
+    "distributed_llm.DiscoveryService",
+    "distributed_llm.TUIService",
+    "distributed_llm.AdminService",
+];
+
+/// Keeps `grpc.health.v1` in step with leadership: NOT_SERVING while no leader is known.
+async fn track_health(replica: Arc<Replica>, reporter: tonic_health::server::HealthReporter) {
+    let mut metrics = replica.raft.metrics();
+    let mut last = None;
+    loop {
+        let status = if metrics.borrow().current_leader.is_some() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        if last != Some(status) {
+            for service in HEALTH_SERVICES {
+                reporter.set_service_status(*service, status).await;
+            }
+            last = Some(status);
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Runs a replica on `listener` until `shutdown` is cancelled, then stops accepting, drains
+/// in-flight requests for up to the configured shutdown timeout, shuts Raft down and flushes
+/// the store.
+///
+/// # Errors
+/// [`RunError`] when the replica cannot start, the server fails, or shutdown is not clean.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let drain = config.shutdown_timeout;
+    let replica = Replica::start(config).await?;
+    info!(
+        id = replica.id,
+        listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        "replica serving"
+    );
+
+    let (reporter, health) = tonic_health::server::health_reporter();
+    tokio::spawn(track_health(replica.clone(), reporter));
+    tokio::spawn(replica.clone().run_leader_duties());
+
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(dllm_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let gzip = CompressionEncoding::Gzip;
+    let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        // Every request passes here: the place for authentication and roles.
+        .trace_fn(|req| tracing::debug_span!("rpc", path = %req.uri().path()))
+        .add_service(health)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .add_service(
+            pb::node_service_server::NodeServiceServer::new(NodeApi::new(
+                replica.clone(),
+                shutdown.clone(),
+            ))
+            .accept_compressed(gzip)
+            .send_compressed(gzip),
+        )
+        .add_service(
+            pb::discovery_service_server::DiscoveryServiceServer::new(DiscoveryApi::new(
+                replica.clone(),
+            ))
+            .accept_compressed(gzip)
+            .send_compressed(gzip),
+        )
+        .add_service(
+            pb::tui_service_server::TuiServiceServer::new(TuiApi::new(
+                replica.clone(),
+                shutdown.clone(),
+            ))
+            .accept_compressed(gzip)
+            .send_compressed(gzip),
+        )
+        .add_service(
+            pb::admin_service_server::AdminServiceServer::new(AdminApi::new(replica.clone()))
+                .accept_compressed(gzip)
+                .send_compressed(gzip),
+        )
+        .add_service(
+            RaftServiceServer::new(RaftApi::new(replica.clone()))
+                .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
+        );
+
+    let serve = router.serve_with_incoming_shutdown(
+        TcpListenerStream::new(listener),
+        shutdown.clone().cancelled_owned(),
+    );
+    tokio::pin!(serve);
+    tokio::select! {
+        result = &mut serve => result?,
+        _ = shutdown.cancelled() => {
+            info!(?drain, "shutting down: no new connections, draining in-flight requests");
+            match tokio::time::timeout(drain, &mut serve).await {
+                Ok(result) => result?,
+                Err(_) => warn!(?drain, "requests still in flight after the drain timeout; stopping anyway"),
+            }
+        }
+    }
+    replica
+        .raft
+        .shutdown()
+        .await
+        .map_err(|e| RunError::RaftShutdown(e.to_string()))?;
+    replica.flush().await.map_err(RunError::Flush)?;
+    info!("replica stopped cleanly");
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! Unit tests of the state machine: each command's effect and its determinism.
+
+use super::*;
+
+fn spec(id: &str, memory_mb: i64) -> NodeSpec {
+    NodeSpec {
+        node_id: id.to_string(),
+        address: "10.0.0.1".to_string(),
+        port: 9000,
+        resources: Resources {
+            cpu_cores: 8,
+            memory_mb,
+            gpus: vec![Gpu {
+                name: "NVIDIA H100 80GB HBM3".to_string(),
+                memory_mb: 81559,
+                uuid: format!("GPU-{id}"),
+            }],
+            max_layers: 40,
+        },
+    }
+}
+
+#[test]
+fn register_creates_then_updates_and_returns_to_service() {
+    let mut state = ClusterState::default();
+    let first = state.apply(Command::RegisterNode {
+        spec: spec("a", 1000),
+        now_ms: 10,
+    });
+    assert_eq!(first, Outcome::Registered { created: true });
+    state.apply(Command::LeaveNode {
+        node_id: "a".into(),
+        now_ms: 20,
+    });
+    assert_eq!(state.nodes["a"].status, NodeStatus::Left);
+
+    let again = state.apply(Command::RegisterNode {
+        spec: spec("a", 2000),
+        now_ms: 30,
+    });
+    assert_eq!(again, Outcome::Registered { created: false });
+    let node = &state.nodes["a"];
+    assert_eq!(
+        node.status,
+        NodeStatus::Healthy,
+        "re-register returns to service"
+    );
+    assert_eq!(
+        node.resources.memory_mb, 2000,
+        "re-register updates resources"
+    );
+    assert_eq!(node.registered_at_ms, 10, "first registration time is kept");
+    assert_eq!(node.last_seen_ms, 30);
+}
+
+#[test]
+fn leave_unknown_is_rejected_and_leave_twice_is_idempotent() {
+    let mut state = ClusterState::default();
+    assert_eq!(
+        state.apply(Command::LeaveNode {
+            node_id: "ghost".into(),
+            now_ms: 1
+        }),
+        Outcome::Rejected(Rejection::UnknownNode("ghost".into()))
+    );
+    state.apply(Command::RegisterNode {
+        spec: spec("a", 1),
+        now_ms: 1,
+    });
+    let leave = || Command::LeaveNode {
+        node_id: "a".into(),
+        now_ms: 2,
+    };
+    assert_eq!(state.apply(leave()), Outcome::Left { already: false });
+    assert_eq!(state.apply(leave()), Outcome::Left { already: true });
+    assert_eq!(
+        state.members().count(),
+        0,
+        "a node that left is not a member"
+    );
+}
+
+#[test]
+fn cluster_id_is_set_once() {
+    let mut state = ClusterState::default();
+    let set = |id: &str| Command::SetClusterId {
+        cluster_id: id.into(),
+    };
+    assert_eq!(
+        state.apply(set("first")),
+        Outcome::ClusterId {
+            cluster_id: "first".into()
+        }
+    );
+    assert_eq!(
+        state.apply(set("second")),
+        Outcome::ClusterId {
+            cluster_id: "first".into()
+        },
+        "a later proposal does not replace the id"
+    );
+}
+
+#[test]
+fn same_log_same_state() {
+    let log: Vec<Command> = (0..50)
+        .flat_map(|i| {
+            let id = format!("n{}", i % 7);
+            [
+                Command::RegisterNode {
+                    spec: spec(&id, i),
+                    now_ms: i,
+                },
+                Command::LeaveNode {
+                    node_id: format!("n{}", (i * 3) % 11),
+                    now_ms: i,
+                },
+            ]
+        })
+        .collect();
+    let run = || {
+        let mut state = ClusterState::default();
+        let outcomes: Vec<Outcome> = log.iter().cloned().map(|c| state.apply(c)).collect();
+        (state, outcomes)
+    };
+    assert_eq!(
+        run(),
+        run(),
+        "applying the same log twice gives the same state"
+    );
+}
+
+#[test]
+fn state_survives_a_snapshot_round_trip() {
+    let mut state = ClusterState::default();
+    state.apply(Command::SetClusterId {
+        cluster_id: "c".into(),
+    });
+    state.apply(Command::RegisterNode {
+        spec: spec("a", 5),
+        now_ms: 5,
+    });
+    let bytes = bincode::serialize(&state).expect("encode");
+    let back: ClusterState = bincode::deserialize(&bytes).expect("decode");
+    assert_eq!(back, state);
+}
