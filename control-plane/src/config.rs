@@ -292,7 +292,9 @@ impl Config {
             election_timeout_min: self.election_timeout.0.as_millis() as u64,
             election_timeout_max: self.election_timeout.1.as_millis() as u64,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
-            max_in_snapshot_log_to_keep: 1000,
+            // Entries kept behind a snapshot so that a briefly lagging follower catches up from
+            // the log instead of a whole snapshot.
+            max_in_snapshot_log_to_keep: self.snapshot_logs.min(1000),
             // Chunks well under gRPC's 4 MiB default message limit.
             snapshot_max_chunk_size: 1024 * 1024,
             ..Default::default()

@@ -483,10 +483,12 @@ impl Replica {
             leader_id: m.current_leader.unwrap_or(0),
             leader_address,
             term: m.current_term,
-            commit_index: self.log_store.committed_index().unwrap_or(0),
-            applied_index: m.last_applied.map(|id| id.index).unwrap_or(0),
+            commit_index: self.log_store.committed_index(),
+            applied_index: m.last_applied.map(|id| id.index),
             replicas,
-            last_log_index: m.last_log_index.unwrap_or(0),
+            last_log_index: m.last_log_index,
+            snapshot_index: m.snapshot.map(|id| id.index),
+            purged_index: m.purged.map(|id| id.index),
         }
     }
 

@@ -156,6 +156,20 @@ impl<C: SledTypeConfig> SledLogStore<C> {
         self.flush().await
     }
 
+    /// Writes `entries` without flushing: the planted bug of the crash checker's own test.
+    #[cfg(test)]
+    pub(crate) fn append_unflushed<I>(&self, entries: I) -> Result<(), std::io::Error>
+    where
+        I: IntoIterator<Item = C::Entry>,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            let bytes = encode(&entry).map_err(std::io::Error::other)?;
+            batch.insert(&index_key(entry.log_id.index), bytes);
+        }
+        self.log.apply_batch(batch).map_err(std::io::Error::other)
+    }
+
     /// Removes every log entry whose index is in `range`, then flushes.
     async fn remove_range(&self, range: impl RangeBounds<[u8; 8]>) -> Result<(), std::io::Error> {
         let mut batch = sled::Batch::default();

@@ -5,7 +5,6 @@ use std::{
     collections::BTreeMap,
     io::{BufRead, Cursor},
     path::Path,
-    time::Duration,
 };
 
 use openraft::{
@@ -68,19 +67,36 @@ fn entry(index: u64) -> Entry<Kv> {
 }
 
 const CHILD_DIR_ENV: &str = "DLLM_STORAGE_CRASH_CHILD_DIR";
+const CHILD_PLANTED_BUG_ENV: &str = "DLLM_STORAGE_CRASH_CHILD_PLANTED_BUG";
 
-/// The child half of [`kill_9_keeps_acknowledged_entries`]: appends one entry at a time and
-/// prints `acked <index>` only after the append returned, until it is killed.
+/// The child half of the crash tests: appends one entry at a time and prints `acked <index>`
+/// only after the append returned, until it is killed. With the planted bug it acknowledges
+/// entries that sled has not flushed (and turns sled's background flusher off), which is what
+/// a store that acks before its flush would do.
 #[test]
-#[ignore = "child process of kill_9_keeps_acknowledged_entries"]
+#[ignore = "child process of the crash tests"]
 fn crash_child() {
     use std::io::Write;
-    let dir = std::env::var(CHILD_DIR_ENV).expect("run only by kill_9_keeps_acknowledged_entries");
+    let dir = std::env::var(CHILD_DIR_ENV).expect("run only by the crash tests");
+    let planted_bug = std::env::var_os(CHILD_PLANTED_BUG_ENV).is_some();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
+        let mut stdout = std::io::stdout().lock();
+        if planted_bug {
+            let db = sled::Config::new()
+                .path(&dir)
+                .flush_every_ms(None)
+                .open()
+                .expect("open sled");
+            let log = SledLogStore::<Kv>::open(db).expect("open store");
+            for index in 1.. {
+                log.append_unflushed([entry(index)]).expect("append");
+                writeln!(stdout, "acked {index}").expect("stdout");
+                stdout.flush().expect("stdout");
+            }
+        }
         let (log, _sm) =
             open::<Kv, KvData>(Path::new(&dir), &StoreOptions::default()).expect("open store");
-        let mut stdout = std::io::stdout().lock();
         for index in 1.. {
             log.append_durably([entry(index)]).await.expect("append");
             writeln!(stdout, "acked {index}").expect("stdout");
@@ -89,23 +105,25 @@ fn crash_child() {
     });
 }
 
-/// A process SIGKILLed in the middle of appending restarts with every entry whose append had
-/// returned (been acknowledged) before the kill, each intact.
-#[tokio::test]
-async fn kill_9_keeps_acknowledged_entries() {
+/// Runs the writer child, SIGKILLs it after 300 acknowledgements, reopens the store and
+/// checks that every acknowledged entry is there and intact. Returns how many were acked, or
+/// what was lost.
+async fn crash_and_check(planted_bug: bool) -> Result<u64, String> {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "--ignored",
-            "--exact",
-            "test_support::crash_child",
-            "--nocapture",
-        ])
-        .env(CHILD_DIR_ENV, dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn the writer");
+    let mut cmd = std::process::Command::new(std::env::current_exe().expect("test binary"));
+    cmd.args([
+        "--ignored",
+        "--exact",
+        "test_support::crash_child",
+        "--nocapture",
+    ])
+    .env(CHILD_DIR_ENV, dir.path())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null());
+    if planted_bug {
+        cmd.env(CHILD_PLANTED_BUG_ENV, "1");
+    }
+    let mut child = cmd.spawn().expect("spawn the writer");
     let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
     let mut acked = 0u64;
     let mut killed = false;
@@ -132,43 +150,56 @@ async fn kill_9_keeps_acknowledged_entries() {
         "writer exited on its own ({status}) after {acked} acks"
     );
 
-    // sled holds a lock file briefly after an unclean exit on some systems; retry the open.
-    let mut reopened = None;
-    for _ in 0..50 {
-        match open::<Kv, KvData>(dir.path(), &StoreOptions::default()) {
-            Ok(store) => {
-                reopened = Some(store);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-    let (mut log, _sm) = reopened.expect("the store reopens after SIGKILL");
+    let (mut log, _sm) = open::<Kv, KvData>(dir.path(), &StoreOptions::default())
+        .map_err(|e| format!("the store does not reopen after SIGKILL: {e}"))?;
     let state = log.get_log_state().await.expect("log state");
-    let last = state.last_log_id.expect("a last log id").index;
-    assert!(
-        last >= acked,
-        "acknowledged up to {acked} but the log ends at {last}"
-    );
+    let last = state.last_log_id.map(|id| id.index).unwrap_or(0);
+    if last < acked {
+        return Err(format!(
+            "acknowledged up to {acked} but the log ends at {last}"
+        ));
+    }
     let mut reader = log.get_log_reader().await;
     let entries = openraft::RaftLogReader::try_get_log_entries(&mut reader, 1..=acked)
         .await
         .expect("read back");
-    assert_eq!(
-        entries.len() as u64,
-        acked,
-        "every acknowledged entry is there"
-    );
+    if entries.len() as u64 != acked {
+        return Err(format!(
+            "{} of {acked} acknowledged entries are there",
+            entries.len()
+        ));
+    }
     for (i, got) in entries.iter().enumerate() {
         let want = entry(i as u64 + 1);
-        assert_eq!(got.log_id, want.log_id, "entry {} has its log id", i + 1);
-        match (&got.payload, &want.payload) {
-            (EntryPayload::Normal(g), EntryPayload::Normal(w)) => {
-                assert_eq!(g, w, "entry {} is intact", i + 1)
-            }
-            _ => panic!("entry {} has the wrong payload kind", i + 1),
+        let same = got.log_id == want.log_id
+            && matches!((&got.payload, &want.payload),
+                (EntryPayload::Normal(g), EntryPayload::Normal(w)) if g == w);
+        if !same {
+            return Err(format!("entry {} is not what was written", i + 1));
         }
     }
+    Ok(acked)
+}
+
+/// A process SIGKILLed in the middle of appending restarts with every entry whose append had
+/// returned (been acknowledged) before the kill, each intact.
+#[tokio::test]
+async fn kill_9_keeps_acknowledged_entries() {
+    let acked = crash_and_check(false)
+        .await
+        .expect("no acknowledged entry is lost");
+    assert!(acked >= 300);
+}
+
+/// The crash checker catches a planted bug: a store that acknowledges before flushing loses
+/// acknowledged entries to SIGKILL, and the checker says so.
+#[tokio::test]
+async fn crash_checker_catches_ack_before_flush() {
+    let lost = crash_and_check(true).await;
+    assert!(
+        lost.is_err(),
+        "the checker missed the planted bug: {lost:?}"
+    );
 }
 
 /// A store whose files are overwritten with garbage fails to open with an error; it is never

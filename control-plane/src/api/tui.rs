@@ -60,9 +60,14 @@ impl TuiApi {
                     return Ran::Failed(e);
                 }
                 let s = self.replica.status();
+                let index = |i: Option<u64>| i.map_or("-".to_string(), |i| i.to_string());
                 let mut out = format!(
                     "leader {} ({}) term {} commit {} applied {}\n",
-                    s.leader_id, s.leader_address, s.term, s.commit_index, s.applied_index
+                    s.leader_id,
+                    s.leader_address,
+                    s.term,
+                    index(s.commit_index),
+                    index(s.applied_index)
                 );
                 for r in &s.replicas {
                     let _ = writeln!(out, "{:>4}  {:<22} {}", r.id, r.address, r.role);
