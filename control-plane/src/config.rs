@@ -36,8 +36,8 @@ pub struct Args {
     #[arg(long, env = "DLLM_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
     /// Raft leader heartbeat interval in milliseconds [default: 100].
-    #[arg(long, env = "DLLM_HEARTBEAT_INTERVAL_MS")]
-    pub heartbeat_interval_ms: Option<u64>,
+    #[arg(long, env = "DLLM_RAFT_HEARTBEAT_MS")]
+    pub raft_heartbeat_ms: Option<u64>,
     /// Lower bound of the randomized election timeout in milliseconds [default: 300].
     #[arg(long, env = "DLLM_ELECTION_TIMEOUT_MIN_MS")]
     pub election_timeout_min_ms: Option<u64>,
@@ -55,6 +55,20 @@ pub struct Args {
     /// How long shutdown waits for in-flight requests, in milliseconds [default: 5000].
     #[arg(long, env = "DLLM_SHUTDOWN_TIMEOUT_MS")]
     pub shutdown_timeout_ms: Option<u64>,
+    /// How often workers heartbeat, in milliseconds; told to them in every heartbeat answer
+    /// [default: 1000].
+    #[arg(long, env = "DLLM_NODE_HEARTBEAT_INTERVAL_MS")]
+    pub node_heartbeat_interval_ms: Option<u64>,
+    /// Missed heartbeat intervals before a node is `unhealthy` [default: 3].
+    #[arg(long, env = "DLLM_UNHEALTHY_AFTER")]
+    pub unhealthy_after: Option<u32>,
+    /// Missed heartbeat intervals before a node is `offline` [default: 10].
+    #[arg(long, env = "DLLM_OFFLINE_AFTER")]
+    pub offline_after: Option<u32>,
+    /// Time a new leader waits before counting any node's silence, in milliseconds
+    /// [default: 2000].
+    #[arg(long, env = "DLLM_FAILOVER_GRACE_MS")]
+    pub failover_grace_ms: Option<u64>,
 }
 
 /// The same settings as [`Args`], read from a TOML file.
@@ -66,12 +80,16 @@ struct FileConfig {
     advertise: Option<String>,
     data_dir: Option<PathBuf>,
     initial_cluster: Option<String>,
-    heartbeat_interval_ms: Option<u64>,
+    raft_heartbeat_ms: Option<u64>,
     election_timeout_min_ms: Option<u64>,
     election_timeout_max_ms: Option<u64>,
     snapshot_logs: Option<u64>,
     request_timeout_ms: Option<u64>,
     shutdown_timeout_ms: Option<u64>,
+    node_heartbeat_interval_ms: Option<u64>,
+    unhealthy_after: Option<u32>,
+    offline_after: Option<u32>,
+    failover_grace_ms: Option<u64>,
 }
 
 /// A validated replica configuration.
@@ -97,6 +115,8 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Shutdown drain budget.
     pub shutdown_timeout: Duration,
+    /// Failure detector thresholds.
+    pub liveness: crate::liveness::LivenessConfig,
 }
 
 /// A setting that is missing or wrong, naming the flag.
@@ -225,8 +245,8 @@ impl Args {
                 }
             };
         let heartbeat_interval = ms(
-            "heartbeat-interval-ms",
-            self.heartbeat_interval_ms.or(file.heartbeat_interval_ms),
+            "raft-heartbeat-ms",
+            self.raft_heartbeat_ms.or(file.raft_heartbeat_ms),
             100,
         )?;
         let emin = ms(
@@ -244,7 +264,7 @@ impl Args {
         if emin <= heartbeat_interval {
             return Err(invalid(
                 "election-timeout-min-ms",
-                "must be greater than --heartbeat-interval-ms",
+                "must be greater than --raft-heartbeat-ms",
             ));
         }
         if emax <= emin {
@@ -257,7 +277,41 @@ impl Args {
         if snapshot_logs == 0 {
             return Err(invalid("snapshot-logs", "must be > 0"));
         }
+        let unhealthy_after = self.unhealthy_after.or(file.unhealthy_after).unwrap_or(3);
+        let offline_after = self.offline_after.or(file.offline_after).unwrap_or(10);
+        if unhealthy_after == 0 {
+            return Err(invalid("unhealthy-after", "must be > 0"));
+        }
+        if offline_after <= unhealthy_after {
+            return Err(invalid(
+                "offline-after",
+                "must be greater than --unhealthy-after",
+            ));
+        }
+        let node_interval = ms(
+            "node-heartbeat-interval-ms",
+            self.node_heartbeat_interval_ms
+                .or(file.node_heartbeat_interval_ms),
+            1000,
+        )?;
+        if node_interval > Duration::from_secs(3600) {
+            return Err(invalid(
+                "node-heartbeat-interval-ms",
+                "must be at most 3600000",
+            ));
+        }
+        let liveness = crate::liveness::LivenessConfig {
+            interval: node_interval,
+            unhealthy_after,
+            offline_after,
+            failover_grace: Duration::from_millis(
+                self.failover_grace_ms
+                    .or(file.failover_grace_ms)
+                    .unwrap_or(2000),
+            ),
+        };
         Ok(Config {
+            liveness,
             id,
             listen,
             advertise,

@@ -295,8 +295,13 @@ pub fn model_info(model: &Model) -> pb::ModelInfo {
     }
 }
 
-/// Aggregates over the member nodes.
-pub fn cluster_metrics(state: &ClusterState) -> pb::ClusterMetrics {
+/// Aggregates over the member nodes. `free_memory_mb` is the leader's latest usage sample per
+/// node: a healthy node counts its free memory as available when it has reported one, its
+/// whole memory otherwise.
+pub fn cluster_metrics(
+    state: &ClusterState,
+    free_memory_mb: &std::collections::BTreeMap<String, i64>,
+) -> pb::ClusterMetrics {
     let mut m = pb::ClusterMetrics::default();
     for node in state.members() {
         m.total_nodes += 1;
@@ -306,13 +311,36 @@ pub fn cluster_metrics(state: &ClusterState) -> pb::ClusterMetrics {
         m.allocated_layers += node.used_layers;
         if node.status == NodeStatus::Healthy {
             m.healthy_nodes += 1;
-            m.available_memory_mb += node.resources.memory_mb;
+            m.available_memory_mb += free_memory_mb
+                .get(&node.node_id)
+                .copied()
+                .unwrap_or(node.resources.memory_mb);
         }
     }
     if m.total_layers > 0 {
         m.cluster_utilization = m.allocated_layers as f32 / m.total_layers as f32;
     }
     m
+}
+
+/// Validates a heartbeat.
+///
+/// # Errors
+/// `INVALID_ARGUMENT` naming the bad field.
+pub fn heartbeat(req: &pb::HeartbeatRequest) -> Result<(), ApiError> {
+    node_id("node_id", &req.node_id)?;
+    if let Some(u) = &req.usage {
+        if u.gpus.len() > MAX_GPUS {
+            return Err(ApiError::invalid(
+                "usage.gpus",
+                format!("lists {} GPUs; the limit is {MAX_GPUS}", u.gpus.len()),
+            ));
+        }
+        for (i, g) in u.gpus.iter().enumerate() {
+            text(&format!("usage.gpus[{i}].uuid"), &g.uuid, MAX_GPU_TEXT_LEN)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -56,6 +56,26 @@ pub type WriteAnswer = Result<(Outcome, u64), WireError>;
 pub type ReadIndexAnswer = Result<Option<u64>, WireError>;
 /// The answer to a forwarded membership change.
 pub type MembershipAnswer = Result<(), WireError>;
+/// The answer to a forwarded heartbeat: a protobuf-encoded `HeartbeatResponse`.
+pub type HeartbeatAnswer = Result<Vec<u8>, WireError>;
+
+/// A question about the leader's soft state (usage samples from heartbeats).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum UsageQuery {
+    /// The latest usage sample of one node.
+    Node(String),
+    /// Free host memory of every node with a sample.
+    FreeMemory,
+}
+
+/// The leader's answer to a [`UsageQuery`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UsageAnswer {
+    /// For `Node`: the protobuf-encoded `NodeUsage`, if the leader has one.
+    pub sample: Option<Vec<u8>>,
+    /// For `FreeMemory`: MiB free per node id.
+    pub free_memory_mb: std::collections::BTreeMap<String, i64>,
+}
 
 impl WireError {
     /// The error a client sees; `leader` is the leader's address if known.

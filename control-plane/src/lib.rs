@@ -5,6 +5,7 @@
 //! - [`raft_types`]: the openraft type configuration; storage comes from `dllm-storage`.
 //! - [`replica`]: one Raft replica and the paths that take writes and linearizable reads to
 //!   the leader ([`forward`] holds what crosses between replicas for that).
+//! - [`liveness`]: the leader's in-memory failure detector fed by worker heartbeats.
 //! - [`network`]: Raft traffic to peers over gRPC on reused channels.
 //! - [`api`]: the gRPC services; [`convert`] turns wire types into validated domain types and
 //!   back; [`error`] maps every failure onto one gRPC status.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod convert;
 pub mod error;
 pub mod forward;
+pub mod liveness;
 pub mod network;
 pub mod raft_types;
 pub mod replica;

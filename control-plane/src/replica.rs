@@ -13,7 +13,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     future::Future,
-    sync::Arc,
+    sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
@@ -22,16 +22,21 @@ use openraft::{
     error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError},
     BasicNode, ChangeMembers, ServerState,
 };
+use prost::Message;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::{
     config::Config,
     error::ApiError,
-    forward::{MembershipAnswer, MembershipChange, ReadIndexAnswer, WireError, WriteAnswer},
+    forward::{
+        HeartbeatAnswer, MembershipAnswer, MembershipChange, ReadIndexAnswer, UsageAnswer,
+        UsageQuery, WireError, WriteAnswer,
+    },
+    liveness::Detector,
     network::{Network, PeerError, Peers},
     raft_types::{LogStore, Raft, StateHandle, StateMachine},
-    state::{ClusterState, Command, Outcome},
+    state::{ClusterState, Command, NodeStatus, Outcome, StatusChange},
 };
 
 /// Budget of a replica membership change: adding a replica waits for it to catch up.
@@ -47,6 +52,7 @@ pub struct Replica {
     log_store: LogStore,
     peers: Peers,
     config: Config,
+    detector: Mutex<Detector>,
 }
 
 /// Why a replica could not start.
@@ -109,6 +115,7 @@ impl Replica {
             state,
             log_store,
             peers,
+            detector: Mutex::new(Detector::new(config.liveness)),
             config,
         });
         replica.form_cluster_once().await?;
@@ -153,6 +160,34 @@ impl Replica {
     /// When sled cannot flush.
     pub async fn flush(&self) -> std::io::Result<()> {
         self.log_store.flush().await
+    }
+
+    fn detector(&self) -> MutexGuard<'_, Detector> {
+        self.detector.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Checks that this replica leads, starting its failure detector if it just became leader.
+    fn leading(&self) -> Result<(), WireError> {
+        let (is_leader, hint) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            let hint = m.current_leader.and_then(|l| {
+                let node = m.membership_config.membership().get_node(&l)?;
+                Some((l, node.addr.clone()))
+            });
+            (m.state == ServerState::Leader, hint)
+        };
+        let mut detector = self.detector();
+        match (is_leader, detector.leading()) {
+            (true, false) => detector.become_leader(tokio::time::Instant::now()),
+            (false, true) => detector.step_down(),
+            _ => {}
+        }
+        if is_leader {
+            Ok(())
+        } else {
+            Err(WireError::NotLeader(hint))
+        }
     }
 
     fn leader_addr(&self) -> Option<String> {
@@ -333,6 +368,170 @@ impl Replica {
     pub async fn read<T>(&self, f: impl FnOnce(&ClusterState) -> T) -> Result<T, ApiError> {
         self.linearize().await?;
         Ok(self.state.read(f))
+    }
+
+    /// Records a heartbeat on this replica, which must be the leader; commits a transition
+    /// back to `healthy` when the node was unhealthy or offline. Writes nothing otherwise.
+    pub async fn leader_heartbeat(&self, request: pb::HeartbeatRequest) -> HeartbeatAnswer {
+        self.leading()?;
+        let now = tokio::time::Instant::now();
+        let now_ms = crate::api::now_ms();
+        let found = self.state.read(|s| {
+            let node = s
+                .nodes
+                .get(&request.node_id)
+                .filter(|n| n.status != NodeStatus::Left)?;
+            let change = self
+                .detector()
+                .heartbeat(node, request.usage.clone(), now, now_ms);
+            Some((node.status, change))
+        });
+        let Some((mut status, change)) = found else {
+            return Err(WireError::NotFound {
+                kind: "node".into(),
+                id: request.node_id,
+            });
+        };
+        if let Some(change) = change {
+            let changes = vec![change];
+            let committed = self
+                .leader_write(Command::SetNodeStatuses {
+                    changes: changes.clone(),
+                })
+                .await;
+            self.detector().abandon(&changes);
+            committed?;
+            status = self
+                .state
+                .read(|s| s.nodes.get(&request.node_id).map(|n| n.status))
+                .unwrap_or(status);
+        }
+        let response = self.state.read(|s| pb::HeartbeatResponse {
+            status: status.as_str().to_string(),
+            assignments: s
+                .models
+                .values()
+                .flat_map(|m| {
+                    m.assignments
+                        .iter()
+                        .filter(|(node, _, _)| *node == request.node_id)
+                        .map(|(_, first, last)| pb::LayerAssignment {
+                            model_id: m.id.clone(),
+                            first_layer: *first,
+                            last_layer: *last,
+                        })
+                })
+                .collect(),
+            heartbeat_interval_ms: self.config.liveness.interval.as_millis() as i32,
+            cluster_id: s.cluster_id.clone().unwrap_or_default(),
+        });
+        Ok(response.encode_to_vec())
+    }
+
+    /// A heartbeat, carried to the leader.
+    ///
+    /// # Errors
+    /// `NOT_FOUND` for an unknown or left node; `UNAVAILABLE` without a leader.
+    pub async fn heartbeat(
+        &self,
+        request: pb::HeartbeatRequest,
+    ) -> Result<pb::HeartbeatResponse, ApiError> {
+        let encoded = request.encode_to_vec();
+        let bytes = self
+            .at_leader(
+                self.config.request_timeout,
+                "heartbeat",
+                || self.leader_heartbeat(request.clone()),
+                |addr, timeout| {
+                    let (peers, encoded) = (self.peers.clone(), encoded.clone());
+                    async move {
+                        peers
+                            .call(&addr, &encoded, timeout, |mut c, r| async move {
+                                c.forward_heartbeat(r).await
+                            })
+                            .await
+                    }
+                },
+            )
+            .await?;
+        pb::HeartbeatResponse::decode(bytes.as_slice())
+            .map_err(|e| ApiError::Internal(format!("undecodable heartbeat answer: {e}")))
+    }
+
+    /// Answers a question about the soft state; leader only.
+    pub async fn leader_usage(&self, query: UsageQuery) -> Result<UsageAnswer, WireError> {
+        self.leading()?;
+        let detector = self.detector();
+        Ok(match query {
+            UsageQuery::Node(id) => UsageAnswer {
+                sample: detector.usage(&id).map(|u| u.encode_to_vec()),
+                ..Default::default()
+            },
+            UsageQuery::FreeMemory => UsageAnswer {
+                free_memory_mb: detector.free_memory().into_iter().collect(),
+                ..Default::default()
+            },
+        })
+    }
+
+    /// The leader's latest usage sample of `node_id`, if it has one.
+    ///
+    /// # Errors
+    /// `UNAVAILABLE` without a leader.
+    pub async fn usage(&self, query: UsageQuery) -> Result<UsageAnswer, ApiError> {
+        self.at_leader(
+            self.config.request_timeout,
+            "usage",
+            || self.leader_usage(query.clone()),
+            |addr, timeout| {
+                let (peers, query) = (self.peers.clone(), query.clone());
+                async move {
+                    peers
+                        .call(&addr, &query, timeout, |mut c, r| async move {
+                            c.node_usage(r).await
+                        })
+                        .await
+                }
+            },
+        )
+        .await
+    }
+
+    /// Background duty of every replica: while leading, sweep the failure detector and
+    /// commit the transitions it finds (in one entry); while following, keep no soft state.
+    /// Ends when Raft shuts down.
+    pub async fn run_liveness(self: Arc<Self>) {
+        let every = (self.config.liveness.interval / 4).max(Duration::from_millis(20));
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if self.raft.metrics().borrow().running_state.is_err() {
+                return;
+            }
+            if self.leading().is_err() {
+                continue;
+            }
+            let now = tokio::time::Instant::now();
+            let changes: Vec<StatusChange> = self
+                .state
+                .read(|s| self.detector().sweep(s.nodes.values(), now));
+            if changes.is_empty() {
+                continue;
+            }
+            for c in &changes {
+                info!(node = %c.node_id, from = c.from.as_str(), to = c.to.as_str(), "node status change");
+            }
+            let result = self
+                .leader_write(Command::SetNodeStatuses {
+                    changes: changes.clone(),
+                })
+                .await;
+            self.detector().abandon(&changes);
+            if let Err(e) = result {
+                warn!(error = ?e, "could not commit status changes; retrying next sweep");
+            }
+        }
     }
 
     /// Makes sure the cluster has an id; the first leader proposes one.

@@ -91,6 +91,7 @@ pub async fn run(
     let (reporter, health) = tonic_health::server::health_reporter();
     tokio::spawn(track_health(replica.clone(), reporter));
     tokio::spawn(replica.clone().run_leader_duties());
+    tokio::spawn(replica.clone().run_liveness());
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()

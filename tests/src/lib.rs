@@ -73,20 +73,34 @@ where
     }
 }
 
-/// One control-plane replica process.
-pub struct Replica {
-    /// Raft id.
-    pub id: u64,
-    /// host:port it serves on.
-    pub addr: String,
-    /// Its data directory.
-    pub data_dir: PathBuf,
-    /// Its log file.
+/// A child process of the test, killed when dropped.
+pub struct ChildProcess {
+    /// A name for messages.
+    pub name: String,
+    /// Its log file (stdout and stderr).
     pub log: PathBuf,
     child: Option<Child>,
 }
 
-impl Replica {
+impl ChildProcess {
+    /// Starts `cmd` with its output appended to `log`.
+    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Self {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        cmd.stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
+        Self {
+            name: name.to_string(),
+            log,
+            child: Some(child),
+        }
+    }
+
     /// Whether the process is running (started and not yet reaped).
     pub fn is_running(&mut self) -> bool {
         match &mut self.child {
@@ -95,13 +109,10 @@ impl Replica {
         }
     }
 
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
-    }
-
     /// Sends `signal` to the process.
     pub fn signal(&self, signal: Signal) {
-        nix::sys::signal::kill(self.pid(), signal).expect("signal the replica");
+        let pid = Pid::from_raw(self.child.as_ref().expect("running").id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal the process");
     }
 
     /// SIGKILLs the process and reaps it.
@@ -112,7 +123,7 @@ impl Replica {
         }
     }
 
-    /// SIGTERMs the process and waits for it to exit.
+    /// SIGTERMs the process and waits (up to 20 s) for it to exit.
     pub fn terminate(&mut self) -> ExitStatus {
         self.signal(Signal::SIGTERM);
         let mut child = self.child.take().expect("running");
@@ -123,8 +134,8 @@ impl Replica {
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "replica {} did not exit within 20 s of SIGTERM",
-                self.id
+                "{} did not exit within 20 s of SIGTERM",
+                self.name
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -138,9 +149,53 @@ impl Replica {
     }
 }
 
-impl Drop for Replica {
+impl Drop for ChildProcess {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// One control-plane replica process.
+pub struct Replica {
+    /// Raft id.
+    pub id: u64,
+    /// host:port it serves on.
+    pub addr: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Its log file.
+    pub log: PathBuf,
+    process: Option<ChildProcess>,
+}
+
+impl Replica {
+    /// Whether the process is running.
+    pub fn is_running(&mut self) -> bool {
+        self.process.as_mut().is_some_and(|p| p.is_running())
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: Signal) {
+        self.process.as_ref().expect("running").signal(signal);
+    }
+
+    /// SIGKILLs the process and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+
+    /// SIGTERMs the process and waits for it to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.process.take().expect("running").terminate()
+    }
+
+    /// The last lines of its log, for assertion messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
     }
 }
 
@@ -185,18 +240,13 @@ impl Cluster {
             addr,
             data_dir,
             log,
-            child: None,
+            process: None,
         };
         self.spawn(&mut replica, founding);
         self.replicas.insert(id, replica);
     }
 
     fn spawn(&self, replica: &mut Replica, founding: bool) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&replica.log)
-            .expect("log file");
         let mut cmd = Command::new(binary("dllm-control-plane"));
         cmd.arg("--id")
             .arg(replica.id.to_string())
@@ -205,14 +255,50 @@ impl Cluster {
             .arg("--data-dir")
             .arg(&replica.data_dir)
             .args(&self.extra_args)
-            .env("RUST_LOG", "info,openraft=info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log);
+            .env("RUST_LOG", "info,openraft=info");
         if founding {
             cmd.arg("--initial-cluster").arg(&self.initial_cluster);
         }
-        replica.child = Some(cmd.spawn().expect("start dllm-control-plane"));
+        replica.process = Some(ChildProcess::spawn(
+            &format!("replica {}", replica.id),
+            cmd,
+            replica.log.clone(),
+        ));
+    }
+
+    /// Comma-separated addresses of every replica, for `--seed-nodes`.
+    pub fn seeds(&self) -> String {
+        self.replicas
+            .values()
+            .map(|r| r.addr.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Starts a `dllm-worker` named `node_id` with simulated GPUs `gpus` (none when empty),
+    /// joined through every replica.
+    pub fn start_worker(&self, node_id: &str, gpus: &str, extra_args: &[&str]) -> Worker {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut cmd = Command::new(binary("dllm-worker"));
+        cmd.args([
+            "--node-id",
+            node_id,
+            "--listen",
+            &addr,
+            "--seed-nodes",
+            &self.seeds(),
+        ])
+        .args(extra_args)
+        .env("RUST_LOG", "info");
+        if !gpus.is_empty() {
+            cmd.args(["--simulate-gpus", gpus]);
+        }
+        let log = self.dir.path().join(format!("worker-{node_id}.log"));
+        Worker {
+            node_id: node_id.to_string(),
+            addr,
+            process: ChildProcess::spawn(&format!("worker {node_id}"), cmd, log),
+        }
     }
 
     /// Starts a new replica `id` that is not a founding member; it waits to be added.
@@ -277,6 +363,16 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// One `dllm-worker` process.
+pub struct Worker {
+    /// Its node id.
+    pub node_id: String,
+    /// host:port of its own gRPC API.
+    pub addr: String,
+    /// The process.
+    pub process: ChildProcess,
 }
 
 /// A channel to `addr` that fails fast when nothing listens.

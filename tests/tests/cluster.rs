@@ -158,17 +158,69 @@ async fn follower_writes_are_visible_everywhere_and_reference_calls_answer() {
     assert_eq!(m.total_memory_mb, 2 * 65536);
     assert_eq!(m.total_layers, 80);
 
-    let metrics = c
+    let err = c
         .node
         .get_metrics(pb::MetricsRequest {
             node_id: "agent-1".into(),
-            metric_names: vec!["gpu_memory_total_mb".into()],
+            metric_names: vec![],
         })
         .await
-        .expect("GetMetrics")
+        .expect_err("no heartbeat yet");
+    assert_eq!(
+        err.code(),
+        Code::Unavailable,
+        "metrics come from heartbeats: {err}"
+    );
+    let beat = c
+        .discovery
+        .heartbeat(pb::HeartbeatRequest {
+            node_id: "agent-1".into(),
+            usage: Some(pb::NodeUsage {
+                timestamp: 1234,
+                memory_total_mb: 65536,
+                memory_used_mb: 1536,
+                gpus: (0..2)
+                    .map(|i| pb::GpuUsage {
+                        index: i,
+                        uuid: format!("GPU-agent-1-{i}"),
+                        memory_used_mb: 100 * i as i64,
+                        memory_total_mb: 81559,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("Heartbeat")
         .into_inner();
+    assert_eq!(beat.status, "healthy");
+    assert_eq!(beat.cluster_id, joined.cluster_id);
+    let mut other = clients(&cluster.addr(follower)).await;
+    let metrics = other
+        .node
+        .get_metrics(pb::MetricsRequest {
+            node_id: "agent-1".into(),
+            metric_names: vec!["gpu_memory_used_mb".into()],
+        })
+        .await
+        .expect("GetMetrics on a follower, from the leader's last heartbeat")
+        .into_inner();
+    assert_eq!(metrics.timestamp, 1234, "the sample's timestamp");
     assert_eq!(metrics.metrics.len(), 2, "one series per GPU");
     assert_eq!(metrics.metrics[1].labels["gpu"], "1");
+    assert_eq!(metrics.metrics[1].value, 100.0);
+    let info = c
+        .discovery
+        .get_cluster_info(pb::ClusterInfoRequest::default())
+        .await
+        .expect("GetClusterInfo")
+        .into_inner();
+    assert_eq!(
+        info.metrics.expect("metrics").available_memory_mb,
+        (65536 - 1536) + 65536,
+        "available memory uses reported usage where there is some"
+    );
 
     let left = c
         .discovery

@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 use super::now_ms;
 use crate::{
     convert::{self, ResourceFilter},
+    forward::UsageQuery,
     replica::Replica,
     state::{Command, NodeSpec, Outcome},
 };
@@ -119,15 +120,29 @@ impl DiscoveryService for DiscoveryApi {
     ) -> Result<Response<pb::ClusterInfoResponse>, Status> {
         let req = request.into_inner();
         convert::text("requester_id", &req.requester_id, convert::MAX_TEXT_LEN)?;
+        let free = self
+            .replica
+            .usage(UsageQuery::FreeMemory)
+            .await?
+            .free_memory_mb;
         let info = self
             .replica
             .read(|s| pb::ClusterInfoResponse {
                 cluster_id: s.cluster_id.clone().unwrap_or_default(),
                 nodes: s.nodes.values().map(convert::node_info).collect(),
                 models: s.models.values().map(convert::model_info).collect(),
-                metrics: Some(convert::cluster_metrics(s)),
+                metrics: Some(convert::cluster_metrics(s, &free)),
             })
             .await?;
         Ok(Response::new(info))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let req = request.into_inner();
+        convert::heartbeat(&req)?;
+        Ok(Response::new(self.replica.heartbeat(req).await?))
     }
 }

@@ -1,9 +1,11 @@
 //! `distributed_llm.NodeService` on a control-plane replica: nodes as the replicated state
-//! holds them.
+//! holds them, metrics from each node's last heartbeat (kept by the leader).
 
 use std::sync::Arc;
 
-use dllm_proto::pb::{self, node_service_server::NodeService};
+use dllm_proto::{metrics, pb};
+use pb::node_service_server::NodeService;
+use prost::Message;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -12,74 +14,23 @@ use super::streams;
 use crate::{
     convert,
     error::ApiError,
+    forward::UsageQuery,
     replica::Replica,
     state::{ClusterState, Node},
 };
 
-/// The metrics a replica reports for a node, with their units. They come from what the node
-/// registered and what placement assigned it; live usage comes from heartbeats once they exist.
-pub const METRICS: &[(&str, &str)] = &[
-    ("cpu_cores", "count"),
-    ("memory_total_mb", "MiB"),
-    ("gpu_count", "count"),
-    ("gpu_memory_total_mb", "MiB"),
-    ("layers_max", "count"),
-    ("layers_used", "count"),
-];
-
-fn metric(name: &str, unit: &str, value: f64) -> pb::MetricValue {
-    pb::MetricValue {
-        name: name.to_string(),
-        value,
-        unit: unit.to_string(),
-        labels: Default::default(),
-    }
-}
-
-/// The metrics of `node`, restricted to `names` (all when empty).
-fn node_metrics(node: &Node, names: &[String]) -> Vec<pb::MetricValue> {
-    let wanted = |name: &str| names.is_empty() || names.iter().any(|n| n == name);
-    let mut out = Vec::new();
-    for (name, unit) in METRICS {
-        if !wanted(name) {
-            continue;
-        }
-        let r = &node.resources;
-        match *name {
-            "cpu_cores" => out.push(metric(name, unit, r.cpu_cores as f64)),
-            "memory_total_mb" => out.push(metric(name, unit, r.memory_mb as f64)),
-            "gpu_count" => out.push(metric(name, unit, r.gpus.len() as f64)),
-            "gpu_memory_total_mb" => {
-                for (i, gpu) in r.gpus.iter().enumerate() {
-                    let mut m = metric(name, unit, gpu.memory_mb as f64);
-                    m.labels.insert("gpu".into(), i.to_string());
-                    m.labels.insert("uuid".into(), gpu.uuid.clone());
-                    out.push(m);
-                }
-            }
-            "layers_max" => out.push(metric(name, unit, r.max_layers.into())),
-            "layers_used" => out.push(metric(name, unit, node.used_layers.into())),
-            _ => {}
-        }
-    }
-    out
-}
-
-/// Validates `metric_names` against [`METRICS`].
+/// Validates `metric_names` against the API's metric vocabulary.
 fn metric_names(names: &[String]) -> Result<(), ApiError> {
-    for (i, name) in names.iter().enumerate() {
-        if !METRICS.iter().any(|(n, _)| n == name) {
-            let valid: Vec<&str> = METRICS.iter().map(|(n, _)| *n).collect();
-            return Err(ApiError::invalid(
-                format!("metric_names[{i}]"),
-                format!(
-                    "{name:?} is not a metric; valid names: {}",
-                    valid.join(", ")
-                ),
-            ));
-        }
+    match metrics::unknown_name(names) {
+        None => Ok(()),
+        Some((i, name)) => Err(ApiError::invalid(
+            format!("metric_names[{i}]"),
+            format!(
+                "{name:?} is not a metric; valid names: {}",
+                metrics::valid_names()
+            ),
+        )),
     }
-    Ok(())
 }
 
 fn find<'a>(state: &'a ClusterState, node_id: &str) -> Result<&'a Node, ApiError> {
@@ -87,6 +38,29 @@ fn find<'a>(state: &'a ClusterState, node_id: &str) -> Result<&'a Node, ApiError
         kind: "node",
         id: node_id.to_string(),
     })
+}
+
+/// The metrics of `node_id` from the leader's latest heartbeat sample, and its timestamp.
+async fn node_metrics(
+    replica: &Replica,
+    node_id: &str,
+    names: &[String],
+) -> Result<(Vec<pb::MetricValue>, i64), ApiError> {
+    let layers_max = replica
+        .read(|s| find(s, node_id).map(|n| n.resources.max_layers))
+        .await??;
+    let sample = replica
+        .usage(UsageQuery::Node(node_id.to_string()))
+        .await?
+        .sample
+        .ok_or_else(|| {
+            ApiError::unavailable(format!(
+                "no heartbeat from node {node_id:?} has reached the current leader yet"
+            ))
+        })?;
+    let usage = pb::NodeUsage::decode(sample.as_slice())
+        .map_err(|e| ApiError::Internal(format!("undecodable usage sample: {e}")))?;
+    Ok((metrics::render(&usage, layers_max, names), usage.timestamp))
 }
 
 /// Serves NodeService on one replica.
@@ -148,12 +122,7 @@ impl NodeService for NodeApi {
         let req = request.into_inner();
         let node_id = convert::node_id("node_id", &req.node_id)?;
         metric_names(&req.metric_names)?;
-        let (metrics, timestamp) = self
-            .replica
-            .read(|s| {
-                find(s, &node_id).map(|n| (node_metrics(n, &req.metric_names), n.last_seen_ms))
-            })
-            .await??;
+        let (metrics, timestamp) = node_metrics(&self.replica, &node_id, &req.metric_names).await?;
         Ok(Response::new(pb::MetricsResponse {
             metrics,
             timestamp,
@@ -180,9 +149,7 @@ impl NodeService for NodeApi {
         let stream = streams::periodic(every, self.shutdown.clone(), move || {
             let (replica, names, node_id) = (replica.clone(), names.clone(), node_id.clone());
             async move {
-                let (metrics, timestamp) = replica
-                    .read(|s| find(s, &node_id).map(|n| (node_metrics(n, &names), n.last_seen_ms)))
-                    .await??;
+                let (metrics, timestamp) = node_metrics(&replica, &node_id, &names).await?;
                 Ok(vec![pb::MetricsStreamResponse { metrics, timestamp }])
             }
         });

@@ -7,7 +7,11 @@ use dllm_proto::raft::{raft_service_server::RaftService, RaftPayload};
 use serde::{de::DeserializeOwned, Serialize};
 use tonic::{Request, Response, Status};
 
-use crate::{forward::MembershipChange, replica::Replica, state::Command};
+use crate::{
+    forward::{MembershipChange, UsageQuery},
+    replica::Replica,
+    state::Command,
+};
 
 /// Serves Raft traffic for one replica.
 pub struct RaftApi {
@@ -74,5 +78,24 @@ impl RaftService for RaftApi {
     ) -> Result<Response<RaftPayload>, Status> {
         let change: MembershipChange = decode(request)?;
         encode(&self.replica.leader_membership(change).await)
+    }
+
+    async fn forward_heartbeat(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        use prost::Message;
+        let bytes: Vec<u8> = decode(request)?;
+        let heartbeat = dllm_proto::pb::HeartbeatRequest::decode(bytes.as_slice())
+            .map_err(|e| Status::invalid_argument(format!("data: undecodable heartbeat: {e}")))?;
+        encode(&self.replica.leader_heartbeat(heartbeat).await)
+    }
+
+    async fn node_usage(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let query: UsageQuery = decode(request)?;
+        encode(&self.replica.leader_usage(query).await)
     }
 }

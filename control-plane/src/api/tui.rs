@@ -11,7 +11,7 @@ use super::{admin::add_change, now_ms, streams};
 use crate::{
     convert::{self, NodeFilter},
     error::ApiError,
-    forward::MembershipChange,
+    forward::{MembershipChange, UsageQuery},
     replica::Replica,
     state::Command,
 };
@@ -165,6 +165,14 @@ impl TuiService for TuiApi {
         let req = request.into_inner();
         convert::text("requester_id", &req.requester_id, convert::MAX_TEXT_LEN)?;
         let filter = NodeFilter::parse(req.filter)?;
+        let free = if req.include_metrics {
+            self.replica
+                .usage(UsageQuery::FreeMemory)
+                .await?
+                .free_memory_mb
+        } else {
+            Default::default()
+        };
         let response = self
             .replica
             .read(|s| pb::NodeListResponse {
@@ -174,7 +182,9 @@ impl TuiService for TuiApi {
                     .filter(|n| filter.matches(n))
                     .map(convert::node_info)
                     .collect(),
-                cluster_metrics: req.include_metrics.then(|| convert::cluster_metrics(s)),
+                cluster_metrics: req
+                    .include_metrics
+                    .then(|| convert::cluster_metrics(s, &free)),
             })
             .await?;
         Ok(Response::new(response))
@@ -224,6 +234,11 @@ impl TuiService for TuiApi {
             let (replica, types) = (replica.clone(), types.clone());
             async move {
                 let timestamp = now_ms();
+                let free = if types.iter().any(|t| t == "metrics") {
+                    replica.usage(UsageQuery::FreeMemory).await?.free_memory_mb
+                } else {
+                    Default::default()
+                };
                 let updates = replica
                     .read(|s| {
                         types
@@ -242,7 +257,7 @@ impl TuiService for TuiApi {
                                         u.models =
                                             s.models.values().map(convert::model_info).collect()
                                     }
-                                    _ => u.metrics = Some(convert::cluster_metrics(s)),
+                                    _ => u.metrics = Some(convert::cluster_metrics(s, &free)),
                                 }
                                 u
                             })

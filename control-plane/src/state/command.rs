@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::NodeSpec;
+use super::{NodeSpec, NodeStatus};
 
 /// One change to the cluster state; one Raft log entry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -19,6 +19,12 @@ pub enum Command {
         /// The proposer's clock, Unix milliseconds.
         now_ms: i64,
     },
+    /// Status transitions decided by the leader's failure detector, applied only where the
+    /// node is still as the detector saw it (same status, same registration generation).
+    SetNodeStatuses {
+        /// The transitions.
+        changes: Vec<StatusChange>,
+    },
     /// Marks a node as left.
     LeaveNode {
         /// The node leaving.
@@ -26,6 +32,22 @@ pub enum Command {
         /// The proposer's clock, Unix milliseconds.
         now_ms: i64,
     },
+}
+
+/// One node's status transition, compare-and-set on `from` and `generation` so that a
+/// transition decided before a re-registration cannot undo it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusChange {
+    /// The node.
+    pub node_id: String,
+    /// The registration generation the decision was made for.
+    pub generation: u64,
+    /// The status the decision was made from.
+    pub from: NodeStatus,
+    /// The new status.
+    pub to: NodeStatus,
+    /// When the cluster last heard from the node, Unix milliseconds, if the leader knows.
+    pub last_seen_ms: Option<i64>,
 }
 
 /// What applying a command answered.
@@ -43,6 +65,11 @@ pub enum Outcome {
     Registered {
         /// True for a node the cluster did not know.
         created: bool,
+    },
+    /// How many of the status transitions applied.
+    StatusesChanged {
+        /// Transitions that matched and applied.
+        applied: u32,
     },
     /// A node left.
     Left {

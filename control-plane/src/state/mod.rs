@@ -10,7 +10,7 @@ mod node;
 
 use std::collections::BTreeMap;
 
-pub use command::{Command, Outcome, Rejection};
+pub use command::{Command, Outcome, Rejection, StatusChange};
 pub use node::{Gpu, Model, Node, NodeSpec, NodeStatus, Resources};
 use openraft::LogId;
 use serde::{Deserialize, Serialize};
@@ -40,6 +40,7 @@ impl ClusterState {
             }
             Command::RegisterNode { spec, now_ms } => self.register(spec, now_ms),
             Command::LeaveNode { node_id, now_ms } => self.leave(&node_id, now_ms),
+            Command::SetNodeStatuses { changes } => self.set_statuses(changes),
         }
     }
 
@@ -51,6 +52,7 @@ impl ClusterState {
                 node.resources = spec.resources;
                 node.status = NodeStatus::Healthy;
                 node.last_seen_ms = now_ms;
+                node.generation += 1;
                 Outcome::Registered { created: false }
             }
             None => {
@@ -63,11 +65,33 @@ impl ClusterState {
                     status: NodeStatus::Healthy,
                     last_seen_ms: now_ms,
                     registered_at_ms: now_ms,
+                    generation: 1,
                 };
                 self.nodes.insert(spec.node_id, node);
                 Outcome::Registered { created: true }
             }
         }
+    }
+
+    fn set_statuses(&mut self, changes: Vec<StatusChange>) -> Outcome {
+        let mut applied = 0;
+        for change in changes {
+            let Some(node) = self.nodes.get_mut(&change.node_id) else {
+                continue;
+            };
+            if node.generation != change.generation
+                || node.status != change.from
+                || change.to == NodeStatus::Left
+            {
+                continue;
+            }
+            node.status = change.to;
+            if let Some(ms) = change.last_seen_ms {
+                node.last_seen_ms = node.last_seen_ms.max(ms);
+            }
+            applied += 1;
+        }
+        Outcome::StatusesChanged { applied }
     }
 
     fn leave(&mut self, node_id: &str, now_ms: i64) -> Outcome {

@@ -100,6 +100,9 @@ pub struct Node {
     pub last_seen_ms: i64,
     /// When it first registered, Unix milliseconds.
     pub registered_at_ms: i64,
+    /// Bumped by every registration, so the failure detector can tell a node that came back
+    /// from one that stayed silent.
+    pub generation: u64,
 }
 
 /// A model the cluster serves. Models are added and placed by the placement feature; the

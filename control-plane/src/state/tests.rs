@@ -144,3 +144,57 @@ fn state_survives_a_snapshot_round_trip() {
     let back: ClusterState = bincode::deserialize(&bytes).expect("decode");
     assert_eq!(back, state);
 }
+
+#[test]
+fn status_changes_are_compare_and_set() {
+    let mut state = ClusterState::default();
+    state.apply(Command::RegisterNode {
+        spec: spec("a", 1),
+        now_ms: 1,
+    });
+    let change = |from, to, generation| StatusChange {
+        node_id: "a".into(),
+        generation,
+        from,
+        to,
+        last_seen_ms: Some(5),
+    };
+    let apply =
+        |state: &mut ClusterState, c| state.apply(Command::SetNodeStatuses { changes: vec![c] });
+    assert_eq!(
+        apply(
+            &mut state,
+            change(NodeStatus::Healthy, NodeStatus::Unhealthy, 1)
+        ),
+        Outcome::StatusesChanged { applied: 1 }
+    );
+    assert_eq!(state.nodes["a"].status, NodeStatus::Unhealthy);
+    assert_eq!(state.nodes["a"].last_seen_ms, 5);
+    assert_eq!(
+        apply(
+            &mut state,
+            change(NodeStatus::Healthy, NodeStatus::Offline, 1)
+        ),
+        Outcome::StatusesChanged { applied: 0 },
+        "a change from a status the node is no longer in does nothing"
+    );
+    state.apply(Command::RegisterNode {
+        spec: spec("a", 1),
+        now_ms: 9,
+    });
+    assert_eq!(state.nodes["a"].generation, 2);
+    assert_eq!(
+        apply(
+            &mut state,
+            change(NodeStatus::Healthy, NodeStatus::Offline, 1)
+        ),
+        Outcome::StatusesChanged { applied: 0 },
+        "a decision made before a re-registration does not undo it"
+    );
+    assert_eq!(state.nodes["a"].status, NodeStatus::Healthy);
+    assert_eq!(
+        apply(&mut state, change(NodeStatus::Healthy, NodeStatus::Left, 2)),
+        Outcome::StatusesChanged { applied: 0 },
+        "only LeaveNode makes a node leave"
+    );
+}

@@ -1,0 +1,370 @@
+//! Real `dllm-worker` processes against a real 3-replica control plane: joining with their
+//! resources, failure detection, rejoining, graceful leave, heartbeats that do not touch the
+//! Raft log, and a leader failover that marks nobody offline.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use dllm_proto::pb::{self, node_service_client::NodeServiceClient};
+use dllm_tests::{channel, clients, init_tracing, replica_status, wait_for, Cluster};
+use tonic::Code;
+use tracing::info;
+
+/// Fast thresholds so failures are noticed in about a second: heartbeats every 200 ms,
+/// unhealthy after 3 missed (600 ms), offline after 8 (1.6 s), 1 s grace after a failover.
+const FAST: &[&str] = &[
+    "--node-heartbeat-interval-ms",
+    "200",
+    "--unhealthy-after",
+    "3",
+    "--offline-after",
+    "8",
+    "--failover-grace-ms",
+    "1000",
+];
+const H100: &str = "2x81559:NVIDIA H100 80GB HBM3";
+
+async fn node(addr: &str, node_id: &str) -> Option<pb::NodeInfo> {
+    let mut c = clients(addr).await;
+    c.node
+        .get_node_info(pb::NodeInfoRequest {
+            node_id: node_id.to_string(),
+        })
+        .await
+        .ok()?
+        .into_inner()
+        .node
+}
+
+async fn wait_status(addr: &str, node_id: &str, status: &str) -> pb::NodeInfo {
+    wait_for(
+        &format!("{node_id} to be {status}"),
+        Duration::from_secs(30),
+        || async move { node(addr, node_id).await.filter(|n| n.status == status) },
+    )
+    .await
+}
+
+/// A worker joins and shows healthy with its simulated GPUs; its own API serves live
+/// metrics; SIGKILLed it becomes unhealthy, then offline; restarted it is healthy again under
+/// the same node id; SIGTERMed it leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_lifecycle_join_fail_rejoin_leave() {
+    init_tracing();
+    let cluster = Cluster::start(3, FAST);
+    cluster.wait_leader(&[1, 2, 3]).await;
+    let cp = cluster.addr(2);
+
+    info!("--- a worker joins");
+    let mut worker = cluster.start_worker("gpu-1", H100, &[]);
+    let joined = wait_status(&cp, "gpu-1", "healthy").await;
+    let gpus = joined.resources.expect("resources").gpus;
+    assert_eq!(gpus.len(), 2);
+    assert_eq!(gpus[0].name, "NVIDIA H100 80GB HBM3");
+    assert_eq!(gpus[0].memory_mb, 81559);
+
+    info!("--- the worker's own API");
+    let mut w = NodeServiceClient::new(channel(&worker.addr).await.expect("worker API"));
+    let me = w
+        .get_node_info(pb::NodeInfoRequest::default())
+        .await
+        .expect("worker GetNodeInfo")
+        .into_inner();
+    assert_eq!(me.node.expect("node").node_id, "gpu-1");
+    let live = w
+        .get_metrics(pb::MetricsRequest {
+            node_id: "gpu-1".into(),
+            metric_names: vec!["memory_total_mb".into(), "gpu_memory_total_mb".into()],
+        })
+        .await
+        .expect("worker GetMetrics")
+        .into_inner();
+    assert_eq!(live.metrics.len(), 3, "host memory plus one series per GPU");
+    assert!(live.metrics[0].value > 0.0, "real host memory");
+    let err = w
+        .get_metrics(pb::MetricsRequest {
+            node_id: "gpu-1".into(),
+            metric_names: vec!["vibes".into()],
+        })
+        .await
+        .expect_err("unknown metric");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("gpu_utilization_percent"), "{err}");
+    let err = w
+        .stream_metrics(pb::MetricsStreamRequest {
+            node_id: "gpu-1".into(),
+            interval_seconds: -1,
+            metric_names: vec![],
+        })
+        .await
+        .expect_err("negative interval");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let mut stream = w
+        .stream_metrics(pb::MetricsStreamRequest {
+            node_id: "gpu-1".into(),
+            interval_seconds: 1,
+            metric_names: vec!["uptime_seconds".into()],
+        })
+        .await
+        .expect("StreamMetrics")
+        .into_inner();
+    let first = stream.message().await.expect("stream").expect("a sample");
+    let second = stream.message().await.expect("stream").expect("a sample");
+    assert!(second.timestamp > first.timestamp, "samples are live");
+    drop(stream);
+
+    info!("--- the control plane serves the worker's metrics from its heartbeats");
+    let cp_metrics = wait_for("metrics from a heartbeat", Duration::from_secs(10), || {
+        let cp = cp.clone();
+        async move {
+            let mut c = clients(&cp).await;
+            c.node
+                .get_metrics(pb::MetricsRequest {
+                    node_id: "gpu-1".into(),
+                    metric_names: vec!["gpu_memory_total_mb".into()],
+                })
+                .await
+                .ok()
+        }
+    })
+    .await
+    .into_inner();
+    assert_eq!(cp_metrics.metrics.len(), 2);
+
+    info!("--- SIGKILL the worker: unhealthy, then offline");
+    worker.process.kill();
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let offline = wait_for("gpu-1 to be offline", Duration::from_secs(30), || {
+        let (cp, seen) = (cp.clone(), seen.clone());
+        async move {
+            let n = node(&cp, "gpu-1").await?;
+            let mut seen = seen.lock().unwrap();
+            if seen.last() != Some(&n.status) {
+                seen.push(n.status.clone());
+            }
+            (n.status == "offline").then_some(n)
+        }
+    })
+    .await;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["healthy", "unhealthy", "offline"],
+        "the node walks healthy -> unhealthy -> offline"
+    );
+    assert!(
+        offline.last_seen > 0,
+        "last_seen says when it was last heard from"
+    );
+
+    info!("--- restart the worker: healthy again under the same id");
+    let mut worker = cluster.start_worker("gpu-1", H100, &[]);
+    wait_status(&cp, "gpu-1", "healthy").await;
+
+    info!("--- SIGTERM: the worker leaves");
+    let status = worker.process.terminate();
+    assert!(status.success(), "worker exits 0 on SIGTERM: {status}");
+    wait_status(&cp, "gpu-1", "left").await;
+}
+
+/// Without an NVIDIA driver the worker starts and reports no GPUs (with one, it reports the
+/// real ones).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_without_nvml_reports_no_gpus() {
+    init_tracing();
+    let cluster = Cluster::start(3, FAST);
+    cluster.wait_leader(&[1, 2, 3]).await;
+    let _worker = cluster.start_worker("cpu-1", "", &[]);
+    let n = wait_status(&cluster.addr(1), "cpu-1", "healthy").await;
+    let r = n.resources.expect("resources");
+    let has_driver = std::path::Path::new("/dev/nvidiactl").exists();
+    if has_driver {
+        assert!(
+            !r.gpus.is_empty(),
+            "NVML present: the real GPUs are reported"
+        );
+    } else {
+        assert!(r.gpus.is_empty(), "no NVML: no GPUs, and no crash");
+    }
+    assert!(
+        r.cpu_cores >= 1 && r.memory_mb > 0 && r.max_layers >= 1,
+        "{r:?}"
+    );
+}
+
+/// While nothing changes, heartbeats write nothing to the Raft log: the leader's last log
+/// index stays put across many heartbeat rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_do_not_grow_the_raft_log() {
+    init_tracing();
+    let cluster = Cluster::start(3, FAST);
+    let leader = cluster.wait_leader(&[1, 2, 3]).await;
+    let _workers: Vec<_> = (0..3)
+        .map(|i| cluster.start_worker(&format!("w{i}"), H100, &[]))
+        .collect();
+    let cp = cluster.addr(leader);
+    for i in 0..3 {
+        wait_status(&cp, &format!("w{i}"), "healthy").await;
+    }
+    let sample_time = |cp: String| async move {
+        let mut c = clients(&cp).await;
+        c.node
+            .get_metrics(pb::MetricsRequest {
+                node_id: "w0".into(),
+                metric_names: vec!["uptime_seconds".into()],
+            })
+            .await
+            .ok()
+            .map(|m| m.into_inner().timestamp)
+    };
+    let t0 = wait_for("a heartbeat sample", Duration::from_secs(10), || {
+        sample_time(cp.clone())
+    })
+    .await;
+    let before = replica_status(&cp).await.expect("status");
+    info!(last_log_index = ?before.last_log_index, "--- wait for 15 more heartbeats");
+    wait_for("15 heartbeat intervals", Duration::from_secs(30), || {
+        let cp = cp.clone();
+        async move { sample_time(cp).await.filter(|t| *t >= t0 + 15 * 200) }
+    })
+    .await;
+    let after = replica_status(&cp).await.expect("status");
+    assert_eq!(
+        after.leader_id, before.leader_id,
+        "no leader change muddies the count"
+    );
+    assert_eq!(
+        after.last_log_index, before.last_log_index,
+        "heartbeats wrote to the Raft log"
+    );
+}
+
+/// The control-plane leader is SIGKILLed while 20 workers heartbeat: a new leader takes over
+/// and no worker is ever marked offline because of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_failover_marks_no_worker_offline() {
+    init_tracing();
+    let mut cluster = Cluster::start(3, FAST);
+    let leader = cluster.wait_leader(&[1, 2, 3]).await;
+    let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+    let workers: Vec<_> = (0..20)
+        .map(|i| cluster.start_worker(&format!("w{i:02}"), "1x24576:NVIDIA L4", &[]))
+        .collect();
+    let watch = cluster.addr(survivors[0]);
+    wait_for("20 healthy workers", Duration::from_secs(60), || {
+        let watch = watch.clone();
+        async move {
+            let mut c = clients(&watch).await;
+            let peers = c
+                .node
+                .get_peers(pb::PeersRequest::default())
+                .await
+                .ok()?
+                .into_inner();
+            (peers.peers.iter().filter(|n| n.status == "healthy").count() == 20).then_some(())
+        }
+    })
+    .await;
+
+    info!("--- watch every status while the leader dies");
+    let stop = Arc::new(AtomicBool::new(false));
+    let statuses = Arc::new(Mutex::new(BTreeMap::<String, Vec<String>>::new()));
+    let watcher = {
+        let (stop, statuses, watch) = (stop.clone(), statuses.clone(), watch.clone());
+        tokio::spawn(async move {
+            let mut c = clients(&watch).await;
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(peers) = c.node.get_peers(pb::PeersRequest::default()).await {
+                    let mut seen = statuses.lock().unwrap();
+                    for n in peers.into_inner().peers {
+                        let history = seen.entry(n.node_id).or_default();
+                        if history.last() != Some(&n.status) {
+                            history.push(n.status);
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    cluster.replica(leader).kill();
+    let new_leader = cluster.wait_leader(&survivors).await;
+    info!(
+        new_leader,
+        "--- wait until the new leader has heard from every worker"
+    );
+    let addr = cluster.addr(new_leader);
+    for w in &workers {
+        wait_for(
+            "a heartbeat at the new leader",
+            Duration::from_secs(30),
+            || {
+                let (addr, id) = (addr.clone(), w.node_id.clone());
+                async move {
+                    let mut c = clients(&addr).await;
+                    c.node
+                        .get_metrics(pb::MetricsRequest {
+                            node_id: id,
+                            metric_names: vec!["uptime_seconds".into()],
+                        })
+                        .await
+                        .ok()
+                        .map(|_| ())
+                }
+            },
+        )
+        .await;
+    }
+    // Past the grace period plus the offline threshold, measured by heartbeats reaching the
+    // new leader: another 2.6 s of samples.
+    let t0 = {
+        let mut c = clients(&addr).await;
+        c.node
+            .get_metrics(pb::MetricsRequest {
+                node_id: "w00".into(),
+                metric_names: vec![],
+            })
+            .await
+            .expect("metrics")
+            .into_inner()
+            .timestamp
+    };
+    wait_for(
+        "2.6 s of heartbeats at the new leader",
+        Duration::from_secs(30),
+        || {
+            let addr = addr.clone();
+            async move {
+                let mut c = clients(&addr).await;
+                let t = c
+                    .node
+                    .get_metrics(pb::MetricsRequest {
+                        node_id: "w00".into(),
+                        metric_names: vec![],
+                    })
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .timestamp;
+                (t >= t0 + 2600).then_some(())
+            }
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    watcher.await.expect("watcher");
+    let statuses = statuses.lock().unwrap();
+    assert_eq!(statuses.len(), 20, "every worker was watched");
+    for (id, history) in statuses.iter() {
+        assert!(
+            !history.iter().any(|s| s == "offline"),
+            "{id} was marked offline by the failover: {history:?}"
+        );
+    }
+    drop(workers);
+}

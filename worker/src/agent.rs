@@ -1,0 +1,303 @@
+//! The worker's life in the cluster: join through any seed (with backoff and jitter, following
+//! the leader hint), heartbeat at the interval the control plane asks for, join again when the
+//! cluster no longer knows this node, and leave on shutdown. Nothing is kept on disk: after a
+//! restart the worker registers under the same node id and learns its assignments again.
+
+use std::{
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use dllm_proto::pb::{self, discovery_service_client::DiscoveryServiceClient};
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+use tonic::{codec::CompressionEncoding, transport::Channel, Code};
+use tracing::{info, warn};
+
+use crate::{config::Config, resources::Probe};
+
+/// Metadata key in which a control-plane replica names the leader on UNAVAILABLE.
+const LEADER_METADATA_KEY: &str = "x-dllm-leader";
+/// How often (in heartbeats) the worker refreshes its view of its peers.
+const PEERS_EVERY: u64 = 10;
+/// Budget of one call to the control plane.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What this worker knows about itself and the cluster, shared with its gRPC API.
+#[derive(Clone, Debug, Default)]
+pub struct View {
+    /// The node as registered (resources included).
+    pub node: pb::NodeInfo,
+    /// Status as the cluster last said, or "joining" before the first answer.
+    pub status: String,
+    /// The cluster's id, once joined.
+    pub cluster_id: String,
+    /// Current layer assignments.
+    pub assignments: Vec<pb::LayerAssignment>,
+    /// The other members, as of the last refresh.
+    pub peers: Vec<pb::NodeInfo>,
+    /// When the cluster last answered a heartbeat, Unix milliseconds.
+    pub last_seen: i64,
+    /// The latest usage sample.
+    pub usage: pb::NodeUsage,
+}
+
+impl View {
+    /// Layers assigned, summed over ranges.
+    pub fn used_layers(&self) -> i32 {
+        self.assignments
+            .iter()
+            .map(|a| a.last_layer - a.first_layer + 1)
+            .sum()
+    }
+}
+
+/// Shared, lock-protected [`View`] plus the host probe.
+#[derive(Clone)]
+pub struct Shared {
+    view: Arc<Mutex<View>>,
+    probe: Arc<Mutex<Probe>>,
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Shared {
+    /// The view and probe of a worker that has not joined yet.
+    pub fn new(config: &Config, probe: Probe) -> Self {
+        let node = pb::NodeInfo {
+            node_id: config.node_id.clone(),
+            address: config.advertise_host.clone(),
+            port: config.advertise_port.into(),
+            resources: Some(probe.resources(config.max_layers)),
+            status: "joining".to_string(),
+            last_seen: 0,
+        };
+        let shared = Self {
+            view: Arc::new(Mutex::new(View {
+                node,
+                status: "joining".to_string(),
+                ..Default::default()
+            })),
+            probe: Arc::new(Mutex::new(probe)),
+        };
+        shared.sample();
+        shared
+    }
+
+    /// The current view.
+    pub fn view(&self) -> MutexGuard<'_, View> {
+        self.view.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a fresh usage sample, stores and returns it.
+    pub fn sample(&self) -> pb::NodeUsage {
+        let used = self.view().used_layers();
+        let usage = self
+            .probe
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sample(used, now_ms());
+        self.view().usage = usage.clone();
+        usage
+    }
+}
+
+/// Clients to the control-plane replicas, rotating on failure. One channel per address,
+/// made once and reused (a channel reconnects by itself).
+struct Seeds {
+    addrs: Vec<String>,
+    channels: Vec<Option<Channel>>,
+    current: usize,
+}
+
+impl Seeds {
+    fn new(addrs: Vec<String>) -> Self {
+        Self {
+            channels: vec![None; addrs.len()],
+            addrs,
+            current: 0,
+        }
+    }
+
+    fn client(&mut self) -> DiscoveryServiceClient<Channel> {
+        let addr = &self.addrs[self.current];
+        let channel = self.channels[self.current].get_or_insert_with(|| {
+            Channel::from_shared(format!("http://{addr}"))
+                .expect("seed addresses are validated as host:port")
+                .connect_timeout(Duration::from_secs(1))
+                .timeout(CALL_TIMEOUT)
+                .connect_lazy()
+        });
+        DiscoveryServiceClient::new(channel.clone())
+            .send_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Gzip)
+    }
+
+    /// Moves to the leader named in `status`, or to the next seed.
+    fn next(&mut self, status: &tonic::Status) {
+        let leader = status
+            .metadata()
+            .get(LEADER_METADATA_KEY)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        match leader {
+            Some(l) => {
+                if let Some(i) = self.addrs.iter().position(|a| *a == l) {
+                    self.current = i;
+                } else if l
+                    .rsplit_once(':')
+                    .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+                {
+                    self.addrs.push(l);
+                    self.channels.push(None);
+                    self.current = self.addrs.len() - 1;
+                } else {
+                    self.current = (self.current + 1) % self.addrs.len();
+                }
+            }
+            None => self.current = (self.current + 1) % self.addrs.len(),
+        }
+    }
+}
+
+/// Backoff with full jitter between `base` and a 5 s cap.
+fn backoff(attempt: u32) -> Duration {
+    let cap = Duration::from_millis(100 * 2u64.saturating_pow(attempt.min(6)))
+        .min(Duration::from_secs(5));
+    rand::thread_rng().gen_range(cap / 2..=cap)
+}
+
+/// Runs the agent until `shutdown`, then leaves the cluster (reason `shutdown`).
+pub async fn run(config: Config, shared: Shared, shutdown: CancellationToken) {
+    let mut seeds = Seeds::new(config.seed_nodes.clone());
+    let mut interval = config.heartbeat_interval;
+    'join: loop {
+        // Join, retrying across seeds until it works or we are told to stop.
+        let mut attempt = 0;
+        loop {
+            let node = shared.view().node.clone();
+            let request = pb::ClusterJoinRequest {
+                node_id: node.node_id.clone(),
+                address: node.address.clone(),
+                port: node.port,
+                resources: node.resources.clone(),
+                seed_nodes: config.seed_nodes.clone(),
+            };
+            let mut client = seeds.client();
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = client.register_with_cluster(request) => r,
+            };
+            match result {
+                Ok(answer) => {
+                    let answer = answer.into_inner();
+                    info!(cluster_id = %answer.cluster_id, peers = answer.existing_nodes.len(), "joined the cluster ({})", answer.message);
+                    let mut view = shared.view();
+                    view.cluster_id = answer.cluster_id;
+                    view.peers = answer.existing_nodes;
+                    view.status = "healthy".to_string();
+                    break;
+                }
+                Err(status) if status.code() == Code::InvalidArgument => {
+                    // Retrying cannot fix a registration the cluster rejects; say so loudly.
+                    warn!(error = %status, "the cluster rejects this worker's registration");
+                }
+                Err(status) => {
+                    warn!(seed = %seeds.addrs[seeds.current], error = %status, "join failed; retrying");
+                    seeds.next(&status);
+                }
+            }
+            attempt += 1;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff(attempt)) => {}
+            }
+        }
+
+        // Heartbeat until the cluster forgets us or we stop.
+        let mut beats: u64 = 0;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break 'join,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            let usage = shared.sample();
+            let request = pb::HeartbeatRequest {
+                node_id: config.node_id.clone(),
+                usage: Some(usage),
+            };
+            let mut client = seeds.client();
+            match client.heartbeat(request).await {
+                Ok(answer) => {
+                    let answer = answer.into_inner();
+                    if answer.heartbeat_interval_ms > 0 {
+                        interval = Duration::from_millis(answer.heartbeat_interval_ms as u64);
+                    }
+                    let mut view = shared.view();
+                    if view.status != answer.status {
+                        info!(from = %view.status, to = %answer.status, "status as the cluster sees it");
+                    }
+                    view.status = answer.status;
+                    view.assignments = answer.assignments;
+                    view.cluster_id = answer.cluster_id;
+                    view.last_seen = now_ms();
+                }
+                Err(status) if status.code() == Code::NotFound => {
+                    warn!("the cluster does not know this node any more; registering again");
+                    continue 'join;
+                }
+                Err(status) => {
+                    warn!(seed = %seeds.addrs[seeds.current], error = %status, "heartbeat failed");
+                    seeds.next(&status);
+                    continue;
+                }
+            }
+            beats += 1;
+            if beats % PEERS_EVERY == 1 {
+                let channel = seeds.client();
+                refresh_peers(channel, &shared, &config.node_id).await;
+            }
+        }
+    }
+    leave(&mut seeds, &config.node_id).await;
+}
+
+async fn refresh_peers(client: DiscoveryServiceClient<Channel>, shared: &Shared, me: &str) {
+    let mut client = client;
+    let request = pb::DiscoveryRequest {
+        requester_id: me.to_string(),
+        known_nodes: vec![],
+        filter: None,
+    };
+    match client.discover_nodes(request).await {
+        Ok(answer) => shared.view().peers = answer.into_inner().discovered_nodes,
+        Err(e) => warn!(error = %e, "could not refresh peers"),
+    }
+}
+
+/// Tells the cluster this node is leaving; tries each seed once.
+async fn leave(seeds: &mut Seeds, node_id: &str) {
+    for _ in 0..seeds.addrs.len() {
+        let request = pb::ClusterLeaveRequest {
+            node_id: node_id.to_string(),
+            reason: "shutdown".to_string(),
+        };
+        match seeds.client().leave_cluster(request).await {
+            Ok(_) => {
+                info!("left the cluster");
+                return;
+            }
+            Err(status) if status.code() == Code::NotFound => return,
+            Err(status) => {
+                warn!(error = %status, "leave failed");
+                seeds.next(&status);
+            }
+        }
+    }
+}

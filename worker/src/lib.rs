@@ -1,0 +1,68 @@
+//! The dllm worker: a stateless agent on a GPU host.
+//!
+//! - [`config`]: flags, environment and TOML, validated before start.
+//! - [`resources`]: CPU and memory from sysinfo, GPUs from NVML (or simulated ones).
+//! - [`agent`]: join, heartbeat, re-join, leave; the worker's [`agent::View`] of itself.
+//! - [`api`]: the worker's own NodeService (itself, its peers, live metrics).
+//! - [`run`]: wires them on one listener until shutdown; `main` and tests call it alike.
+
+pub mod agent;
+pub mod api;
+pub mod config;
+pub mod resources;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
+use tracing::info;
+
+/// Why a worker stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The host could not be read.
+    #[error(transparent)]
+    Probe(#[from] resources::ProbeError),
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Runs the worker on `listener` until `shutdown` is cancelled; then it leaves the cluster
+/// and stops serving.
+///
+/// # Errors
+/// [`RunError`] when the host cannot be read or the server fails.
+pub async fn run(
+    config: config::Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let probe = resources::Probe::open(config.simulate_gpus.clone())?;
+    let shared = agent::Shared::new(&config, probe);
+    info!(node_id = %config.node_id, seeds = ?config.seed_nodes, "worker starting");
+
+    let agent = tokio::spawn(agent::run(config, shared.clone(), shutdown.clone()));
+    // Transport setup, in one place.
+    let gzip = CompressionEncoding::Gzip;
+    let server = tonic::transport::Server::builder()
+        .trace_fn(|req| tracing::debug_span!("rpc", path = %req.uri().path()))
+        .add_service(
+            dllm_proto::pb::node_service_server::NodeServiceServer::new(api::WorkerNodeApi::new(
+                shared,
+                shutdown.clone(),
+            ))
+            .accept_compressed(gzip)
+            .send_compressed(gzip),
+        )
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            shutdown.clone().cancelled_owned(),
+        );
+    let served = server.await;
+    // The agent leaves the cluster once shutdown is cancelled.
+    let _ = agent.await;
+    served?;
+    info!("worker stopped");
+    Ok(())
+}
