@@ -216,10 +216,16 @@ impl Args {
         let listen: SocketAddr = listen_raw
             .parse()
             .map_err(|_| invalid("listen", format!("{listen_raw:?} is not ip:port")))?;
-        let advertise = self
-            .advertise
-            .or(file.advertise)
-            .unwrap_or_else(|| listen_raw.clone());
+        let advertise = match self.advertise.or(file.advertise) {
+            Some(a) => a,
+            None if listen.ip().is_unspecified() => {
+                return Err(invalid(
+                    "advertise",
+                    "is required when --listen is a wildcard address",
+                ))
+            }
+            None => listen_raw.clone(),
+        };
         check_host_port("advertise", &advertise)?;
         let data_dir = self
             .data_dir

@@ -5,7 +5,7 @@ use dllm_proto::pb;
 
 use crate::{
     error::ApiError,
-    state::{ClusterState, Gpu, Model, Node, NodeSpec, NodeStatus, Resources},
+    state::{ClusterState, Gpu, Model, Node, NodeSpec, NodeStatus, Placement, Resources},
 };
 
 /// Longest node id accepted.
@@ -280,18 +280,25 @@ pub fn node_info(node: &Node) -> pb::NodeInfo {
 
 /// The wire form of a model.
 pub fn model_info(model: &Model) -> pb::ModelInfo {
+    let spec = &model.spec;
+    let (placement_status, pending_reason) = match &model.placement {
+        Placement::Placed(_) => ("placed", String::new()),
+        Placement::Pending(reason) => ("pending", reason.clone()),
+    };
     pb::ModelInfo {
-        id: model.id.clone(),
-        name: model.name.clone(),
-        version: model.version.clone(),
-        layer_count: model.layer_count,
-        file_path: model.file_path.clone(),
-        size_bytes: model.size_bytes,
+        id: spec.id.clone(),
+        name: spec.name.clone(),
+        version: spec.version.clone(),
+        layer_count: spec.layer_count,
+        file_path: spec.file_path.clone(),
+        size_bytes: spec.size_bytes,
         node_assignments: model
-            .assignments
+            .ranges()
             .iter()
-            .map(|(node, first, last)| format!("{node}:{first}-{last}"))
+            .map(|r| format!("{}:{}-{}", r.node_id, r.first, r.last))
             .collect(),
+        placement_status: placement_status.to_string(),
+        pending_reason,
     }
 }
 

@@ -24,6 +24,14 @@ pub enum ApiError {
         /// Its id.
         id: String,
     },
+    /// The request would create something that exists.
+    #[error("{kind} {id:?} already exists")]
+    AlreadyExists {
+        /// What kind of thing.
+        kind: &'static str,
+        /// Its id.
+        id: String,
+    },
     /// The request is well-formed but the cluster's state does not allow it.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -63,6 +71,11 @@ impl From<Rejection> for ApiError {
     fn from(rejection: Rejection) -> Self {
         match rejection {
             Rejection::UnknownNode(id) => ApiError::NotFound { kind: "node", id },
+            Rejection::UnknownModel(id) => ApiError::NotFound { kind: "model", id },
+            Rejection::ModelExists(id) => ApiError::AlreadyExists { kind: "model", id },
+            Rejection::Invariant(reason) | Rejection::NotAllowed(reason) => {
+                ApiError::FailedPrecondition(reason)
+            }
         }
     }
 }
@@ -76,6 +89,7 @@ impl From<ApiError> for Status {
         match error {
             ApiError::InvalidArgument { .. } => Status::new(Code::InvalidArgument, message),
             ApiError::NotFound { .. } => Status::new(Code::NotFound, message),
+            ApiError::AlreadyExists { .. } => Status::new(Code::AlreadyExists, message),
             ApiError::FailedPrecondition(_) => Status::new(Code::FailedPrecondition, message),
             ApiError::Unavailable { leader, .. } => {
                 let mut status = Status::new(Code::Unavailable, message);

@@ -6,6 +6,7 @@
 //! - [`replica`]: one Raft replica and the paths that take writes and linearizable reads to
 //!   the leader ([`forward`] holds what crosses between replicas for that).
 //! - [`liveness`]: the leader's in-memory failure detector fed by worker heartbeats.
+//! - [`placement`]: where layers go (the leader's planner; the state machine re-checks).
 //! - [`network`]: Raft traffic to peers over gRPC on reused channels.
 //! - [`api`]: the gRPC services; [`convert`] turns wire types into validated domain types and
 //!   back; [`error`] maps every failure onto one gRPC status.
@@ -23,6 +24,7 @@ pub mod error;
 pub mod forward;
 pub mod liveness;
 pub mod network;
+pub mod placement;
 pub mod raft_types;
 pub mod replica;
 pub mod server;

@@ -412,13 +412,13 @@ impl Replica {
                 .models
                 .values()
                 .flat_map(|m| {
-                    m.assignments
+                    m.ranges()
                         .iter()
-                        .filter(|(node, _, _)| *node == request.node_id)
-                        .map(|(_, first, last)| pb::LayerAssignment {
-                            model_id: m.id.clone(),
-                            first_layer: *first,
-                            last_layer: *last,
+                        .filter(|r| r.node_id == request.node_id)
+                        .map(|r| pb::LayerAssignment {
+                            model_id: m.spec.id.clone(),
+                            first_layer: r.first,
+                            last_layer: r.last,
                         })
                 })
                 .collect(),

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{NodeSpec, NodeStatus};
+use super::{ModelSpec, NodeSpec, NodeStatus, Placement};
 
 /// One change to the cluster state; one Raft log entry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -24,6 +24,32 @@ pub enum Command {
     SetNodeStatuses {
         /// The transitions.
         changes: Vec<StatusChange>,
+    },
+    /// Adds a model with the placement the leader computed for it.
+    AddModel {
+        /// The model.
+        spec: ModelSpec,
+        /// Its placement (checked against the invariants at apply).
+        placement: Placement,
+    },
+    /// Removes a model and frees its layers.
+    RemoveModel {
+        /// The model.
+        id: String,
+    },
+    /// Placement changes decided by the leader (repair, pending models, rebalance).
+    SetPlacements {
+        /// The changes, applied in order; each only if its epoch matches and it keeps the
+        /// invariants.
+        changes: Vec<PlacementChange>,
+    },
+    /// Starts (`true`) or ends (`false`) draining a node: a draining node holds no layers and
+    /// takes none.
+    SetDrain {
+        /// The node.
+        node_id: String,
+        /// Drain or undrain.
+        drain: bool,
     },
     /// Marks a node as left.
     LeaveNode {
@@ -50,6 +76,17 @@ pub struct StatusChange {
     pub last_seen_ms: Option<i64>,
 }
 
+/// A new placement for one model, decided by the leader for the model as of `epoch`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlacementChange {
+    /// The model.
+    pub model_id: String,
+    /// The model's epoch the decision was made for.
+    pub epoch: u64,
+    /// The new placement.
+    pub placement: Placement,
+}
+
 /// What applying a command answered.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub enum Outcome {
@@ -71,6 +108,19 @@ pub enum Outcome {
         /// Transitions that matched and applied.
         applied: u32,
     },
+    /// A model was added (placed or pending).
+    ModelAdded,
+    /// A model was removed.
+    ModelRemoved,
+    /// How many placement changes applied; why the others did not.
+    PlacementsChanged {
+        /// Changes applied.
+        applied: u32,
+        /// Changes skipped: stale epoch or broken invariant, with the reason.
+        skipped: Vec<String>,
+    },
+    /// A node's drain state changed (or already was as asked).
+    DrainSet,
     /// A node left.
     Left {
         /// True when the node had already left.
@@ -87,4 +137,16 @@ pub enum Rejection {
     /// The command names a node the cluster does not know.
     #[error("node {0:?} is not registered")]
     UnknownNode(String),
+    /// The command names a model the cluster does not know.
+    #[error("model {0:?} is not registered")]
+    UnknownModel(String),
+    /// A model with this id exists.
+    #[error("model {0:?} already exists")]
+    ModelExists(String),
+    /// The command would break an invariant of the state.
+    #[error("{0}")]
+    Invariant(String),
+    /// The node is in a status that does not allow the command.
+    #[error("{0}")]
+    NotAllowed(String),
 }

@@ -6,12 +6,15 @@
 //! same log.
 
 mod command;
+pub mod invariants;
 mod node;
 
 use std::collections::BTreeMap;
 
-pub use command::{Command, Outcome, Rejection, StatusChange};
-pub use node::{Gpu, Model, Node, NodeSpec, NodeStatus, Resources};
+pub use command::{Command, Outcome, PlacementChange, Rejection, StatusChange};
+pub use node::{
+    layer_mb, Gpu, Model, ModelSpec, Node, NodeSpec, NodeStatus, Placement, Range, Resources,
+};
 use openraft::LogId;
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +44,101 @@ impl ClusterState {
             Command::RegisterNode { spec, now_ms } => self.register(spec, now_ms),
             Command::LeaveNode { node_id, now_ms } => self.leave(&node_id, now_ms),
             Command::SetNodeStatuses { changes } => self.set_statuses(changes),
+            Command::AddModel { spec, placement } => self.add_model(spec, placement),
+            Command::RemoveModel { id } => self.remove_model(&id),
+            Command::SetPlacements { changes } => self.set_placements(changes),
+            Command::SetDrain { node_id, drain } => self.set_drain(&node_id, drain),
+        }
+    }
+
+    /// Recomputes every node's `used_layers` from the placed ranges.
+    fn recount_used_layers(&mut self) {
+        let usage = invariants::usage_by_node(self, None);
+        for node in self.nodes.values_mut() {
+            node.used_layers = usage.get(&node.node_id).map_or(0, |u| u.0 as i32);
+        }
+    }
+
+    fn add_model(&mut self, spec: ModelSpec, placement: Placement) -> Outcome {
+        if self.models.contains_key(&spec.id) {
+            return Outcome::Rejected(Rejection::ModelExists(spec.id));
+        }
+        if let Placement::Placed(ranges) = &placement {
+            if let Err(e) = invariants::check_placement(self, &spec, ranges, &[]) {
+                return Outcome::Rejected(Rejection::Invariant(e));
+            }
+        }
+        let id = spec.id.clone();
+        self.models.insert(
+            id,
+            Model {
+                spec,
+                placement,
+                epoch: 1,
+            },
+        );
+        self.recount_used_layers();
+        Outcome::ModelAdded
+    }
+
+    fn remove_model(&mut self, id: &str) -> Outcome {
+        if self.models.remove(id).is_none() {
+            return Outcome::Rejected(Rejection::UnknownModel(id.to_string()));
+        }
+        self.recount_used_layers();
+        Outcome::ModelRemoved
+    }
+
+    fn set_placements(&mut self, changes: Vec<PlacementChange>) -> Outcome {
+        let mut applied = 0;
+        let mut skipped = Vec::new();
+        for change in changes {
+            let Some(model) = self.models.get(&change.model_id) else {
+                skipped.push(format!("model {} no longer exists", change.model_id));
+                continue;
+            };
+            if model.epoch != change.epoch {
+                skipped.push(format!("model {}: stale plan", change.model_id));
+                continue;
+            }
+            if let Placement::Placed(ranges) = &change.placement {
+                if let Err(e) =
+                    invariants::check_placement(self, &model.spec, ranges, model.ranges())
+                {
+                    skipped.push(e);
+                    continue;
+                }
+            }
+            let model = self
+                .models
+                .get_mut(&change.model_id)
+                .expect("checked above");
+            model.placement = change.placement;
+            model.epoch += 1;
+            self.recount_used_layers();
+            applied += 1;
+        }
+        Outcome::PlacementsChanged { applied, skipped }
+    }
+
+    fn set_drain(&mut self, node_id: &str, drain: bool) -> Outcome {
+        let Some(node) = self.nodes.get_mut(node_id) else {
+            return Outcome::Rejected(Rejection::UnknownNode(node_id.to_string()));
+        };
+        match (drain, node.status) {
+            (true, NodeStatus::Draining) | (false, NodeStatus::Healthy) => Outcome::DrainSet,
+            (true, NodeStatus::Healthy | NodeStatus::Unhealthy) => {
+                node.status = NodeStatus::Draining;
+                Outcome::DrainSet
+            }
+            (false, NodeStatus::Draining) => {
+                node.status = NodeStatus::Healthy;
+                Outcome::DrainSet
+            }
+            (_, status) => Outcome::Rejected(Rejection::NotAllowed(format!(
+                "node {node_id} is {}; only healthy or unhealthy nodes can be drained, only draining ones undrained",
+                status.as_str()
+            ))),
         }
     }
 

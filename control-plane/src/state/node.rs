@@ -18,6 +18,12 @@ pub enum NodeStatus {
 }
 
 impl NodeStatus {
+    /// Whether a node in this status may keep the layers it holds (an unhealthy node may be
+    /// back in a moment; its layers move only once it is offline).
+    pub fn may_hold_layers(self) -> bool {
+        matches!(self, NodeStatus::Healthy | NodeStatus::Unhealthy)
+    }
+
     /// Every status, in the order the API documents them.
     pub const ALL: [NodeStatus; 5] = [
         NodeStatus::Healthy,
@@ -81,6 +87,17 @@ pub struct NodeSpec {
     pub resources: Resources,
 }
 
+impl Resources {
+    /// Memory the node offers for layers, MiB: its GPUs' memory, or host memory without GPUs.
+    pub fn layer_memory_mb(&self) -> i64 {
+        if self.gpus.is_empty() {
+            self.memory_mb
+        } else {
+            self.gpus.iter().map(|g| g.memory_mb).sum()
+        }
+    }
+}
+
 /// A node as the cluster knows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
@@ -105,22 +122,86 @@ pub struct Node {
     pub generation: u64,
 }
 
-/// A model the cluster serves. Models are added and placed by the placement feature; the
-/// state already holds them so that every read path shows them.
+/// A contiguous range of one model's layers on one node (inclusive indices).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Model {
+pub struct Range {
+    /// The node holding the layers.
+    pub node_id: String,
+    /// First layer.
+    pub first: i32,
+    /// Last layer.
+    pub last: i32,
+}
+
+impl Range {
+    /// How many layers the range holds.
+    pub fn len(&self) -> i32 {
+        self.last - self.first + 1
+    }
+
+    /// Never true for a valid range; here for clippy's `len` convention.
+    pub fn is_empty(&self) -> bool {
+        self.len() <= 0
+    }
+}
+
+/// Where a model's layers are: all of them placed, or none (pending, with the reason).
+/// A model is never half placed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Placement {
+    /// Every layer on exactly one node, as contiguous ranges ordered by first layer.
+    Placed(Vec<Range>),
+    /// Not placed; why.
+    Pending(String),
+}
+
+/// What an operator says about a model when adding it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelSpec {
     /// Unique id.
     pub id: String,
     /// Display name.
     pub name: String,
     /// Version.
     pub version: String,
-    /// Number of layers.
+    /// Number of layers, >= 1.
     pub layer_count: i32,
     /// Where the weights are on each worker.
     pub file_path: String,
-    /// Total size of the weights, bytes.
+    /// Total size of the weights, bytes, > 0.
     pub size_bytes: i64,
-    /// Placement: (node_id, first layer, last layer), inclusive, ordered by first layer.
-    pub assignments: Vec<(String, i32, i32)>,
+}
+
+impl ModelSpec {
+    /// Memory one layer needs on a node, MiB (rounded up).
+    pub fn layer_mb(&self) -> i64 {
+        layer_mb(self.size_bytes, self.layer_count)
+    }
+}
+
+/// Memory one layer of a model of `size_bytes` in `layer_count` layers needs, MiB, rounded up.
+pub fn layer_mb(size_bytes: i64, layer_count: i32) -> i64 {
+    let per_layer = size_bytes.max(0) as i128 / i128::from(layer_count.max(1));
+    ((per_layer + (1 << 20) - 1) >> 20) as i64
+}
+
+/// A model the cluster serves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Model {
+    /// What the operator said.
+    pub spec: ModelSpec,
+    /// Where its layers are.
+    pub placement: Placement,
+    /// Bumped by every placement change, so a stale plan cannot apply.
+    pub epoch: u64,
+}
+
+impl Model {
+    /// The ranges, empty when pending.
+    pub fn ranges(&self) -> &[Range] {
+        match &self.placement {
+            Placement::Placed(r) => r,
+            Placement::Pending(_) => &[],
+        }
+    }
 }
