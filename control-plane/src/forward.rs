@@ -4,10 +4,25 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{error::ApiError, state::Outcome};
+use crate::{
+    error::ApiError,
+    state::{Command, ModelSpec, Outcome},
+};
+
+/// A write as a follower forwards it: a finished command, or an intent the leader turns into
+/// a command from its own state (placement is decided by the leader).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Proposal {
+    /// Commit this command as it is.
+    Command(Command),
+    /// Add this model, placed by the leader.
+    AddModel(ModelSpec),
+    /// Re-split one model (or all) from scratch.
+    Rebalance(Option<String>),
+}
 
 /// A replica membership change, carried out by the leader.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum MembershipChange {
     /// Add replica `id` at `addr` as a learner, wait for it to catch up, promote it to voter.
     Add {

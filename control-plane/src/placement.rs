@@ -120,7 +120,12 @@ pub fn split(total: i64, weights: &[i64], caps: &[i64]) -> Option<Vec<i64>> {
             .collect();
         let mut leftover = remaining - alloc.iter().map(|a| a.1).sum::<i64>();
         let mut order: Vec<usize> = (0..alloc.len()).collect();
-        order.sort_by(|&a, &b| alloc[b].2.cmp(&alloc[a].2).then(alloc[a].0.cmp(&alloc[b].0)));
+        order.sort_by(|&a, &b| {
+            alloc[b]
+                .2
+                .cmp(&alloc[a].2)
+                .then(alloc[a].0.cmp(&alloc[b].0))
+        });
         for k in order {
             if leftover == 0 {
                 break;
@@ -149,7 +154,9 @@ fn merge(mut ranges: Vec<Range>) -> Vec<Range> {
     let mut out: Vec<Range> = Vec::with_capacity(ranges.len());
     for r in ranges {
         match out.last_mut() {
-            Some(prev) if prev.node_id == r.node_id && prev.last + 1 == r.first => prev.last = r.last,
+            Some(prev) if prev.node_id == r.node_id && prev.last + 1 == r.first => {
+                prev.last = r.last
+            }
             _ => out.push(r),
         }
     }
@@ -225,7 +232,10 @@ pub fn repair(state: &ClusterState) -> Vec<PlacementChange> {
         }
     }
     for model in state.models.values() {
-        if !matches!(scratch.models[&model.spec.id].placement, Placement::Pending(_)) {
+        if !matches!(
+            scratch.models[&model.spec.id].placement,
+            Placement::Pending(_)
+        ) {
             continue;
         }
         if let placed @ Placement::Placed(_) = fresh(&scratch, &model.spec) {
@@ -276,8 +286,7 @@ fn repair_one(state: &ClusterState, model_id: &str) -> Option<Placement> {
                 return Some(match fresh(state, spec) {
                     placed @ Placement::Placed(_) => placed,
                     Placement::Pending(reason) => {
-                        let gone: Vec<&str> =
-                            orphaned.iter().map(|r| r.node_id.as_str()).collect();
+                        let gone: Vec<&str> = orphaned.iter().map(|r| r.node_id.as_str()).collect();
                         Placement::Pending(format!(
                             "layers on {} must move and do not fit: {reason}",
                             gone.join(", ")

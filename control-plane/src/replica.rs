@@ -30,11 +30,12 @@ use crate::{
     config::Config,
     error::ApiError,
     forward::{
-        HeartbeatAnswer, MembershipAnswer, MembershipChange, ReadIndexAnswer, UsageAnswer,
-        UsageQuery, WireError, WriteAnswer,
+        HeartbeatAnswer, MembershipAnswer, MembershipChange, Proposal, ReadIndexAnswer,
+        UsageAnswer, UsageQuery, WireError, WriteAnswer,
     },
     liveness::Detector,
     network::{Network, PeerError, Peers},
+    placement,
     raft_types::{LogStore, Raft, StateHandle, StateMachine},
     state::{ClusterState, Command, NodeStatus, Outcome, StatusChange},
 };
@@ -253,6 +254,36 @@ impl Replica {
         }
     }
 
+    /// Turns `proposal` into a command with this replica's state (placement is decided here,
+    /// on the leader) and proposes it; leader only.
+    pub async fn leader_propose(&self, proposal: Proposal) -> WriteAnswer {
+        let command = match proposal {
+            Proposal::Command(command) => command,
+            Proposal::AddModel(spec) => {
+                self.leading()?;
+                let placement = self.state.read(|s| placement::fresh(s, &spec));
+                Command::AddModel { spec, placement }
+            }
+            Proposal::Rebalance(model_id) => {
+                self.leading()?;
+                let changes = self.state.read(|s| {
+                    if model_id
+                        .as_ref()
+                        .is_some_and(|id| !s.models.contains_key(id))
+                    {
+                        return Err(WireError::NotFound {
+                            kind: "model".into(),
+                            id: model_id.clone().unwrap_or_default(),
+                        });
+                    }
+                    Ok(placement::rebalance(s, model_id.as_deref()))
+                })?;
+                Command::SetPlacements { changes }
+            }
+        };
+        self.leader_write(command).await
+    }
+
     /// Proposes `command` on this replica, which must be the leader.
     pub async fn leader_write(&self, command: Command) -> WriteAnswer {
         match self.raft.client_write(command).await {
@@ -309,18 +340,27 @@ impl Replica {
     /// `UNAVAILABLE` without a leader or quorum within the request budget; the state machine's
     /// rejection otherwise.
     pub async fn write(&self, command: Command) -> Result<Outcome, ApiError> {
+        self.propose(Proposal::Command(command)).await
+    }
+
+    /// Commits `proposal` through the leader (which turns an intent into a command) and
+    /// waits until this replica has applied it.
+    ///
+    /// # Errors
+    /// As [`Replica::write`].
+    pub async fn propose(&self, proposal: Proposal) -> Result<Outcome, ApiError> {
         let budget = self.config.request_timeout;
         let (outcome, index) = self
             .at_leader(
                 budget,
                 "write",
-                || self.leader_write(command.clone()),
+                || self.leader_propose(proposal.clone()),
                 |addr, timeout| {
-                    let command = command.clone();
+                    let proposal = proposal.clone();
                     let peers = self.peers.clone();
                     async move {
                         peers
-                            .call(&addr, &command, timeout, |mut c, r| async move {
+                            .call(&addr, &proposal, timeout, |mut c, r| async move {
                                 c.forward_write(r).await
                             })
                             .await
@@ -512,12 +552,42 @@ impl Replica {
             if self.leading().is_err() {
                 continue;
             }
+            self.sweep_statuses().await;
+            self.repair_placement().await;
+        }
+    }
+
+    /// Commits the placement repairs the current state needs (orphaned ranges, pending
+    /// models), as one entry; nothing when nothing needs repair.
+    async fn repair_placement(&self) {
+        let changes = self.state.read(placement::repair);
+        if changes.is_empty() {
+            return;
+        }
+        for c in &changes {
+            info!(model = %c.model_id, placement = ?c.placement, "placement repair");
+        }
+        match self.leader_write(Command::SetPlacements { changes }).await {
+            Ok((Outcome::PlacementsChanged { skipped, .. }, _)) if !skipped.is_empty() => {
+                warn!(
+                    ?skipped,
+                    "some placement changes were stale; replanning next tick"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = ?e, "could not commit placement repairs; retrying next tick"),
+        }
+    }
+
+    /// Commits the status transitions the failure detector finds, as one entry.
+    async fn sweep_statuses(&self) {
+        {
             let now = tokio::time::Instant::now();
             let changes: Vec<StatusChange> = self
                 .state
                 .read(|s| self.detector().sweep(s.nodes.values(), now));
             if changes.is_empty() {
-                continue;
+                return;
             }
             for c in &changes {
                 info!(node = %c.node_id, from = c.from.as_str(), to = c.to.as_str(), "node status change");

@@ -280,7 +280,7 @@ async fn follower_writes_are_visible_everywhere_and_reference_calls_answer() {
     let out = c
         .tui
         .execute_command(pb::CommandRequest {
-            command: "replicas".into(),
+            command: "members".into(),
             ..Default::default()
         })
         .await

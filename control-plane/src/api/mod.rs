@@ -2,7 +2,8 @@
 //! request into domain types (`crate::convert`), goes through [`crate::replica::Replica`] for
 //! writes and linearizable reads, and maps errors with `From<ApiError> for Status`.
 
-mod admin;
+pub(crate) mod admin;
+mod commands;
 mod discovery;
 mod node;
 mod raft;

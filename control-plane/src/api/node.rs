@@ -146,7 +146,7 @@ impl NodeService for NodeApi {
             .await??;
         let replica = self.replica.clone();
         let names = Arc::new(req.metric_names);
-        let stream = streams::periodic(every, self.shutdown.clone(), move || {
+        let stream = streams::periodic(every, self.shutdown.clone(), None, move || {
             let (replica, names, node_id) = (replica.clone(), names.clone(), node_id.clone());
             async move {
                 let (metrics, timestamp) = node_metrics(&replica, &node_id, &names).await?;

@@ -8,9 +8,8 @@ use serde::{de::DeserializeOwned, Serialize};
 use tonic::{Request, Response, Status};
 
 use crate::{
-    forward::{MembershipChange, UsageQuery},
+    forward::{MembershipChange, Proposal, UsageQuery},
     replica::Replica,
-    state::Command,
 };
 
 /// Serves Raft traffic for one replica.
@@ -60,8 +59,8 @@ impl RaftService for RaftApi {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let command: Command = decode(request)?;
-        encode(&self.replica.leader_write(command).await)
+        let proposal: Proposal = decode(request)?;
+        encode(&self.replica.leader_propose(proposal).await)
     }
 
     async fn read_index(

@@ -10,6 +10,10 @@ use tonic::Status;
 
 use crate::error::ApiError;
 
+/// A replica's Raft metrics, which say when a new entry is applied.
+pub type RaftMetricsWatch =
+    tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, openraft::BasicNode>>;
+
 /// Shortest interval a stream accepts, in seconds.
 pub const MIN_INTERVAL_SECONDS: i32 = 1;
 /// Longest interval a stream accepts, in seconds.
@@ -29,11 +33,16 @@ pub fn interval(field: &str, seconds: i32) -> Result<Duration, ApiError> {
     Ok(Duration::from_secs(seconds as u64))
 }
 
-/// A stream that sends what `tick` makes, first at once and then every `every`. An error from
-/// `tick` is sent and ends the stream.
+/// Least time between two sends prompted by state changes.
+const MIN_PROMPT_GAP: Duration = Duration::from_millis(200);
+
+/// A stream that sends what `tick` makes, first at once and then every `every`, and also
+/// promptly (at most every 200 ms) when `changes` reports a newly applied log entry. An
+/// error from `tick` is sent and ends the stream.
 pub fn periodic<T, F, Fut>(
     every: Duration,
     shutdown: CancellationToken,
+    changes: Option<RaftMetricsWatch>,
     mut tick: F,
 ) -> ReceiverStream<Result<T, Status>>
 where
@@ -45,12 +54,33 @@ where
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut changes = changes;
+        let applied = |m: &RaftMetricsWatch| m.borrow().last_applied.map(|l| l.index);
+        let mut sent_at = changes.as_ref().and_then(applied);
         loop {
+            let changed = async {
+                match changes.as_mut() {
+                    Some(c) => loop {
+                        if c.changed().await.is_err() {
+                            return std::future::pending().await;
+                        }
+                        if applied(c) != sent_at {
+                            return;
+                        }
+                    },
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = tx.closed() => return,
                 _ = shutdown.cancelled() => return,
                 _ = ticker.tick() => {}
+                _ = changed => {
+                    tokio::time::sleep(MIN_PROMPT_GAP).await;
+                    ticker.reset();
+                }
             }
+            sent_at = changes.as_ref().and_then(applied);
             match tick().await {
                 Ok(items) => {
                     for item in items {

@@ -1,19 +1,18 @@
 //! `distributed_llm.TUIService`: what the terminal UI and the `dllm` command show and run.
 
-use std::{fmt::Write as _, sync::Arc};
+use std::sync::Arc;
 
 use dllm_proto::pb::{self, tui_service_server::TuiService};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::{admin::add_change, now_ms, streams};
+use super::{commands, now_ms, streams};
 use crate::{
     convert::{self, NodeFilter},
     error::ApiError,
-    forward::{MembershipChange, UsageQuery},
+    forward::UsageQuery,
     replica::Replica,
-    state::Command,
 };
 
 /// The update types StreamUpdates knows.
@@ -29,130 +28,6 @@ impl TuiApi {
     /// The service over `replica`; streams end when `shutdown` is cancelled.
     pub fn new(replica: Arc<Replica>, shutdown: CancellationToken) -> Self {
         Self { replica, shutdown }
-    }
-}
-
-/// What ExecuteCommand answers for `help`.
-const HELP: &str = "\
-commands:
-  help                              this text
-  replicas                          control-plane replicas, leader, term, indexes
-  nodes                             worker nodes
-  leave <node_id>                   mark a node as left
-  add-replica <id> <host:port>      add a control-plane replica (learner, then voter)
-  remove-replica <id>               remove a control-plane replica
-";
-
-/// The result of one command: output, or an error and its exit code.
-enum Ran {
-    Ok(String),
-    Usage(String),
-    Failed(ApiError),
-}
-
-impl TuiApi {
-    async fn run(&self, command: &str, args: &[String]) -> Ran {
-        let usage = |text: &str| Ran::Usage(format!("usage: {text}"));
-        match (command, args) {
-            ("help", []) => Ran::Ok(HELP.to_string()),
-            ("replicas", []) => {
-                if let Err(e) = self.replica.linearize().await {
-                    return Ran::Failed(e);
-                }
-                let s = self.replica.status();
-                let index = |i: Option<u64>| i.map_or("-".to_string(), |i| i.to_string());
-                let mut out = format!(
-                    "leader {} ({}) term {} commit {} applied {}\n",
-                    s.leader_id,
-                    s.leader_address,
-                    s.term,
-                    index(s.commit_index),
-                    index(s.applied_index)
-                );
-                for r in &s.replicas {
-                    let _ = writeln!(out, "{:>4}  {:<22} {}", r.id, r.address, r.role);
-                }
-                Ran::Ok(out)
-            }
-            ("nodes", []) => match self
-                .replica
-                .read(|s| s.nodes.values().cloned().collect::<Vec<_>>())
-                .await
-            {
-                Ok(nodes) => {
-                    let mut out = format!(
-                        "{:<24} {:<10} {:<22} {:>5} {:>10} {:>7}\n",
-                        "NODE", "STATUS", "ADDRESS", "GPUS", "MEMORY_MB", "LAYERS"
-                    );
-                    for n in nodes {
-                        let _ = writeln!(
-                            out,
-                            "{:<24} {:<10} {:<22} {:>5} {:>10} {:>3}/{:<3}",
-                            n.node_id,
-                            n.status.as_str(),
-                            format!("{}:{}", n.address, n.port),
-                            n.resources.gpus.len(),
-                            n.resources.memory_mb,
-                            n.used_layers,
-                            n.resources.max_layers
-                        );
-                    }
-                    Ran::Ok(out)
-                }
-                Err(e) => Ran::Failed(e),
-            },
-            ("leave", [node_id]) => {
-                let node_id = match convert::node_id("args[0]", node_id) {
-                    Ok(id) => id,
-                    Err(e) => return Ran::Failed(e),
-                };
-                let command = Command::LeaveNode {
-                    node_id: node_id.clone(),
-                    now_ms: now_ms(),
-                };
-                match self.replica.write(command).await {
-                    Ok(_) => Ran::Ok(format!("node {node_id} left\n")),
-                    Err(e) => Ran::Failed(e),
-                }
-            }
-            ("leave", _) => usage("leave <node_id>"),
-            ("add-replica", [id, address]) => {
-                let Ok(id) = id.parse::<u64>() else {
-                    return Ran::Failed(ApiError::invalid(
-                        "args[0]",
-                        format!("{id:?} is not an id"),
-                    ));
-                };
-                let change = match add_change(id, address) {
-                    Ok(c) => c,
-                    Err(e) => return Ran::Failed(e),
-                };
-                match self.replica.change_membership(change).await {
-                    Ok(()) => Ran::Ok(format!("replica {id} at {address} is a voter\n")),
-                    Err(e) => Ran::Failed(e),
-                }
-            }
-            ("add-replica", _) => usage("add-replica <id> <host:port>"),
-            ("remove-replica", [id]) => {
-                let Some(id) = id.parse::<u64>().ok().filter(|id| *id > 0) else {
-                    return Ran::Failed(ApiError::invalid(
-                        "args[0]",
-                        format!("{id:?} is not an id"),
-                    ));
-                };
-                match self
-                    .replica
-                    .change_membership(MembershipChange::Remove { id })
-                    .await
-                {
-                    Ok(()) => Ran::Ok(format!("replica {id} removed\n")),
-                    Err(e) => Ran::Failed(e),
-                }
-            }
-            ("remove-replica", _) => usage("remove-replica <id>"),
-            ("help" | "replicas" | "nodes", _) => usage(&format!("{command} takes no arguments")),
-            _ => Ran::Usage(format!("unknown command {command:?}\n{HELP}")),
-        }
     }
 }
 
@@ -230,7 +105,8 @@ impl TuiService for TuiApi {
             req.update_types
         });
         let replica = self.replica.clone();
-        let stream = streams::periodic(every, self.shutdown.clone(), move || {
+        let changes = self.replica.raft.metrics();
+        let stream = streams::periodic(every, self.shutdown.clone(), Some(changes), move || {
             let (replica, types) = (replica.clone(), types.clone());
             async move {
                 let timestamp = now_ms();
@@ -277,28 +153,19 @@ impl TuiService for TuiApi {
         let req = request.into_inner();
         convert::text("requester_id", &req.requester_id, convert::MAX_TEXT_LEN)?;
         convert::text("command", &req.command, convert::MAX_TEXT_LEN)?;
-        let response = match self.run(req.command.trim(), &req.args).await {
-            Ran::Ok(output) => pb::CommandResponse {
-                success: true,
-                output,
-                error: String::new(),
-                exit_code: 0,
-            },
-            Ran::Usage(error) => pb::CommandResponse {
-                success: false,
-                output: String::new(),
-                error,
-                exit_code: 2,
-            },
-            // An unreachable cluster is not a command failure: the caller should retry.
-            Ran::Failed(e @ ApiError::Unavailable { .. }) => return Err(e.into()),
-            Ran::Failed(e) => pb::CommandResponse {
-                success: false,
-                output: String::new(),
-                error: e.to_string(),
-                exit_code: 1,
+        let parsed = commands::parse(req.command.trim(), &req.args, &req.options);
+        let (output, error, exit_code) = match parsed {
+            Err(usage) => (String::new(), usage.0, 2),
+            Ok(cmd) => match commands::run(&self.replica, cmd).await {
+                Ok(output) => (output, String::new(), 0),
+                Err(e) => (String::new(), e.to_string(), 1),
             },
         };
-        Ok(Response::new(response))
+        Ok(Response::new(pb::CommandResponse {
+            success: exit_code == 0,
+            output,
+            error,
+            exit_code,
+        }))
     }
 }

@@ -94,11 +94,26 @@ fn set_status(state: &mut ClusterState, id: &str, to: NodeStatus) {
 
 #[test]
 fn split_is_proportional_with_largest_remainder_and_caps() {
-    assert_eq!(split(80, &[80, 40, 40], &[100, 100, 100]), Some(vec![40, 20, 20]));
-    assert_eq!(split(10, &[1, 1, 1], &[10, 10, 10]), Some(vec![4, 3, 3]), "ties go first");
-    assert_eq!(split(10, &[100, 1, 1], &[2, 10, 10]), Some(vec![2, 4, 4]), "capped excess spreads");
+    assert_eq!(
+        split(80, &[80, 40, 40], &[100, 100, 100]),
+        Some(vec![40, 20, 20])
+    );
+    assert_eq!(
+        split(10, &[1, 1, 1], &[10, 10, 10]),
+        Some(vec![4, 3, 3]),
+        "ties go first"
+    );
+    assert_eq!(
+        split(10, &[100, 1, 1], &[2, 10, 10]),
+        Some(vec![2, 4, 4]),
+        "capped excess spreads"
+    );
     assert_eq!(split(10, &[1, 1], &[3, 3]), None, "does not fit");
-    assert_eq!(split(3, &[0, 0], &[2, 2]), Some(vec![2, 1]), "zero weights still take layers");
+    assert_eq!(
+        split(3, &[0, 0], &[2, 2]),
+        Some(vec![2, 1]),
+        "zero weights still take layers"
+    );
 }
 
 /// Three workers with 80, 40 and 24 GiB; an 80-layer model of 1 GiB per layer is split in
@@ -109,7 +124,10 @@ fn a_model_is_split_by_memory() {
     register(&mut state, "a", 80 * 1024, 100);
     register(&mut state, "b", 40 * 1024, 100);
     register(&mut state, "c", 24 * 1024, 100);
-    assert_eq!(add(&mut state, spec("m", 80, 80 * GIB)), Outcome::ModelAdded);
+    assert_eq!(
+        add(&mut state, spec("m", 80, 80 * GIB)),
+        Outcome::ModelAdded
+    );
     // 80 * 80/144 = 44.4, 80 * 40/144 = 22.2, 80 * 24/144 = 13.3: floors 44 + 22 + 13 = 79,
     // and the one left over goes to the largest remainder (a's .4).
     assert_eq!(ranges(&state, "m"), ["a:0-44", "b:45-66", "c:67-79"]);
@@ -129,7 +147,11 @@ fn repair_moves_only_the_failed_nodes_layers() {
     assert_eq!(before, ["a:0-19", "b:20-29", "c:30-39"]);
     set_status(&mut state, "b", NodeStatus::Unhealthy);
     repair_now(&mut state);
-    assert_eq!(ranges(&state, "m"), before, "unhealthy nodes keep their layers");
+    assert_eq!(
+        ranges(&state, "m"),
+        before,
+        "unhealthy nodes keep their layers"
+    );
     set_status(&mut state, "b", NodeStatus::Offline);
     repair_now(&mut state);
     let after = ranges(&state, "m");
@@ -180,29 +202,37 @@ fn drain_moves_layers_off_and_rebalance_brings_them_back() {
         drain: false,
     });
     repair_now(&mut state);
-    assert_eq!(ranges(&state, "m"), ["b:0-19"], "no reshuffle without rebalance");
+    assert_eq!(
+        ranges(&state, "m"),
+        ["b:0-19"],
+        "no reshuffle without rebalance"
+    );
     let changes = rebalance(&state, Some("m"));
     state.apply(Command::SetPlacements { changes });
     assert_eq!(ranges(&state, "m"), ["a:0-9", "b:10-19"]);
 }
 
-/// The state machine refuses placements that break an invariant.
+/// The state machine refuses placements that break an invariant: a stale AddModel plan
+/// leaves the model pending (the next repair places it), a bad SetPlacements change is
+/// skipped with the reason.
 #[test]
 fn the_state_machine_refuses_bad_placements() {
     let mut state = ClusterState::default();
     register(&mut state, "a", 4 * 1024, 3);
     register(&mut state, "b", 40 * 1024, 100);
     set_status(&mut state, "b", NodeStatus::Offline);
-    let place = |ranges: &[(&str, i32, i32)]| Placement::Placed(
-        ranges
-            .iter()
-            .map(|(n, f, l)| Range {
-                node_id: n.to_string(),
-                first: *f,
-                last: *l,
-            })
-            .collect(),
-    );
+    let place = |ranges: &[(&str, i32, i32)]| {
+        Placement::Placed(
+            ranges
+                .iter()
+                .map(|(n, f, l)| Range {
+                    node_id: n.to_string(),
+                    first: *f,
+                    last: *l,
+                })
+                .collect(),
+        )
+    };
     let cases = [
         (place(&[("a", 0, 1)]), "cover 2 of 4"),
         (place(&[("a", 0, 1), ("a", 3, 3)]), "contiguously"),
@@ -211,23 +241,44 @@ fn the_state_machine_refuses_bad_placements() {
         (place(&[("a", 0, 0), ("ghost", 1, 3)]), "not registered"),
     ];
     for (placement, why) in cases {
-        match state.apply(Command::AddModel {
+        state.apply(Command::AddModel {
             spec: spec("m", 4, 4 * GIB),
-            placement,
-        }) {
-            Outcome::Rejected(r) => assert!(r.to_string().contains(why), "{r} should say {why}"),
-            other => panic!("{why}: accepted {other:?}"),
+            placement: placement.clone(),
+        });
+        match &state.models["m"].placement {
+            Placement::Pending(reason) => {
+                assert!(reason.contains(why), "{reason} should say {why}")
+            }
+            p => panic!("{why}: placed {p:?}"),
         }
+        let epoch = state.models["m"].epoch;
+        match state.apply(Command::SetPlacements {
+            changes: vec![PlacementChange {
+                model_id: "m".into(),
+                epoch,
+                placement,
+            }],
+        }) {
+            Outcome::PlacementsChanged {
+                applied: 0,
+                skipped,
+            } => {
+                assert!(skipped[0].contains(why), "{skipped:?} should say {why}")
+            }
+            other => panic!("{why}: applied {other:?}"),
+        }
+        state.apply(Command::RemoveModel { id: "m".into() });
     }
     let mut small = ClusterState::default();
     register(&mut small, "a", 2 * 1024, 100);
-    match small.apply(Command::AddModel {
+    small.apply(Command::AddModel {
         spec: spec("m", 4, 4 * GIB),
         placement: place(&[("a", 0, 3)]),
-    }) {
-        Outcome::Rejected(r) => assert!(r.to_string().contains("MiB"), "{r}"),
-        other => panic!("over memory accepted: {other:?}"),
-    }
+    });
+    assert!(
+        matches!(&small.models["m"].placement, Placement::Pending(r) if r.contains("MiB")),
+        "over memory is refused"
+    );
 }
 
 #[derive(Clone, Debug)]

@@ -131,10 +131,16 @@ pub fn check_state(state: &ClusterState) -> Result<(), String> {
         }
         if node.status.may_hold_layers() {
             if layers > i64::from(node.resources.max_layers) {
-                return Err(format!("node {}: {layers} layers over max_layers", node.node_id));
+                return Err(format!(
+                    "node {}: {layers} layers over max_layers",
+                    node.node_id
+                ));
             }
             if mb > node.resources.layer_memory_mb() {
-                return Err(format!("node {}: {mb} MiB of layers over its memory", node.node_id));
+                return Err(format!(
+                    "node {}: {mb} MiB of layers over its memory",
+                    node.node_id
+                ));
             }
         }
     }

@@ -63,11 +63,19 @@ impl ClusterState {
         if self.models.contains_key(&spec.id) {
             return Outcome::Rejected(Rejection::ModelExists(spec.id));
         }
-        if let Placement::Placed(ranges) = &placement {
-            if let Err(e) = invariants::check_placement(self, &spec, ranges, &[]) {
-                return Outcome::Rejected(Rejection::Invariant(e));
+        // A plan made on a state that changed before it applied waits for the next repair,
+        // which places it against the current state.
+        let placement = match placement {
+            Placement::Placed(ranges) => {
+                match invariants::check_placement(self, &spec, &ranges, &[]) {
+                    Ok(()) => Placement::Placed(ranges),
+                    Err(e) => {
+                        Placement::Pending(format!("placement plan was stale ({e}); replanning"))
+                    }
+                }
             }
-        }
+            pending => pending,
+        };
         let id = spec.id.clone();
         self.models.insert(
             id,
