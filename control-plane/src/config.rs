@@ -69,6 +69,9 @@ pub struct Args {
     /// [default: 2000].
     #[arg(long, env = "DLLM_FAILOVER_GRACE_MS")]
     pub failover_grace_ms: Option<u64>,
+    /// Serve Prometheus metrics over HTTP at /metrics on this ip:port [default: off].
+    #[arg(long, env = "DLLM_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
 }
 
 /// The same settings as [`Args`], read from a TOML file.
@@ -90,6 +93,7 @@ struct FileConfig {
     unhealthy_after: Option<u32>,
     offline_after: Option<u32>,
     failover_grace_ms: Option<u64>,
+    metrics_listen: Option<String>,
 }
 
 /// A validated replica configuration.
@@ -117,6 +121,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Failure detector thresholds.
     pub liveness: crate::liveness::LivenessConfig,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// A setting that is missing or wrong, naming the flag.
@@ -316,7 +322,15 @@ impl Args {
                     .unwrap_or(2000),
             ),
         };
+        let metrics_listen = match self.metrics_listen.or(file.metrics_listen) {
+            None => None,
+            Some(v) => Some(
+                v.parse()
+                    .map_err(|_| invalid("metrics-listen", format!("{v:?} is not ip:port")))?,
+            ),
+        };
         Ok(Config {
+            metrics_listen,
             liveness,
             id,
             listen,

@@ -10,6 +10,7 @@
 //! - [`network`]: Raft traffic to peers over gRPC on reused channels.
 //! - [`api`]: the gRPC services; [`convert`] turns wire types into validated domain types and
 //!   back; [`error`] maps every failure onto one gRPC status.
+//! - [`observability`]: Prometheus metrics and the per-RPC metrics layer.
 //! - [`config`]: flags, environment and TOML, validated before start.
 //! - [`server`]: transport setup and [`server::run`], which `main` and tests call alike.
 
@@ -24,6 +25,7 @@ pub mod error;
 pub mod forward;
 pub mod liveness;
 pub mod network;
+pub mod observability;
 pub mod placement;
 pub mod raft_types;
 pub mod replica;

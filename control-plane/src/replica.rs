@@ -54,6 +54,7 @@ pub struct Replica {
     peers: Peers,
     config: Config,
     detector: Mutex<Detector>,
+    heartbeats: std::sync::atomic::AtomicU64,
 }
 
 /// Why a replica could not start.
@@ -117,6 +118,7 @@ impl Replica {
             log_store,
             peers,
             detector: Mutex::new(Detector::new(config.liveness)),
+            heartbeats: Default::default(),
             config,
         });
         replica.form_cluster_once().await?;
@@ -161,6 +163,11 @@ impl Replica {
     /// When sled cannot flush.
     pub async fn flush(&self) -> std::io::Result<()> {
         self.log_store.flush().await
+    }
+
+    /// Heartbeats this replica has handled as leader.
+    pub fn heartbeats_received(&self) -> u64 {
+        self.heartbeats.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn detector(&self) -> MutexGuard<'_, Detector> {
@@ -414,6 +421,8 @@ impl Replica {
     /// back to `healthy` when the node was unhealthy or offline. Writes nothing otherwise.
     pub async fn leader_heartbeat(&self, request: pb::HeartbeatRequest) -> HeartbeatAnswer {
         self.leading()?;
+        self.heartbeats
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let now = tokio::time::Instant::now();
         let now_ms = crate::api::now_ms();
         let found = self.state.read(|s| {

@@ -15,6 +15,7 @@ use crate::{
     api::{AdminApi, DiscoveryApi, NodeApi, RaftApi, TuiApi},
     config::Config,
     network::MAX_RAFT_MESSAGE_BYTES,
+    observability::{render, RpcMetrics, RpcMetricsLayer},
     replica::{Replica, StartError},
 };
 
@@ -33,6 +34,14 @@ pub enum RunError {
     /// Raft did not shut down cleanly.
     #[error("Raft shutdown failed: {0}")]
     RaftShutdown(String),
+    /// The metrics listener could not be bound.
+    #[error("--metrics-listen {addr}: cannot bind: {source}")]
+    MetricsBind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
     /// The final flush failed.
     #[error("final flush of the data directory failed: {0}")]
     Flush(std::io::Error),
@@ -81,7 +90,38 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let drain = config.shutdown_timeout;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| RunError::MetricsBind { addr, source })?,
+        ),
+        None => None,
+    };
     let replica = Replica::start(config).await?;
+    let rpc_metrics = Arc::new(RpcMetrics::default());
+    if let Some(listener) = metrics_listener {
+        let (replica, rpc) = (replica.clone(), rpc_metrics.clone());
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let body = render(&replica, &rpc);
+                async move {
+                    (
+                        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        body,
+                    )
+                }
+            }),
+        );
+        let serve =
+            axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        tokio::spawn(async move {
+            if let Err(e) = serve.await {
+                warn!(error = %e, "metrics server failed");
+            }
+        });
+    }
     info!(
         id = replica.id,
         listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -103,6 +143,7 @@ pub async fn run(
         .tcp_nodelay(true)
         // Every request passes here: the place for authentication and roles.
         .trace_fn(|req| tracing::debug_span!("rpc", path = %req.uri().path()))
+        .layer(RpcMetricsLayer(rpc_metrics))
         .add_service(health)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)

@@ -41,6 +41,9 @@ pub struct Args {
     /// several groups separated by ';'). UUIDs are stable per node id and index.
     #[arg(long, env = "DLLM_SIMULATE_GPUS")]
     pub simulate_gpus: Option<String>,
+    /// Serve Prometheus metrics over HTTP at /metrics on this ip:port [default: off].
+    #[arg(long, env = "DLLM_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -53,6 +56,7 @@ struct FileConfig {
     heartbeat_interval: Option<String>,
     max_layers: Option<i32>,
     simulate_gpus: Option<String>,
+    metrics_listen: Option<String>,
 }
 
 /// A validated worker configuration.
@@ -74,6 +78,8 @@ pub struct Config {
     pub max_layers: Option<i32>,
     /// Simulated GPUs, when asked for.
     pub simulate_gpus: Option<Vec<SimulatedGpu>>,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// A setting that is missing or wrong, naming the flag.
@@ -219,7 +225,15 @@ impl Args {
             ),
             None => None,
         };
+        let metrics_listen = match self.metrics_listen.or(file.metrics_listen) {
+            None => None,
+            Some(v) => Some(
+                v.parse()
+                    .map_err(|_| invalid("metrics-listen", format!("{v:?} is not ip:port")))?,
+            ),
+        };
         Ok(Config {
+            metrics_listen,
             node_id,
             listen,
             advertise_host,

@@ -23,9 +23,34 @@ pub enum RunError {
     /// The host could not be read.
     #[error(transparent)]
     Probe(#[from] resources::ProbeError),
+    /// The metrics listener could not be bound.
+    #[error("--metrics-listen {addr}: cannot bind: {source}")]
+    MetricsBind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+}
+
+/// The worker's Prometheus exposition: a fresh usage sample and its status in the cluster.
+fn metrics_text(shared: &agent::Shared) -> String {
+    let usage = shared.sample();
+    let view = shared.view();
+    let max = view.node.resources.as_ref().map_or(0, |r| r.max_layers);
+    let mut out = String::new();
+    dllm_proto::metrics::write_usage(&mut out, "distributed_llm_worker_", &usage, max);
+    dllm_proto::metrics::write_family(
+        &mut out,
+        "distributed_llm_worker_status",
+        "gauge",
+        "1 for the status the cluster last reported for this worker",
+        [(vec![("status".to_string(), view.status.clone())], 1.0)],
+    );
+    out
 }
 
 /// Runs the worker on `listener` until `shutdown` is cancelled; then it leaves the cluster
@@ -40,6 +65,31 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let probe = resources::Probe::open(config.simulate_gpus.clone())?;
     let shared = agent::Shared::new(&config, probe);
+    if let Some(addr) = config.metrics_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| RunError::MetricsBind { addr, source })?;
+        let shared = shared.clone();
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let body = metrics_text(&shared);
+                async move {
+                    (
+                        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        body,
+                    )
+                }
+            }),
+        );
+        let serve =
+            axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        tokio::spawn(async move {
+            if let Err(e) = serve.await {
+                tracing::warn!(error = %e, "metrics server failed");
+            }
+        });
+    }
     info!(node_id = %config.node_id, seeds = ?config.seed_nodes, "worker starting");
 
     let agent = tokio::spawn(agent::run(config, shared.clone(), shutdown.clone()));

@@ -1,0 +1,218 @@
+//! The TUI's state and how keys and cluster updates change it; no drawing and no I/O, so it
+//! is tested directly.
+
+use dllm_proto::pb;
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+/// The tabs, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tab {
+    /// Worker nodes.
+    Nodes,
+    /// Models and placement.
+    Models,
+    /// Replicas, leader, metrics.
+    Cluster,
+}
+
+impl Tab {
+    /// Every tab in order.
+    pub const ALL: [Tab; 3] = [Tab::Nodes, Tab::Models, Tab::Cluster];
+
+    /// Its title.
+    pub fn title(self) -> &'static str {
+        match self {
+            Tab::Nodes => "Nodes",
+            Tab::Models => "Models",
+            Tab::Cluster => "Cluster",
+        }
+    }
+
+    fn index(self) -> usize {
+        Tab::ALL.iter().position(|t| *t == self).unwrap_or(0)
+    }
+}
+
+/// How the TUI is connected to the cluster.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Connection {
+    /// Trying endpoints; what the last attempt said.
+    Connecting {
+        /// Attempts so far.
+        attempt: u32,
+        /// Why the last one failed, if it did.
+        last_error: Option<String>,
+    },
+    /// Receiving updates from this endpoint.
+    Live(String),
+}
+
+/// Something the app wants done outside itself.
+#[derive(Debug, PartialEq)]
+pub enum Action {
+    /// Run this ExecuteCommand line.
+    Execute(String),
+}
+
+/// Everything the TUI shows.
+#[derive(Debug)]
+pub struct App {
+    /// The selected tab.
+    pub tab: Tab,
+    /// Nodes as of the last update.
+    pub nodes: Vec<pb::NodeInfo>,
+    /// Models as of the last update.
+    pub models: Vec<pb::ModelInfo>,
+    /// Cluster metrics as of the last update.
+    pub metrics: Option<pb::ClusterMetrics>,
+    /// Replica status as of the last poll.
+    pub replicas: Option<pb::ReplicaStatusResponse>,
+    /// Connection state.
+    pub connection: Connection,
+    /// The command line being typed, after `:`.
+    pub input: Option<String>,
+    /// The last command and its output.
+    pub output: Vec<String>,
+    /// Whether the help overlay is open.
+    pub show_help: bool,
+    /// When the last update arrived (its timestamp, Unix ms).
+    pub updated_at: i64,
+    /// Set when the user asked to quit.
+    pub quit: bool,
+}
+
+impl Default for App {
+    fn default() -> Self {
+        Self {
+            tab: Tab::Nodes,
+            nodes: Vec::new(),
+            models: Vec::new(),
+            metrics: None,
+            replicas: None,
+            connection: Connection::Connecting {
+                attempt: 0,
+                last_error: None,
+            },
+            input: None,
+            output: Vec::new(),
+            show_help: false,
+            updated_at: 0,
+            quit: false,
+        }
+    }
+}
+
+impl App {
+    /// Handles one key press.
+    pub fn on_key(&mut self, key: KeyEvent) -> Option<Action> {
+        if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
+            self.quit = true;
+            return None;
+        }
+        if let Some(line) = self.input.as_mut() {
+            match key.code {
+                KeyCode::Esc => self.input = None,
+                KeyCode::Enter => {
+                    let line = self.input.take().unwrap_or_default();
+                    if !line.trim().is_empty() {
+                        self.output = vec![format!(":{line}"), "running ...".into()];
+                        return Some(Action::Execute(line));
+                    }
+                }
+                KeyCode::Backspace => {
+                    line.pop();
+                }
+                KeyCode::Char(c) => line.push(c),
+                _ => {}
+            }
+            return None;
+        }
+        if self.show_help {
+            self.show_help = false;
+            return None;
+        }
+        match key.code {
+            KeyCode::Char('q') | KeyCode::Esc => self.quit = true,
+            KeyCode::Char('?') => self.show_help = true,
+            KeyCode::Char(':') => self.input = Some(String::new()),
+            KeyCode::Char('1') => self.tab = Tab::Nodes,
+            KeyCode::Char('2') => self.tab = Tab::Models,
+            KeyCode::Char('3') => self.tab = Tab::Cluster,
+            KeyCode::Tab | KeyCode::Right => self.tab = Tab::ALL[(self.tab.index() + 1) % 3],
+            KeyCode::BackTab | KeyCode::Left => self.tab = Tab::ALL[(self.tab.index() + 2) % 3],
+            _ => {}
+        }
+        None
+    }
+
+    /// Takes in one cluster update.
+    pub fn on_update(&mut self, update: pb::ClusterUpdate) {
+        self.updated_at = update.timestamp;
+        match update.update_type.as_str() {
+            "nodes" => self.nodes = update.nodes,
+            "models" => self.models = update.models,
+            _ => self.metrics = update.metrics,
+        }
+    }
+
+    /// Shows the answer to a command.
+    pub fn on_output(&mut self, line: &str, result: Result<pb::CommandResponse, String>) {
+        let mut out = vec![format!(":{line}")];
+        match result {
+            Ok(r) => {
+                out.extend(r.output.lines().map(String::from));
+                out.extend(r.error.lines().map(String::from));
+                if r.exit_code != 0 {
+                    out.push(format!("(exit {})", r.exit_code));
+                }
+            }
+            Err(e) => out.push(format!("failed: {e}")),
+        }
+        self.output = out;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ratatui::crossterm::event::KeyEvent;
+
+    use super::*;
+
+    fn key(code: KeyCode) -> KeyEvent {
+        KeyEvent::new(code, KeyModifiers::NONE)
+    }
+
+    #[test]
+    fn keys_switch_tabs_open_help_and_quit() {
+        let mut app = App::default();
+        app.on_key(key(KeyCode::Tab));
+        assert_eq!(app.tab, Tab::Models);
+        app.on_key(key(KeyCode::Char('3')));
+        assert_eq!(app.tab, Tab::Cluster);
+        app.on_key(key(KeyCode::Left));
+        assert_eq!(app.tab, Tab::Models);
+        app.on_key(key(KeyCode::Char('?')));
+        assert!(app.show_help);
+        app.on_key(key(KeyCode::Char('x')));
+        assert!(!app.show_help, "any key closes help");
+        app.on_key(key(KeyCode::Char('q')));
+        assert!(app.quit);
+    }
+
+    #[test]
+    fn the_command_line_runs_commands() {
+        let mut app = App::default();
+        app.on_key(key(KeyCode::Char(':')));
+        for c in "pingx".chars() {
+            app.on_key(key(KeyCode::Char(c)));
+        }
+        app.on_key(key(KeyCode::Backspace));
+        assert_eq!(
+            app.on_key(key(KeyCode::Enter)),
+            Some(Action::Execute("ping".into()))
+        );
+        assert!(app.input.is_none());
+        app.on_key(key(KeyCode::Char('q')));
+        assert!(app.quit, "q quits once the command line is closed");
+    }
+}

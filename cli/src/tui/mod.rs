@@ -1,0 +1,184 @@
+//! `dllm tui`: a live terminal UI driven by `StreamUpdates`. It reconnects to the next
+//! endpoint when the stream breaks and says so on screen instead of freezing; `q` quits and
+//! the terminal is restored even on error or panic.
+
+mod app;
+mod ui;
+
+use std::time::Duration;
+
+use app::{Action, App, Connection};
+use dllm_proto::pb;
+use futures::StreamExt;
+use ratatui::crossterm::event::{self, Event, KeyEventKind};
+use tokio::sync::mpsc;
+
+use crate::client::{connect, first_answer};
+
+/// What reaches the UI loop.
+enum AppEvent {
+    Key(ratatui::crossterm::event::KeyEvent),
+    Update(pb::ClusterUpdate),
+    Replicas(pb::ReplicaStatusResponse),
+    Connection(Connection),
+    Output(String, Result<pb::CommandResponse, String>),
+    Resize,
+}
+
+/// Keeps a `StreamUpdates` stream open against the endpoints in turn, forever.
+async fn follow(endpoints: Vec<String>, tx: mpsc::Sender<AppEvent>) {
+    let mut attempt = 0u32;
+    let mut next = 0usize;
+    loop {
+        let endpoint = endpoints[next % endpoints.len()].clone();
+        next += 1;
+        attempt += 1;
+        let error = match connect(&endpoint).await {
+            Err(e) => e,
+            Ok(mut c) => {
+                let request = pb::UpdateStreamRequest {
+                    requester_id: "dllm-tui".into(),
+                    interval_seconds: 2,
+                    update_types: vec![],
+                };
+                match c.tui.stream_updates(request).await {
+                    Err(s) => s.message().to_string(),
+                    Ok(stream) => {
+                        let mut stream = stream.into_inner();
+                        let mut live = false;
+                        loop {
+                            match tokio::time::timeout(Duration::from_secs(10), stream.next()).await
+                            {
+                                Ok(Some(Ok(update))) => {
+                                    if !live {
+                                        live = true;
+                                        attempt = 0;
+                                        next -= 1; // stay on this endpoint next time
+                                        let _ = tx
+                                            .send(AppEvent::Connection(Connection::Live(
+                                                endpoint.clone(),
+                                            )))
+                                            .await;
+                                    }
+                                    if tx.send(AppEvent::Update(update)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                Ok(Some(Err(s))) => break s.message().to_string(),
+                                Ok(None) => break "stream ended".to_string(),
+                                Err(_) => break "no update for 10 s".to_string(),
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let state = Connection::Connecting {
+            attempt,
+            last_error: Some(format!("{endpoint}: {error}")),
+        };
+        if tx.send(AppEvent::Connection(state)).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Polls replica status every 2 s for the Cluster tab.
+async fn poll_replicas(endpoints: Vec<String>, tx: mpsc::Sender<AppEvent>) {
+    loop {
+        let status = first_answer(&endpoints, |mut c| async move {
+            Ok(c.admin
+                .get_replica_status(pb::ReplicaStatusRequest {})
+                .await?
+                .into_inner())
+        })
+        .await;
+        if let Ok(s) = status {
+            if tx.send(AppEvent::Replicas(s)).await.is_err() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Reads keys on a blocking thread.
+fn read_keys(tx: mpsc::Sender<AppEvent>) {
+    loop {
+        match event::poll(Duration::from_millis(200)) {
+            Ok(true) => match event::read() {
+                Ok(Event::Key(k)) if k.kind == KeyEventKind::Press => {
+                    if tx.blocking_send(AppEvent::Key(k)).is_err() {
+                        return;
+                    }
+                }
+                Ok(Event::Resize(..)) => {
+                    if tx.blocking_send(AppEvent::Resize).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            },
+            Ok(false) => {
+                if tx.is_closed() {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// Runs the TUI until `q`.
+///
+/// # Errors
+/// When the terminal cannot be drawn to.
+pub async fn run(endpoints: Vec<String>) -> anyhow::Result<()> {
+    let (tx, mut rx) = mpsc::channel(256);
+    let follower = tokio::spawn(follow(endpoints.clone(), tx.clone()));
+    let poller = tokio::spawn(poll_replicas(endpoints.clone(), tx.clone()));
+    let keys_tx = tx.clone();
+    std::thread::spawn(move || read_keys(keys_tx));
+
+    // ratatui::init installs a panic hook that restores the terminal.
+    let mut terminal = ratatui::init();
+    let mut app = App::default();
+    let result = loop {
+        if let Err(e) = terminal.draw(|f| ui::draw(f, &app)) {
+            break Err(anyhow::Error::from(e));
+        }
+        let Some(event) = rx.recv().await else {
+            break Ok(());
+        };
+        match event {
+            AppEvent::Key(k) => {
+                if let Some(Action::Execute(line)) = app.on_key(k) {
+                    let (endpoints, tx) = (endpoints.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        let mut words = line.split_whitespace().map(String::from);
+                        let command = words.next().unwrap_or_default();
+                        let args: Vec<String> = words.collect();
+                        let result = crate::commands::exec(&endpoints, &command, &args)
+                            .await
+                            .map_err(|e| e.to_string());
+                        let _ = tx.send(AppEvent::Output(line, result)).await;
+                    });
+                }
+            }
+            AppEvent::Update(u) => app.on_update(u),
+            AppEvent::Replicas(r) => app.replicas = Some(r),
+            AppEvent::Connection(c) => app.connection = c,
+            AppEvent::Output(line, result) => app.on_output(&line, result),
+            AppEvent::Resize => {}
+        }
+        if app.quit {
+            break Ok(());
+        }
+    };
+    ratatui::restore();
+    follower.abort();
+    poller.abort();
+    result
+}

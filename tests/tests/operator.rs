@@ -1,0 +1,238 @@
+//! The `dllm` command against real clusters: `dllm dev` end to end, and the TUI driven
+//! through tmux (`send-keys`, `capture-pane`), as a person would use them.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use dllm_tests::{binary, free_port, init_tracing, wait_for, Cluster};
+use tracing::info;
+
+fn dllm(endpoints: &str, args: &[&str]) -> std::process::Output {
+    Command::new(binary("dllm"))
+        .args(["--endpoints", endpoints])
+        .args(args)
+        .output()
+        .expect("run dllm")
+}
+
+/// A base port with 120 free ports above it (dev uses BASE.., BASE+10.., BASE+100..).
+fn free_base() -> u16 {
+    loop {
+        let base = free_port();
+        if base < 60000
+            && (0..120).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
+        {
+            return base;
+        }
+    }
+}
+
+/// `dllm dev` starts replicas and workers, registers the demo model, and the operator
+/// commands see it all; Ctrl-C (SIGINT) stops every child and says where the data is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_cluster_and_operator_commands() {
+    init_tracing();
+    let base = free_base();
+    let data = tempfile::tempdir().expect("tmp");
+    let mut dev = Command::new(binary("dllm"))
+        .args(["dev", "--base-port", &base.to_string(), "--workers", "2"])
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("DLLM_DEV_SKIP_BUILD", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start dllm dev");
+    let (tx, rx) = mpsc::channel();
+    let stdout = dev.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut printed = Vec::new();
+    let up = loop {
+        match rx.recv_timeout(Duration::from_secs(90)) {
+            Ok(line) => {
+                let done = line.contains("Ctrl-C stops the cluster");
+                printed.push(line);
+                if done {
+                    break true;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    assert!(up, "dllm dev did not come up: {printed:?}");
+    let printed = printed.join("\n");
+    assert!(
+        printed.contains("demo model: model demo-70b added and placed"),
+        "{printed}"
+    );
+    let endpoints = format!("127.0.0.1:{base},127.0.0.1:{}", base + 1);
+
+    info!("--- operator commands");
+    let out = dllm(&endpoints, &["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.contains("2 healthy of 2 members") && text.contains("1 placed"),
+        "{text}"
+    );
+    let out = dllm(&endpoints, &["nodes", "--output", "json"]);
+    let nodes: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(nodes.as_array().map(Vec::len), Some(2), "{nodes}");
+    let out = dllm(&endpoints, &["models"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("demo-70b"),
+        "{out:?}"
+    );
+    let out = dllm(&endpoints, &["exec", "drain", "nobody"]);
+    assert_eq!(out.status.code(), Some(1), "refusals exit 1: {out:?}");
+    let out = dllm(&endpoints, &["exec", "drain"]);
+    assert_eq!(out.status.code(), Some(2), "usage errors exit 2: {out:?}");
+    let metrics = reqwest_like(&format!("127.0.0.1:{}", base + 100));
+    assert!(metrics.contains("distributed_llm_raft_term"), "{metrics}");
+    assert!(
+        metrics.contains("distributed_llm_model_placed{model=\"demo-70b\"} 1"),
+        "{metrics}"
+    );
+
+    info!("--- Ctrl-C");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(dev.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT");
+    let out = dev.wait_with_output().expect("dllm dev exits");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("data and logs are in {}", data.path().display())),
+        "{stderr}"
+    );
+    let leftover = Command::new("pgrep")
+        .args(["-f", &format!("127.0.0.1:{base}")])
+        .output()
+        .expect("pgrep");
+    assert!(
+        leftover.stdout.is_empty(),
+        "children still running: {leftover:?}"
+    );
+}
+
+/// GET /metrics over a plain TCP socket (HTTP/1.0), to avoid an HTTP client dependency.
+fn reqwest_like(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to /metrics");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .expect("request");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("response");
+    body
+}
+
+fn tmux(args: &[&str]) -> std::process::Output {
+    Command::new("tmux")
+        .args(args)
+        .output()
+        .expect("tmux is installed (apt-get install tmux; .ci/run does)")
+}
+
+fn screen(session: &str) -> String {
+    String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", session]).stdout).to_string()
+}
+
+/// `dllm tui` in an 80x24 tmux pane: the Nodes tab lists the worker live, `2` shows the
+/// models, `:ping` runs a command and shows its answer, the stream survives the replica it
+/// reads from being killed (reconnecting to another), and `q` quits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tui_in_tmux() {
+    init_tracing();
+    let mut cluster = Cluster::start(3, &[]);
+    cluster.wait_leader(&[1, 2, 3]).await;
+    let _worker = cluster.start_worker("tui-worker", "1x81920:NVIDIA H100", &[]);
+    let endpoints = cluster.seeds();
+    let session = format!("dllm-tui-{}", std::process::id());
+    let command = format!("{} tui --endpoints {endpoints}", binary("dllm").display());
+    let out = tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "80",
+        "-y",
+        "24",
+        &command,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    struct Kill(String);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = Command::new("tmux")
+                .args(["kill-session", "-t", &self.0])
+                .output();
+        }
+    }
+    let _guard = Kill(session.clone());
+    let see = |want: &'static str| {
+        let session = session.clone();
+        async move {
+            wait_for(
+                &format!("{want:?} on the TUI screen"),
+                Duration::from_secs(30),
+                || {
+                    let s = screen(&session);
+                    async move { s.contains(want).then_some(s) }
+                },
+            )
+            .await
+        }
+    };
+    let s = see("tui-worker").await;
+    assert!(s.contains("healthy") && s.contains("live:"), "{s}");
+    tmux(&["send-keys", "-t", &session, "2"]);
+    see("Models (0)").await;
+    tmux(&["send-keys", "-t", &session, ":", "ping", "Enter"]);
+    see("pong from replica").await;
+    tmux(&["send-keys", "-t", &session, "?"]);
+    see("Keys").await;
+    tmux(&["send-keys", "-t", &session, "x", "1"]);
+    see("Nodes (1)").await;
+
+    info!("--- kill the replica the TUI streams from");
+    let s = screen(&session);
+    let live = cluster
+        .replicas
+        .values()
+        .find(|r| s.contains(&format!("live: {}", r.addr)))
+        .map(|r| r.id)
+        .expect("the TUI names the endpoint it streams from");
+    cluster.replica(live).kill();
+    let moved =
+        wait_for(
+            "the TUI to stream from another replica",
+            Duration::from_secs(30),
+            || {
+                let s = screen(&session);
+                let dead = cluster.addr(live);
+                async move {
+                    (s.contains("live:") && !s.contains(&format!("live: {dead}"))).then_some(s)
+                }
+            },
+        )
+        .await;
+    assert!(moved.contains("tui-worker"), "{moved}");
+
+    tmux(&["send-keys", "-t", &session, "q"]);
+    wait_for("the TUI to quit", Duration::from_secs(10), || {
+        let gone = !tmux(&["has-session", "-t", &session]).status.success();
+        async move { gone.then_some(()) }
+    })
+    .await;
+}
