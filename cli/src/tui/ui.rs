@@ -286,39 +286,40 @@ mod tests {
     }
 
     fn fixture() -> App {
-        let mut app = App::default();
-        app.connection = Connection::Live("127.0.0.1:8080".into());
-        app.updated_at = 10_000;
-        app.nodes = vec![pb::NodeInfo {
-            node_id: "worker-1".into(),
-            status: "healthy".into(),
-            last_seen: 7_000,
-            resources: Some(pb::ResourceInfo {
-                memory_mb: 65536,
-                gpus: vec![pb::GpuInfo::default(); 2],
-                max_layers: 159,
-                used_layers: 46,
+        App {
+            connection: Connection::Live("127.0.0.1:8080".into()),
+            updated_at: 10_000,
+            nodes: vec![pb::NodeInfo {
+                node_id: "worker-1".into(),
+                status: "healthy".into(),
+                last_seen: 7_000,
+                resources: Some(pb::ResourceInfo {
+                    memory_mb: 65536,
+                    gpus: vec![pb::GpuInfo::default(); 2],
+                    max_layers: 159,
+                    used_layers: 46,
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        }];
-        app.models = vec![
-            pb::ModelInfo {
-                id: "demo-70b".into(),
-                layer_count: 80,
-                node_assignments: vec!["worker-1:0-45".into(), "worker-2:46-79".into()],
-                placement_status: "placed".into(),
-                ..Default::default()
-            },
-            pb::ModelInfo {
-                id: "huge".into(),
-                layer_count: 100,
-                placement_status: "pending".into(),
-                pending_reason: "needs 100 layers".into(),
-                ..Default::default()
-            },
-        ];
-        app
+            }],
+            models: vec![
+                pb::ModelInfo {
+                    id: "demo-70b".into(),
+                    layer_count: 80,
+                    node_assignments: vec!["worker-1:0-45".into(), "worker-2:46-79".into()],
+                    placement_status: "placed".into(),
+                    ..Default::default()
+                },
+                pb::ModelInfo {
+                    id: "huge".into(),
+                    layer_count: 100,
+                    placement_status: "pending".into(),
+                    pending_reason: "needs 100 layers".into(),
+                    ..Default::default()
+                },
+            ],
+            ..App::default()
+        }
     }
 
     #[test]
