@@ -367,6 +367,7 @@ mod tests {
                 used_layers: 0,
             }),
             seed_nodes: vec![],
+            skip_existing_nodes: false,
         }
     }
 

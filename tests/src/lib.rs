@@ -101,6 +101,11 @@ impl ChildProcess {
         }
     }
 
+    /// The OS process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the process is running (started and not yet reaped).
     pub fn is_running(&mut self) -> bool {
         match &mut self.child {
@@ -169,6 +174,11 @@ pub struct Replica {
 }
 
 impl Replica {
+    /// The OS process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().and_then(ChildProcess::pid)
+    }
+
     /// Whether the process is running.
     pub fn is_running(&mut self) -> bool {
         self.process.as_mut().is_some_and(|p| p.is_running())
@@ -211,7 +221,11 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` founding replicas (ids 1..=n) with `extra_args` passed to each.
     pub fn start(n: u64, extra_args: &[&str]) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(tempfile::tempdir().expect("temp dir"), n, extra_args)
+    }
+
+    /// Like [`Cluster::start`], with data and logs in `dir`.
+    pub fn start_in(dir: tempfile::TempDir, n: u64, extra_args: &[&str]) -> Self {
         let members: BTreeMap<u64, String> = (1..=n)
             .map(|id| (id, format!("127.0.0.1:{}", free_port())))
             .collect();
@@ -355,6 +369,11 @@ impl Cluster {
         .await
     }
 
+    /// The folder holding every replica's data and log.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// Log tails of every replica, for assertion messages.
     pub fn logs(&self) -> String {
         self.replicas
@@ -448,6 +467,7 @@ pub fn join_request(node_id: &str, gpus: usize) -> pb::ClusterJoinRequest {
             used_layers: 0,
         }),
         seed_nodes: vec![],
+        skip_existing_nodes: false,
     }
 }
 

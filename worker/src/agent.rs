@@ -188,6 +188,8 @@ pub async fn run(config: Config, shared: Shared, shutdown: CancellationToken) {
                 port: node.port,
                 resources: node.resources.clone(),
                 seed_nodes: config.seed_nodes.clone(),
+                // The member list grows with the cluster; peers come from DiscoverNodes.
+                skip_existing_nodes: true,
             };
             let mut client = seeds.client();
             let result = tokio::select! {

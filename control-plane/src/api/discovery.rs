@@ -58,7 +58,9 @@ impl DiscoveryService for DiscoveryApi {
         &self,
         request: Request<pb::ClusterJoinRequest>,
     ) -> Result<Response<pb::ClusterJoinResponse>, Status> {
-        let spec = NodeSpec::try_from(request.into_inner())?;
+        let request = request.into_inner();
+        let skip_existing = request.skip_existing_nodes;
+        let spec = NodeSpec::try_from(request)?;
         let node_id = spec.node_id.clone();
         let cluster_id = self.replica.ensure_cluster_id().await?;
         let outcome = self
@@ -74,12 +76,16 @@ impl DiscoveryService for DiscoveryApi {
         };
         // write() returns once this replica has applied the registration, so its own state
         // is at least as new as the write.
-        let existing_nodes = self.replica.local_state().read(|s| {
-            s.members()
-                .filter(|n| n.node_id != node_id)
-                .map(convert::node_info)
-                .collect()
-        });
+        let existing_nodes = if skip_existing {
+            Vec::new()
+        } else {
+            self.replica.local_state().read(|s| {
+                s.members()
+                    .filter(|n| n.node_id != node_id)
+                    .map(convert::node_info)
+                    .collect()
+            })
+        };
         Ok(Response::new(pb::ClusterJoinResponse {
             success: true,
             message: message.to_string(),

@@ -1,0 +1,165 @@
+//! `dllm-bench`: benchmarks that run the real binaries as processes and print a table plus a
+//! JSON report (machine, configuration, git commit, numbers). See BENCHMARKS.md.
+
+mod common;
+mod procfs;
+mod scenarios;
+mod stats;
+
+/// Generated etcd client (KV.Put only).
+pub mod etcd_pb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dllm-bench",
+    about = "dllm benchmarks (real processes on loopback)"
+)]
+struct Cli {
+    /// Folder with dllm-control-plane [default: next to dllm-bench].
+    #[arg(long, global = true)]
+    bin_dir: Option<PathBuf>,
+    /// Also write the JSON report here.
+    #[arg(long, global = true)]
+    json_out: Option<PathBuf>,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand, Debug)]
+enum Scenario {
+    /// Committed writes per second and latency at several client counts (and etcd's).
+    Writes {
+        /// Client counts to run, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,64,256")]
+        clients: Vec<usize>,
+        /// Seconds per run.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Run the same load against a 3-member etcd cluster (Debian's etcd-server).
+        #[arg(long)]
+        compare_etcd: bool,
+        /// The etcd binary.
+        #[arg(long, default_value = "/usr/bin/etcd")]
+        etcd: String,
+    },
+    /// Many simulated workers heartbeating every second.
+    Heartbeats {
+        /// Workers.
+        #[arg(long, default_value_t = 10_000)]
+        workers: usize,
+        /// Seconds.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+    /// Time from a leader kill to the first acknowledged write.
+    Failover {
+        /// Kills.
+        #[arg(long, default_value_t = 10)]
+        kills: usize,
+    },
+    /// Restart time of a replica with a long applied log.
+    Recovery {
+        /// Applied entries before the restart.
+        #[arg(long, default_value_t = 1_000_000)]
+        entries: u64,
+    },
+    /// Replica RSS with many nodes and models.
+    Memory {
+        /// Registered nodes.
+        #[arg(long, default_value_t = 10_000)]
+        nodes: usize,
+        /// Placed models.
+        #[arg(long, default_value_t = 100)]
+        models: usize,
+    },
+    /// A tiny run of every scenario, to keep them working (CI).
+    Smoke,
+}
+
+fn git_commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+async fn run(scenario: Scenario) -> anyhow::Result<Value> {
+    Ok(match scenario {
+        Scenario::Writes {
+            clients,
+            seconds,
+            compare_etcd,
+            etcd,
+        } => {
+            scenarios::writes::run(
+                &clients,
+                Duration::from_secs_f64(seconds),
+                compare_etcd.then_some(etcd.as_str()),
+            )
+            .await?
+        }
+        Scenario::Heartbeats { workers, seconds } => {
+            scenarios::heartbeats::run(workers, Duration::from_secs(seconds)).await?
+        }
+        Scenario::Failover { kills } => scenarios::failover::run(kills).await?,
+        Scenario::Recovery { entries } => scenarios::recovery::run(entries).await?,
+        Scenario::Memory { nodes, models } => scenarios::memory::run(nodes, models).await?,
+        Scenario::Smoke => {
+            let etcd = std::path::Path::new("/usr/bin/etcd")
+                .exists()
+                .then_some("/usr/bin/etcd");
+            json!([
+                scenarios::writes::run(&[4], Duration::from_secs(1), etcd).await?,
+                scenarios::heartbeats::run(200, Duration::from_secs(3)).await?,
+                scenarios::failover::run(1).await?,
+                scenarios::recovery::run(500).await?,
+                scenarios::memory::run(100, 3).await?,
+            ])
+        }
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let bin_dir = match cli.bin_dir {
+        Some(d) => d,
+        None => std::env::current_exe()?
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default(),
+    };
+    // The cluster harness finds the binaries through this variable.
+    // SAFETY: set before any thread that reads the environment is started by us.
+    unsafe { std::env::set_var("DLLM_BIN_DIR", &bin_dir) };
+    let config = format!("{:?}", cli.scenario);
+    let results = run(cli.scenario).await?;
+    let report = json!({
+        "machine": procfs::machine(),
+        "git_commit": git_commit(),
+        "binaries": bin_dir,
+        "config": config,
+        "results": results,
+    });
+    if let Some(path) = cli.json_out {
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+        println!("report written to {}", path.display());
+    }
+    Ok(())
+}

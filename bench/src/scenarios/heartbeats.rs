@@ -1,0 +1,201 @@
+//! `heartbeats`: N simulated workers registered, then each heartbeating once per interval,
+//! spread evenly over time, from this process over shared connections to all replicas.
+//! Reports achieved heartbeats/s, latency, leader CPU and RSS, false status transitions and
+//! Raft log growth during the run.
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use dllm_proto::pb::{self, discovery_service_client::DiscoveryServiceClient};
+use dllm_tests::Cluster;
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use crate::{
+    common::{channel, leader, registration, status},
+    procfs,
+    stats::{round, Latencies},
+};
+
+/// Connections the simulated workers share, per replica.
+const CHANNELS_PER_REPLICA: usize = 4;
+/// Tasks that send heartbeats; each owns a slice of the workers.
+const SENDERS: usize = 200;
+
+fn usage(i: usize) -> pb::NodeUsage {
+    pb::NodeUsage {
+        timestamp: 0,
+        cpu_usage_percent: 12.5,
+        memory_used_mb: 65536 + i as i64,
+        memory_total_mb: 2 * 1024 * 1024,
+        gpus: (0..8)
+            .map(|g| pb::GpuUsage {
+                index: g,
+                uuid: format!("GPU-{g}"),
+                utilization_percent: 80.0,
+                memory_used_mb: 60000,
+                memory_total_mb: 81559,
+                temperature_celsius: 61.0,
+            })
+            .collect(),
+        used_layers: 0,
+        uptime_seconds: 1,
+    }
+}
+
+/// Runs the scenario.
+pub async fn run(workers: usize, duration: Duration) -> anyhow::Result<Value> {
+    let cluster = Cluster::start(3, &[]);
+    let (leader_id, _) = leader(&cluster).await;
+    let addrs: Vec<String> = (1..=3).map(|id| cluster.addr(id)).collect();
+    let channels: Vec<_> = addrs
+        .iter()
+        .flat_map(|a| (0..CHANNELS_PER_REPLICA).map(move |_| channel(a)))
+        .collect();
+
+    println!("heartbeats: registering {workers} workers ...");
+    let ids: Vec<String> = (0..workers).map(|i| format!("hb-{i:06}")).collect();
+    futures::stream::iter(ids.iter().enumerate())
+        .for_each_concurrent(64, |(i, id)| {
+            let mut c = DiscoveryServiceClient::new(channels[i % channels.len()].clone());
+            async move {
+                for _ in 0..5 {
+                    if c.register_with_cluster(registration(id)).await.is_ok() {
+                        return;
+                    }
+                }
+                panic!("cannot register {id}");
+            }
+        })
+        .await;
+
+    let leader_addr = cluster.addr(leader_id);
+    let log_before = status(&leader_addr).await.and_then(|s| s.last_log_index);
+    let pid = cluster.replicas[&leader_id].pid().expect("leader runs");
+    let cpu_before = procfs::cpu_seconds(pid);
+    let follower_pids: Vec<u32> = cluster
+        .replicas
+        .values()
+        .filter(|r| r.id != leader_id)
+        .filter_map(|r| r.pid())
+        .collect();
+    let follower_cpu_before: Vec<f64> = follower_pids
+        .iter()
+        .map(|p| procfs::cpu_seconds(*p))
+        .collect();
+
+    // Watch for any node that stops being healthy while the run lasts.
+    let not_healthy_seen = Arc::new(AtomicU64::new(0));
+    let watch = {
+        let (seen, addr) = (not_healthy_seen.clone(), leader_addr.clone());
+        let end = Instant::now() + duration;
+        tokio::spawn(async move {
+            let mut c = DiscoveryServiceClient::new(channel(&addr));
+            while Instant::now() < end {
+                if let Ok(info) = c.get_cluster_info(pb::ClusterInfoRequest::default()).await {
+                    let m = info.into_inner().metrics.unwrap_or_default();
+                    let bad = (m.total_nodes - m.healthy_nodes).max(0) as u64;
+                    seen.fetch_max(bad, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        })
+    };
+
+    println!(
+        "heartbeats: {workers} workers, one heartbeat per second each, for {}s ...",
+        duration.as_secs()
+    );
+    let start = Instant::now();
+    let interval = Duration::from_secs(1);
+    let per_sender = workers.div_ceil(SENDERS);
+    let tasks: Vec<_> = (0..SENDERS)
+        .map(|s| {
+            let mine: Vec<String> = ids
+                .iter()
+                .skip(s * per_sender)
+                .take(per_sender)
+                .cloned()
+                .collect();
+            let chan = channels[s % channels.len()].clone();
+            tokio::spawn(async move {
+                let mut lat = Latencies::default();
+                let mut errors = 0u64;
+                if mine.is_empty() {
+                    return (lat, errors);
+                }
+                let mut client = DiscoveryServiceClient::new(chan);
+                // Spread this sender's workers evenly over the interval, and the senders over
+                // the first interval.
+                let gap = interval / mine.len() as u32;
+                tokio::time::sleep(interval * s as u32 / SENDERS as u32).await;
+                let mut next = tokio::time::Instant::now();
+                let end = tokio::time::Instant::now() + duration;
+                'run: loop {
+                    for (i, id) in mine.iter().enumerate() {
+                        next += gap;
+                        if next > end {
+                            break 'run;
+                        }
+                        tokio::time::sleep_until(next).await;
+                        let t = Instant::now();
+                        let request = pb::HeartbeatRequest {
+                            node_id: id.clone(),
+                            usage: Some(usage(i)),
+                        };
+                        match client.heartbeat(request).await {
+                            Ok(_) => lat.push(t.elapsed()),
+                            Err(_) => errors += 1,
+                        }
+                    }
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    let mut lat = Latencies::default();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await?;
+        lat.extend(l);
+        errors += e;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    watch.await?;
+    let cpu = (procfs::cpu_seconds(pid) - cpu_before) / secs * 100.0;
+    let follower_cpu: Vec<f64> = follower_pids
+        .iter()
+        .zip(&follower_cpu_before)
+        .map(|(p, before)| round((procfs::cpu_seconds(*p) - before) / secs * 100.0))
+        .collect();
+    let rss = procfs::rss_mb(pid);
+    let log_after = status(&leader_addr).await.and_then(|s| s.last_log_index);
+    let still_leader = status(&leader_addr).await.map(|s| s.leader_id) == Some(leader_id);
+    let growth = log_after.unwrap_or(0) as i64 - log_before.unwrap_or(0) as i64;
+    let rate = lat.len() as f64 / secs;
+    anyhow::ensure!(lat.len() > 0, "no heartbeat was answered ({errors} errors)");
+    println!(
+        "{:>8} {:>10} {:>9} {:>9} {:>11} {:>9} {:>12} {:>10}",
+        "workers", "hb/s", "p50 ms", "p99 ms", "leader CPU", "RSS MiB", "not healthy", "log growth"
+    );
+    println!(
+        "{workers:>8} {rate:>10.0} {:>9.2} {:>9.2} {:>10.1}% {rss:>9.1} {:>12} {growth:>10}",
+        lat.quantile_ms(0.5),
+        lat.quantile_ms(0.99),
+        cpu,
+        not_healthy_seen.load(Ordering::Relaxed),
+    );
+    Ok(json!({
+        "scenario": "heartbeats", "workers": workers, "duration_s": round(secs),
+        "heartbeats": lat.len(), "errors": errors, "heartbeats_per_sec": round(rate),
+        "latency": lat.summary(), "leader_cpu_percent_of_one_core": round(cpu),
+        "follower_cpu_percent_of_one_core": follower_cpu, "leader_rss_mb": round(rss),
+        "max_nodes_not_healthy": not_healthy_seen.load(Ordering::Relaxed),
+        "raft_log_growth_entries": growth, "leader_unchanged": still_leader,
+    }))
+}

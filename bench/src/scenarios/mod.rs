@@ -1,0 +1,7 @@
+//! One module per scenario; each returns its results as JSON and prints a table.
+
+pub mod failover;
+pub mod heartbeats;
+pub mod memory;
+pub mod recovery;
+pub mod writes;

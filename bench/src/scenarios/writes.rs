@@ -1,0 +1,277 @@
+//! `writes`: C concurrent clients, each registering distinct node ids (every op a committed
+//! Raft write) through the three replicas in turn, for a fixed duration; optionally the same
+//! against a 3-member etcd cluster with a Put of the same NodeInfo.
+
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use dllm_proto::pb::discovery_service_client::DiscoveryServiceClient;
+use dllm_tests::{free_port, wait_for, ChildProcess, Cluster};
+use prost::Message;
+use serde_json::{json, Value};
+
+use crate::{
+    common::{channel, node_info, registration},
+    etcd_pb::{kv_client::KvClient, PutRequest},
+    stats::{round, Latencies},
+};
+
+/// Result of one load run.
+pub struct Run {
+    /// Acknowledged operations.
+    pub ops: u64,
+    /// Failed operations.
+    pub errors: u64,
+    /// Wall time.
+    pub secs: f64,
+    /// Latencies of acknowledged operations.
+    pub latencies: Latencies,
+}
+
+impl Run {
+    /// Operations per second.
+    pub fn rate(&self) -> f64 {
+        self.ops as f64 / self.secs
+    }
+
+    /// As JSON.
+    pub fn json(&self) -> Value {
+        json!({"ops": self.ops, "errors": self.errors, "seconds": round(self.secs),
+               "ops_per_sec": round(self.rate()), "latency": self.latencies.summary()})
+    }
+}
+
+/// Runs `clients` loops of `op(client, seq)` for `duration`.
+pub async fn drive<F, Fut>(clients: usize, duration: Duration, op: F) -> Run
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send,
+{
+    let op = Arc::new(op);
+    let start = Instant::now();
+    let deadline = start + duration;
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let op = op.clone();
+            tokio::spawn(async move {
+                let (mut lat, mut errors) = (Latencies::default(), 0u64);
+                let mut seq = 0;
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    match op(c, seq).await {
+                        Ok(()) => lat.push(t.elapsed()),
+                        Err(_) => errors += 1,
+                    }
+                    seq += 1;
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    let mut run = Run {
+        ops: 0,
+        errors: 0,
+        secs: 0.0,
+        latencies: Latencies::default(),
+    };
+    for t in tasks {
+        let (lat, errors) = t.await.expect("client task");
+        run.ops += lat.len() as u64;
+        run.errors += errors;
+        run.latencies.extend(lat);
+    }
+    run.secs = start.elapsed().as_secs_f64();
+    run
+}
+
+/// Registrations through the replicas in turn.
+pub async fn dllm(addrs: &[String], clients: usize, duration: Duration, tag: &str) -> Run {
+    let channels: Vec<_> = addrs.iter().map(|a| channel(a)).collect();
+    let tag = tag.to_string();
+    drive(clients, duration, move |c, seq| {
+        let mut client = DiscoveryServiceClient::new(channels[c % channels.len()].clone());
+        let id = format!("{tag}-{c}-{seq}");
+        async move {
+            client
+                .register_with_cluster(registration(&id))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await
+}
+
+/// A 3-member etcd cluster on loopback.
+pub struct Etcd {
+    /// Client endpoints.
+    pub endpoints: Vec<String>,
+    _members: Vec<ChildProcess>,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts etcd (Debian's etcd-server, 3.4) with its default settings but for addresses.
+pub async fn start_etcd(binary: &str) -> anyhow::Result<Etcd> {
+    let dir = tempfile::tempdir()?;
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let initial: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("e{i}=http://127.0.0.1:{peer}"))
+        .collect();
+    let mut members = Vec::new();
+    for (i, (client, peer)) in ports.iter().enumerate() {
+        let mut cmd = std::process::Command::new(binary);
+        cmd.args(["--name", &format!("e{i}")])
+            .arg("--data-dir")
+            .arg(dir.path().join(format!("e{i}")))
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{client}"),
+            ])
+            .args([
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{client}"),
+            ])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+            ])
+            .args(["--initial-cluster", &initial.join(",")])
+            .args([
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                "dllm-bench",
+            ])
+            .args(["--log-level", "error"]);
+        members.push(ChildProcess::spawn(
+            &format!("etcd e{i}"),
+            cmd,
+            dir.path().join(format!("e{i}.log")),
+        ));
+    }
+    let endpoints: Vec<String> = ports
+        .iter()
+        .map(|(c, _)| format!("127.0.0.1:{c}"))
+        .collect();
+    for e in &endpoints {
+        let e = e.clone();
+        wait_for("etcd to accept a put", Duration::from_secs(30), || {
+            let e = e.clone();
+            async move {
+                KvClient::new(channel(&e))
+                    .put(PutRequest {
+                        key: b"warmup".to_vec(),
+                        value: b"1".to_vec(),
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()
+                    .map(|_| ())
+            }
+        })
+        .await;
+    }
+    Ok(Etcd {
+        endpoints,
+        _members: members,
+        _dir: dir,
+    })
+}
+
+/// Puts of a serialized NodeInfo under distinct keys, through the members in turn.
+pub async fn etcd(endpoints: &[String], clients: usize, duration: Duration, tag: &str) -> Run {
+    let channels: Vec<_> = endpoints.iter().map(|a| channel(a)).collect();
+    let tag = tag.to_string();
+    drive(clients, duration, move |c, seq| {
+        let mut client = KvClient::new(channels[c % channels.len()].clone());
+        let id = format!("{tag}-{c}-{seq}");
+        async move {
+            let request = PutRequest {
+                key: format!("nodes/{id}").into_bytes(),
+                value: node_info(&id).encode_to_vec(),
+                ..Default::default()
+            };
+            client
+                .put(request)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await
+}
+
+fn print_row(system: &str, clients: usize, r: &Run, extra: &str) {
+    println!(
+        "{system:<8} {clients:>8} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2}{extra}",
+        r.rate(),
+        r.latencies.quantile_ms(0.5),
+        r.latencies.quantile_ms(0.9),
+        r.latencies.quantile_ms(0.99),
+        r.latencies.quantile_ms(1.0)
+    );
+}
+
+/// The scenario: each client count against dllm, then (when asked) against etcd. Only one
+/// system runs at a time, so they do not share the CPUs.
+pub async fn run(
+    client_counts: &[usize],
+    duration: Duration,
+    etcd_binary: Option<&str>,
+) -> anyhow::Result<Value> {
+    println!("writes ({}s per run)", duration.as_secs_f64());
+    println!(
+        "{:<8} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "system", "clients", "ops/s", "p50 ms", "p90 ms", "p99 ms", "max ms"
+    );
+    let mut dllm_runs = Vec::new();
+    {
+        let cluster = Cluster::start(3, &[]);
+        crate::common::leader(&cluster).await;
+        let addrs: Vec<String> = (1..=3).map(|id| cluster.addr(id)).collect();
+        for &c in client_counts {
+            let d = dllm(&addrs, c, duration, &format!("c{c}")).await;
+            print_row("dllm", c, &d, "");
+            anyhow::ensure!(
+                d.ops > 0,
+                "no dllm write was acknowledged ({} errors)",
+                d.errors
+            );
+            dllm_runs.push(d);
+        }
+    }
+    let mut etcd_runs = Vec::new();
+    if let Some(binary) = etcd_binary {
+        let e = start_etcd(binary).await?;
+        for (i, &c) in client_counts.iter().enumerate() {
+            let r = etcd(&e.endpoints, c, duration, &format!("c{c}")).await;
+            anyhow::ensure!(
+                r.ops > 0,
+                "no etcd put was acknowledged ({} errors)",
+                r.errors
+            );
+            let ratio = dllm_runs[i].rate() / r.rate();
+            print_row("etcd", c, &r, &format!("   dllm/etcd {ratio:.2}x"));
+            etcd_runs.push(r);
+        }
+    }
+    let rows: Vec<Value> = client_counts
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut row = json!({"clients": c, "dllm": dllm_runs[i].json()});
+            if let Some(r) = etcd_runs.get(i) {
+                row["etcd"] = r.json();
+                row["throughput_ratio"] = json!(round(dllm_runs[i].rate() / r.rate()));
+            }
+            row
+        })
+        .collect();
+    Ok(json!({"scenario": "writes", "duration_s": duration.as_secs_f64(), "runs": rows}))
+}
