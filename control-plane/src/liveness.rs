@@ -4,7 +4,7 @@
 //! carried. Nothing reaches the Raft log unless a node's status changes:
 //! - silent for `unhealthy_after` intervals: `healthy` -> `unhealthy`;
 //! - silent for `offline_after` intervals: -> `offline`;
-//! - a heartbeat from an `unhealthy` or `offline` node: -> `healthy`.
+//! - heard from again within the unhealthy threshold: `unhealthy`/`offline` -> `healthy`.
 //!
 //! Silence is counted from the later of the node's last heartbeat and the moment this replica
 //! became leader plus a grace period, so a failover (which loses the old leader's memory and
@@ -118,33 +118,23 @@ impl Detector {
         t
     }
 
-    /// Records a heartbeat from `node` (a member, as the replicated state has it). Returns
-    /// the transition back to `healthy` when the node was unhealthy or offline.
+    /// Records a heartbeat from `node` (a member, as the replicated state has it). Nothing
+    /// is decided here: the next sweep turns an unhealthy or offline node that is heard from
+    /// again back to healthy, batched with every other transition of that tick, so a burst of
+    /// recoveries is one Raft entry, not one per node.
     pub fn heartbeat(
         &mut self,
         node: &Node,
         usage: Option<pb::NodeUsage>,
         now: Instant,
         now_ms: i64,
-    ) -> Option<StatusChange> {
+    ) {
         let t = Self::track(&mut self.tracked, node, now);
         t.last_contact = now;
         t.last_contact_ms = Some(now_ms);
         if usage.is_some() {
             t.usage = usage;
         }
-        let recovering = matches!(node.status, NodeStatus::Unhealthy | NodeStatus::Offline);
-        if !recovering || t.pending == Some(NodeStatus::Healthy) {
-            return None;
-        }
-        t.pending = Some(NodeStatus::Healthy);
-        Some(StatusChange {
-            node_id: node.node_id.clone(),
-            generation: node.generation,
-            from: node.status,
-            to: NodeStatus::Healthy,
-            last_seen_ms: Some(now_ms),
-        })
     }
 
     /// Finds the nodes whose silence crossed a threshold. `nodes` is every node in the
@@ -168,6 +158,23 @@ impl Detector {
             let t = Self::track(&mut self.tracked, node, now);
             if t.pending.is_some_and(|p| p == node.status) {
                 t.pending = None;
+            }
+            // Heard from (by this leader) within the unhealthy threshold: healthy again.
+            let heard_recently = t.last_contact_ms.is_some()
+                && now.saturating_duration_since(t.last_contact) < self.config.unhealthy_timeout();
+            if matches!(node.status, NodeStatus::Unhealthy | NodeStatus::Offline) && heard_recently
+            {
+                if t.pending != Some(NodeStatus::Healthy) {
+                    t.pending = Some(NodeStatus::Healthy);
+                    changes.push(StatusChange {
+                        node_id: node.node_id.clone(),
+                        generation: node.generation,
+                        from: node.status,
+                        to: NodeStatus::Healthy,
+                        last_seen_ms: t.last_contact_ms,
+                    });
+                }
+                continue;
             }
             if !matches!(node.status, NodeStatus::Healthy | NodeStatus::Unhealthy) {
                 continue;

@@ -35,19 +35,23 @@ struct Series {
 /// Request counts and latencies per (gRPC method, status code).
 #[derive(Default)]
 pub struct RpcMetrics {
-    series: Mutex<BTreeMap<(String, i32), Series>>,
+    /// By method, then status code.
+    series: Mutex<BTreeMap<String, BTreeMap<i32, Series>>>,
 }
 
 impl RpcMetrics {
     fn record(&self, method: &str, code: i32, elapsed: Duration) {
         let secs = elapsed.as_secs_f64();
         let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        let s = series
-            .entry((method.to_string(), code))
-            .or_insert_with(|| Series {
-                buckets: vec![0; BUCKETS.len()],
-                ..Default::default()
-            });
+        // The method's name is allocated once, the first time it is seen.
+        if !series.contains_key(method) {
+            series.insert(method.to_string(), BTreeMap::new());
+        }
+        let by_code = series.get_mut(method).expect("inserted above");
+        let s = by_code.entry(code).or_insert_with(|| Series {
+            buckets: vec![0; BUCKETS.len()],
+            ..Default::default()
+        });
         s.count += 1;
         s.sum += secs;
         for (i, bound) in BUCKETS.iter().enumerate() {
@@ -58,53 +62,52 @@ impl RpcMetrics {
     }
 
     fn write(&self, out: &mut String) {
-        let series = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        let code_name = |c: i32| format!("{:?}", tonic::Code::from_i32(c));
+        let nested = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        let labels = |method: &str, code: i32| -> Vec<(String, String)> {
+            vec![
+                ("method".to_string(), method.to_string()),
+                (
+                    "code".to_string(),
+                    format!("{:?}", tonic::Code::from_i32(code)),
+                ),
+            ]
+        };
+        let all = || {
+            nested
+                .iter()
+                .flat_map(|(m, by_code)| by_code.iter().map(move |(c, s)| (m.as_str(), *c, s)))
+        };
         write_family(
             out,
             "distributed_llm_grpc_requests_total",
             "counter",
             "gRPC requests served, by method and status code",
-            series.iter().map(|((m, c), s)| {
-                (
-                    vec![("method".into(), m.clone()), ("code".into(), code_name(*c))],
-                    s.count as f64,
-                )
-            }),
+            all().map(|(m, c, s)| (labels(m, c), s.count as f64)),
         );
-        let mut samples = Vec::new();
-        for ((m, c), s) in series.iter() {
-            let base = vec![
-                ("method".to_string(), m.clone()),
-                ("code".to_string(), code_name(*c)),
-            ];
+        let mut buckets = Vec::new();
+        for (m, c, s) in all() {
             for (i, bound) in BUCKETS.iter().enumerate() {
-                let mut l = base.clone();
-                l.push(("le".into(), bound.to_string()));
-                samples.push((l, s.buckets[i] as f64));
+                let mut l = labels(m, c);
+                l.push(("le".to_string(), bound.to_string()));
+                buckets.push((l, s.buckets[i] as f64));
             }
-            let mut l = base.clone();
-            l.push(("le".into(), "+Inf".into()));
-            samples.push((l, s.count as f64));
+            let mut l = labels(m, c);
+            l.push(("le".to_string(), "+Inf".to_string()));
+            buckets.push((l, s.count as f64));
         }
         write_family(
             out,
             "distributed_llm_grpc_request_duration_seconds_bucket",
             "histogram",
             "gRPC request latency to response headers, by method and status code",
-            samples,
+            buckets,
         );
         write_family(
             out,
             "distributed_llm_grpc_request_duration_seconds_sum",
             "counter",
             "Sum of gRPC request latencies",
-            series.iter().map(|((m, c), s)| {
-                (
-                    vec![("method".into(), m.clone()), ("code".into(), code_name(*c))],
-                    s.sum,
-                )
-            }),
+            all().map(|(m, c, s)| (labels(m, c), s.sum)),
         );
     }
 }

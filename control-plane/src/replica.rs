@@ -198,7 +198,8 @@ impl Replica {
         }
     }
 
-    fn leader_addr(&self) -> Option<String> {
+    /// The leader's address, when known.
+    pub fn leader_addr(&self) -> Option<String> {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         let leader = m.current_leader?;
@@ -417,63 +418,50 @@ impl Replica {
         Ok(self.state.read(f))
     }
 
-    /// Records a heartbeat on this replica, which must be the leader; commits a transition
-    /// back to `healthy` when the node was unhealthy or offline. Writes nothing otherwise.
-    pub async fn leader_heartbeat(&self, request: pb::HeartbeatRequest) -> HeartbeatAnswer {
+    /// Records a heartbeat on this replica, which must be the leader. Writes nothing: a node
+    /// that was unhealthy or offline is made healthy by the next liveness tick, batched with
+    /// every other transition.
+    pub async fn leader_heartbeat(&self, mut request: pb::HeartbeatRequest) -> HeartbeatAnswer {
         self.leading()?;
         self.heartbeats
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let now = tokio::time::Instant::now();
         let now_ms = crate::api::now_ms();
-        let found = self.state.read(|s| {
+        let interval_ms = self.config.liveness.interval.as_millis() as i32;
+        let usage = request.usage.take();
+        // One read of the state both records the contact and builds the answer.
+        let response = self.state.read(|s| {
             let node = s
                 .nodes
                 .get(&request.node_id)
                 .filter(|n| n.status != NodeStatus::Left)?;
-            let change = self
-                .detector()
-                .heartbeat(node, request.usage.clone(), now, now_ms);
-            Some((node.status, change))
+            self.detector().heartbeat(node, usage, now, now_ms);
+            Some(pb::HeartbeatResponse {
+                status: node.status.as_str().to_string(),
+                assignments: s
+                    .models
+                    .values()
+                    .flat_map(|m| {
+                        m.ranges()
+                            .iter()
+                            .filter(|r| r.node_id == request.node_id)
+                            .map(|r| pb::LayerAssignment {
+                                model_id: m.spec.id.clone(),
+                                first_layer: r.first,
+                                last_layer: r.last,
+                            })
+                    })
+                    .collect(),
+                heartbeat_interval_ms: interval_ms,
+                cluster_id: s.cluster_id.clone().unwrap_or_default(),
+            })
         });
-        let Some((mut status, change)) = found else {
+        let Some(response) = response else {
             return Err(WireError::NotFound {
                 kind: "node".into(),
                 id: request.node_id,
             });
         };
-        if let Some(change) = change {
-            let changes = vec![change];
-            let committed = self
-                .leader_write(Command::SetNodeStatuses {
-                    changes: changes.clone(),
-                })
-                .await;
-            self.detector().abandon(&changes);
-            committed?;
-            status = self
-                .state
-                .read(|s| s.nodes.get(&request.node_id).map(|n| n.status))
-                .unwrap_or(status);
-        }
-        let response = self.state.read(|s| pb::HeartbeatResponse {
-            status: status.as_str().to_string(),
-            assignments: s
-                .models
-                .values()
-                .flat_map(|m| {
-                    m.ranges()
-                        .iter()
-                        .filter(|r| r.node_id == request.node_id)
-                        .map(|r| pb::LayerAssignment {
-                            model_id: m.spec.id.clone(),
-                            first_layer: r.first,
-                            last_layer: r.last,
-                        })
-                })
-                .collect(),
-            heartbeat_interval_ms: self.config.liveness.interval.as_millis() as i32,
-            cluster_id: s.cluster_id.clone().unwrap_or_default(),
-        });
         Ok(response.encode_to_vec())
     }
 

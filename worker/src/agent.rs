@@ -141,28 +141,31 @@ impl Seeds {
 
     /// Moves to the leader named in `status`, or to the next seed.
     fn next(&mut self, status: &tonic::Status) {
-        let leader = status
-            .metadata()
+        if !self.follow(status.metadata()) {
+            self.current = (self.current + 1) % self.addrs.len();
+        }
+    }
+
+    /// Moves to the leader named in `metadata`, if it names a usable one.
+    fn follow(&mut self, metadata: &tonic::metadata::MetadataMap) -> bool {
+        let leader = metadata
             .get(LEADER_METADATA_KEY)
             .and_then(|v| v.to_str().ok())
             .map(String::from);
-        match leader {
-            Some(l) => {
-                if let Some(i) = self.addrs.iter().position(|a| *a == l) {
-                    self.current = i;
-                } else if l
-                    .rsplit_once(':')
-                    .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-                {
-                    self.addrs.push(l);
-                    self.channels.push(None);
-                    self.current = self.addrs.len() - 1;
-                } else {
-                    self.current = (self.current + 1) % self.addrs.len();
-                }
-            }
-            None => self.current = (self.current + 1) % self.addrs.len(),
+        let Some(l) = leader else { return false };
+        if let Some(i) = self.addrs.iter().position(|a| *a == l) {
+            self.current = i;
+        } else if l
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            self.addrs.push(l);
+            self.channels.push(None);
+            self.current = self.addrs.len() - 1;
+        } else {
+            return false;
         }
+        true
     }
 }
 
@@ -237,6 +240,8 @@ pub async fn run(config: Config, shared: Shared, shutdown: CancellationToken) {
             let mut client = seeds.client();
             match client.heartbeat(request).await {
                 Ok(answer) => {
+                    // Answered through a follower: heartbeat the leader directly from now on.
+                    seeds.follow(answer.metadata());
                     let answer = answer.into_inner();
                     if answer.heartbeat_interval_ms > 0 {
                         interval = Duration::from_millis(answer.heartbeat_interval_ms as u64);

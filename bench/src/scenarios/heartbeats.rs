@@ -24,8 +24,12 @@ use crate::{
 
 /// Connections the simulated workers share, per replica.
 const CHANNELS_PER_REPLICA: usize = 4;
-/// Tasks that send heartbeats; each owns a slice of the workers.
-const SENDERS: usize = 200;
+/// Tasks that schedule heartbeats; each owns a slice of the workers.
+const SENDERS: usize = 100;
+/// Heartbeating before measuring.
+const WARMUP: Duration = Duration::from_secs(5);
+/// Most heartbeats outstanding at once (a stalled leader would otherwise pile them up).
+const MAX_IN_FLIGHT: usize = 4096;
 
 fn usage(i: usize) -> pb::NodeUsage {
     pb::NodeUsage {
@@ -75,26 +79,26 @@ pub async fn run(workers: usize, duration: Duration) -> anyhow::Result<Value> {
         .await;
 
     let leader_addr = cluster.addr(leader_id);
-    let log_before = status(&leader_addr).await.and_then(|s| s.last_log_index);
+    // Workers heartbeat the leader directly once an answer has named it (followers add the
+    // leader's address to every forwarded heartbeat answer), so that is what is simulated.
+    let hb_channels: Vec<_> = (0..CHANNELS_PER_REPLICA * 3)
+        .map(|_| channel(&leader_addr))
+        .collect();
     let pid = cluster.replicas[&leader_id].pid().expect("leader runs");
-    let cpu_before = procfs::cpu_seconds(pid);
     let follower_pids: Vec<u32> = cluster
         .replicas
         .values()
         .filter(|r| r.id != leader_id)
         .filter_map(|r| r.pid())
         .collect();
-    let follower_cpu_before: Vec<f64> = follower_pids
-        .iter()
-        .map(|p| procfs::cpu_seconds(*p))
-        .collect();
 
     // Watch for any node that stops being healthy while the run lasts.
     let not_healthy_seen = Arc::new(AtomicU64::new(0));
     let watch = {
         let (seen, addr) = (not_healthy_seen.clone(), leader_addr.clone());
-        let end = Instant::now() + duration;
+        let end = Instant::now() + duration + WARMUP;
         tokio::spawn(async move {
+            tokio::time::sleep(WARMUP).await;
             let mut c = DiscoveryServiceClient::new(channel(&addr));
             while Instant::now() < end {
                 if let Ok(info) = c.get_cluster_info(pb::ClusterInfoRequest::default()).await {
@@ -108,12 +112,33 @@ pub async fn run(workers: usize, duration: Duration) -> anyhow::Result<Value> {
     };
 
     println!(
-        "heartbeats: {workers} workers, one heartbeat per second each, for {}s ...",
-        duration.as_secs()
+        "heartbeats: {workers} workers, one heartbeat per second each, for {}s after a {}s warm-up ...",
+        duration.as_secs(),
+        WARMUP.as_secs()
     );
-    let start = Instant::now();
+    // Measurements start after a warm-up in which every worker has heartbeated a few times
+    // (nodes registered early were silent while the rest registered, and recover now).
+    let total = duration + WARMUP;
+    let measure_from = Instant::now() + WARMUP;
+    let probe = {
+        let (leader_addr, follower_pids) = (leader_addr.clone(), follower_pids.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep_until(measure_from.into()).await;
+            let log = status(&leader_addr).await.and_then(|s| s.last_log_index);
+            let cpu = procfs::cpu_seconds(pid);
+            let followers: Vec<f64> = follower_pids
+                .iter()
+                .map(|p| procfs::cpu_seconds(*p))
+                .collect();
+            (log, cpu, followers, Instant::now())
+        })
+    };
     let interval = Duration::from_secs(1);
     let per_sender = workers.div_ceil(SENDERS);
+    // Like real workers, a heartbeat does not wait for the previous one: each is sent on
+    // schedule (at most MAX_IN_FLIGHT outstanding) and its latency recorded when it returns.
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<Duration>>();
     let tasks: Vec<_> = (0..SENDERS)
         .map(|s| {
             let mine: Vec<String> = ids
@@ -122,20 +147,19 @@ pub async fn run(workers: usize, duration: Duration) -> anyhow::Result<Value> {
                 .take(per_sender)
                 .cloned()
                 .collect();
-            let chan = channels[s % channels.len()].clone();
+            let chan = hb_channels[s % hb_channels.len()].clone();
+            let (tx, in_flight) = (tx.clone(), in_flight.clone());
             tokio::spawn(async move {
-                let mut lat = Latencies::default();
-                let mut errors = 0u64;
                 if mine.is_empty() {
-                    return (lat, errors);
+                    return;
                 }
-                let mut client = DiscoveryServiceClient::new(chan);
+                let client = DiscoveryServiceClient::new(chan);
                 // Spread this sender's workers evenly over the interval, and the senders over
                 // the first interval.
                 let gap = interval / mine.len() as u32;
                 tokio::time::sleep(interval * s as u32 / SENDERS as u32).await;
                 let mut next = tokio::time::Instant::now();
-                let end = tokio::time::Instant::now() + duration;
+                let end = tokio::time::Instant::now() + total;
                 'run: loop {
                     for (i, id) in mine.iter().enumerate() {
                         next += gap;
@@ -143,29 +167,39 @@ pub async fn run(workers: usize, duration: Duration) -> anyhow::Result<Value> {
                             break 'run;
                         }
                         tokio::time::sleep_until(next).await;
-                        let t = Instant::now();
+                        let permit = in_flight.clone().acquire_owned().await.expect("open");
+                        let (mut client, tx) = (client.clone(), tx.clone());
                         let request = pb::HeartbeatRequest {
                             node_id: id.clone(),
                             usage: Some(usage(i)),
                         };
-                        match client.heartbeat(request).await {
-                            Ok(_) => lat.push(t.elapsed()),
-                            Err(_) => errors += 1,
-                        }
+                        tokio::spawn(async move {
+                            let t = Instant::now();
+                            let answer = client.heartbeat(request).await;
+                            if t >= measure_from {
+                                let _ = tx.send(answer.ok().map(|_| t.elapsed()));
+                            }
+                            drop(permit);
+                        });
                     }
                 }
-                (lat, errors)
             })
         })
         .collect();
+    drop(tx);
+    for t in tasks {
+        t.await?;
+    }
     let mut lat = Latencies::default();
     let mut errors = 0;
-    for t in tasks {
-        let (l, e) = t.await?;
-        lat.extend(l);
-        errors += e;
+    while let Some(sample) = rx.recv().await {
+        match sample {
+            Some(d) => lat.push(d),
+            None => errors += 1,
+        }
     }
-    let secs = start.elapsed().as_secs_f64();
+    let (log_before, cpu_before, follower_cpu_before, measured_at) = probe.await?;
+    let secs = measured_at.elapsed().as_secs_f64();
     watch.await?;
     let cpu = (procfs::cpu_seconds(pid) - cpu_before) / secs * 100.0;
     let follower_cpu: Vec<f64> = follower_pids
