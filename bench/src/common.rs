@@ -6,6 +6,18 @@ use dllm_proto::pb::{self, admin_service_client::AdminServiceClient};
 use dllm_tests::Cluster;
 use tonic::transport::Channel;
 
+/// Extra flags every replica gets (`dllm-bench --replica-arg ...`), e.g. Raft timings.
+pub static REPLICA_ARGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// Three replicas with the default settings plus any `--replica-arg`s.
+pub fn start_cluster() -> Cluster {
+    let args: Vec<&str> = REPLICA_ARGS
+        .get()
+        .map(|a| a.iter().map(String::as_str).collect())
+        .unwrap_or_default();
+    Cluster::start(3, &args)
+}
+
 /// A lazily connected channel to `addr`.
 pub fn channel(addr: &str) -> Channel {
     Channel::from_shared(format!("http://{addr}"))

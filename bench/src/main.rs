@@ -28,6 +28,10 @@ struct Cli {
     /// Also write the JSON report here.
     #[arg(long, global = true)]
     json_out: Option<PathBuf>,
+    /// A flag for every replica, e.g. `--replica-arg=--election-timeout-max-ms=250`
+    /// (repeatable; default settings otherwise).
+    #[arg(long = "replica-arg", global = true, allow_hyphen_values = true)]
+    replica_args: Vec<String>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -148,7 +152,10 @@ async fn main() -> anyhow::Result<()> {
     // The cluster harness finds the binaries through this variable.
     // SAFETY: set before any thread that reads the environment is started by us.
     unsafe { std::env::set_var("DLLM_BIN_DIR", &bin_dir) };
-    let config = format!("{:?}", cli.scenario);
+    common::REPLICA_ARGS
+        .set(cli.replica_args.clone())
+        .expect("set once");
+    let config = format!("{:?} replica args {:?}", cli.scenario, cli.replica_args);
     let results = run(cli.scenario).await?;
     let report = json!({
         "machine": procfs::machine(),

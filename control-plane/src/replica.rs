@@ -258,7 +258,8 @@ impl Replica {
                 });
             }
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(200));
+            // Short: a new leader is usually known within one election timeout.
+            backoff = (backoff * 2).min(Duration::from_millis(50));
         }
     }
 

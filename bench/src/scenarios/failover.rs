@@ -11,7 +11,7 @@ use std::{
 };
 
 use dllm_proto::pb::discovery_service_client::DiscoveryServiceClient;
-use dllm_tests::{wait_for, Cluster};
+use dllm_tests::wait_for;
 use serde_json::{json, Value};
 
 use crate::{
@@ -21,7 +21,7 @@ use crate::{
 
 /// Runs the scenario.
 pub async fn run(kills: usize) -> anyhow::Result<Value> {
-    let mut cluster = Cluster::start(3, &[]);
+    let mut cluster = crate::common::start_cluster();
     leader(&cluster).await;
     let addrs: Vec<String> = (1..=3).map(|id| cluster.addr(id)).collect();
     // Background load: 8 writers spread over the replicas, errors ignored.

@@ -11,8 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dllm_proto::pb::{self, discovery_service_client::DiscoveryServiceClient};
-use dllm_tests::Cluster;
+use dllm_proto::pb::{
+    self, discovery_service_client::DiscoveryServiceClient, tui_service_client::TuiServiceClient,
+};
+
 use futures::StreamExt;
 use serde_json::{json, Value};
 
@@ -54,7 +56,7 @@ fn usage(i: usize) -> pb::NodeUsage {
 
 /// Runs the scenario.
 pub async fn run(workers: usize, duration: Duration) -> anyhow::Result<Value> {
-    let cluster = Cluster::start(3, &[]);
+    let cluster = crate::common::start_cluster();
     let (leader_id, _) = leader(&cluster).await;
     let addrs: Vec<String> = (1..=3).map(|id| cluster.addr(id)).collect();
     let channels: Vec<_> = addrs
@@ -99,12 +101,19 @@ pub async fn run(workers: usize, duration: Duration) -> anyhow::Result<Value> {
         let end = Instant::now() + duration + WARMUP;
         tokio::spawn(async move {
             tokio::time::sleep(WARMUP).await;
-            let mut c = DiscoveryServiceClient::new(channel(&addr));
+            // Only the nodes that are not healthy come back, so this stays cheap at any size.
+            let mut c = TuiServiceClient::new(channel(&addr));
+            let request = pb::NodeListRequest {
+                requester_id: "bench".into(),
+                include_metrics: false,
+                filter: Some(pb::NodeFilter {
+                    statuses: vec!["unhealthy".into(), "offline".into()],
+                    resources: None,
+                }),
+            };
             while Instant::now() < end {
-                if let Ok(info) = c.get_cluster_info(pb::ClusterInfoRequest::default()).await {
-                    let m = info.into_inner().metrics.unwrap_or_default();
-                    let bad = (m.total_nodes - m.healthy_nodes).max(0) as u64;
-                    seen.fetch_max(bad, Ordering::Relaxed);
+                if let Ok(list) = c.get_node_list(request.clone()).await {
+                    seen.fetch_max(list.into_inner().nodes.len() as u64, Ordering::Relaxed);
                 }
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use dllm_proto::pb::{
     self, discovery_service_client::DiscoveryServiceClient, tui_service_client::TuiServiceClient,
 };
-use dllm_tests::{wait_for, Cluster};
+use dllm_tests::wait_for;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
@@ -17,7 +17,12 @@ use crate::{
 
 /// Runs the scenario.
 pub async fn run(nodes: usize, models: usize) -> anyhow::Result<Value> {
-    let cluster = Cluster::start(3, &[]);
+    // The nodes here are only registered, never heartbeat: thresholds far beyond the run keep
+    // them healthy, so the models stay placed on them.
+    let cluster = dllm_tests::Cluster::start(
+        3,
+        &["--unhealthy-after", "1000000", "--offline-after", "2000000"],
+    );
     let (_, leader_addr) = leader(&cluster).await;
     let addrs: Vec<String> = (1..=3).map(|id| cluster.addr(id)).collect();
     let channels: Vec<_> = addrs.iter().map(|a| channel(a)).collect();

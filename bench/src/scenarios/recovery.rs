@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use dllm_proto::pb::{self, discovery_service_client::DiscoveryServiceClient};
-use dllm_tests::{wait_for, Cluster};
+use dllm_tests::wait_for;
 use serde_json::{json, Value};
 
 use crate::{
@@ -17,7 +17,7 @@ use crate::{
 /// Runs the scenario: `entries` writes (re-registrations of 1,000 nodes, so the log grows
 /// and the state stays small), then a restart of one follower.
 pub async fn run(entries: u64) -> anyhow::Result<Value> {
-    let mut cluster = Cluster::start(3, &[]);
+    let mut cluster = crate::common::start_cluster();
     let (leader_id, leader_addr) = leader(&cluster).await;
     let addrs: Vec<String> = (1..=3).map(|id| cluster.addr(id)).collect();
     println!("recovery: writing {entries} entries ...");

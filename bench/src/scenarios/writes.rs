@@ -9,7 +9,7 @@ use std::{
 };
 
 use dllm_proto::pb::discovery_service_client::DiscoveryServiceClient;
-use dllm_tests::{free_port, wait_for, ChildProcess, Cluster};
+use dllm_tests::{free_port, wait_for, ChildProcess};
 use prost::Message;
 use serde_json::{json, Value};
 
@@ -232,7 +232,7 @@ pub async fn run(
     );
     let mut dllm_runs = Vec::new();
     {
-        let cluster = Cluster::start(3, &[]);
+        let cluster = crate::common::start_cluster();
         crate::common::leader(&cluster).await;
         let addrs: Vec<String> = (1..=3).map(|id| cluster.addr(id)).collect();
         for &c in client_counts {
