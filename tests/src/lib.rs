@@ -374,6 +374,21 @@ impl Cluster {
         self.dir.path()
     }
 
+    /// Waits until replica `id` answers status, then returns its address.
+    pub async fn wait_up(&self, id: u64) -> String {
+        let addr = self.addr(id);
+        wait_for(
+            &format!("replica {id} to answer"),
+            Duration::from_secs(30),
+            || {
+                let addr = addr.clone();
+                async move { replica_status(&addr).await.ok().map(|_| ()) }
+            },
+        )
+        .await;
+        addr
+    }
+
     /// Log tails of every replica, for assertion messages.
     pub fn logs(&self) -> String {
         self.replicas
@@ -445,6 +460,40 @@ pub async fn replica_status(addr: &str) -> Result<pb::ReplicaStatusResponse, ton
         .get_replica_status(pb::ReplicaStatusRequest {})
         .await
         .map(|r| r.into_inner())
+}
+
+/// Control-plane flags that make failure detection fast for tests: heartbeats every 200 ms,
+/// unhealthy after 3 missed (600 ms), offline after 8 (1.6 s), 1 s grace after a failover.
+pub const FAST_LIVENESS: &[&str] = &[
+    "--node-heartbeat-interval-ms",
+    "200",
+    "--unhealthy-after",
+    "3",
+    "--offline-after",
+    "8",
+    "--failover-grace-ms",
+    "1000",
+];
+
+/// The ids of every member node (`GetPeers` with `include_self`) as the replica at `addr`
+/// answers, through a linearizable read.
+///
+/// # Panics
+/// When the replica does not answer.
+pub async fn member_ids(addr: &str) -> std::collections::HashSet<String> {
+    let mut c = clients(addr).await;
+    c.node
+        .get_peers(pb::PeersRequest {
+            include_self: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("GetPeers on {addr}: {e}"))
+        .into_inner()
+        .peers
+        .into_iter()
+        .map(|n| n.node_id)
+        .collect()
 }
 
 /// A registration for a simulated worker.

@@ -1,10 +1,8 @@
 //! Three real `dllm-control-plane` processes on loopback: election, forwarding, linearizable
 //! reads on every replica, failover, restarts, membership changes and the reference's calls.
 
-use std::time::Duration;
-
 use dllm_proto::pb;
-use dllm_tests::{clients, init_tracing, join_request, replica_status, wait_for, Cluster};
+use dllm_tests::{clients, init_tracing, join_request, member_ids, Cluster};
 use tonic::Code;
 use tracing::info;
 
@@ -542,36 +540,11 @@ async fn leader_kill_loses_nothing_acknowledged() {
     info!("--- the old leader comes back and has everything");
     cluster.restart(leader);
     for id in [leader, survivors[0], survivors[1]] {
-        let mut c = clients(&cluster_addr_when_up(&cluster, id).await).await;
-        let peers = c
-            .node
-            .get_peers(pb::PeersRequest {
-                include_self: true,
-                ..Default::default()
-            })
-            .await
-            .unwrap_or_else(|e| panic!("GetPeers on {id}: {e}"))
-            .into_inner();
-        let have: Vec<String> = peers.peers.into_iter().map(|n| n.node_id).collect();
+        let have = member_ids(&cluster.wait_up(id).await).await;
         for want in &acked {
             assert!(have.contains(want), "replica {id} lost acknowledged {want}");
         }
     }
-}
-
-/// Waits until replica `id` answers status, then returns its address.
-async fn cluster_addr_when_up(cluster: &Cluster, id: u64) -> String {
-    let addr = cluster.addr(id);
-    wait_for(
-        &format!("replica {id} to answer"),
-        Duration::from_secs(30),
-        || {
-            let addr = addr.clone();
-            async move { replica_status(&addr).await.ok().map(|_| ()) }
-        },
-    )
-    .await;
-    addr
 }
 
 /// All three replicas stop with SIGTERM (exit 0) and start again with the state as
@@ -654,7 +627,7 @@ async fn fourth_replica_joins_and_one_is_removed() {
 
     info!("--- start replica 4 and add it through follower {follower}");
     let addr4 = cluster.start_joiner(4);
-    cluster_addr_when_up(&cluster, 4).await;
+    cluster.wait_up(4).await;
     let status = c
         .admin
         .add_replica(pb::AddReplicaRequest {

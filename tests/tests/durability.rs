@@ -10,7 +10,9 @@ use std::{
 };
 
 use dllm_proto::pb;
-use dllm_tests::{clients, init_tracing, join_request, replica_status, wait_for, Cluster};
+use dllm_tests::{
+    clients, init_tracing, join_request, member_ids, replica_status, wait_for, Cluster,
+};
 use tracing::info;
 
 /// Every replica is SIGKILLed while four clients write through different replicas. After a
@@ -71,18 +73,7 @@ async fn sigkill_every_replica_mid_write_keeps_every_acknowledged_write() {
     cluster.wait_leader(&[1, 2, 3]).await;
     let mut snapshots = 0;
     for id in 1..=3 {
-        let mut c = clients(&cluster.addr(id)).await;
-        let peers = c
-            .node
-            .get_peers(pb::PeersRequest {
-                include_self: true,
-                ..Default::default()
-            })
-            .await
-            .unwrap_or_else(|e| panic!("GetPeers on {id}: {e}"))
-            .into_inner();
-        let have: std::collections::HashSet<String> =
-            peers.peers.into_iter().map(|n| n.node_id).collect();
+        let have = member_ids(&cluster.addr(id)).await;
         let lost: Vec<&String> = acked.iter().filter(|id| !have.contains(*id)).collect();
         assert!(
             lost.is_empty(),

@@ -7,17 +7,6 @@ use dllm_proto::pb::{self, node_service_client::NodeServiceClient};
 use dllm_tests::{channel, clients, init_tracing, wait_for, Cluster};
 use tracing::info;
 
-const FAST: &[&str] = &[
-    "--node-heartbeat-interval-ms",
-    "200",
-    "--unhealthy-after",
-    "3",
-    "--offline-after",
-    "8",
-    "--failover-grace-ms",
-    "1000",
-];
-
 async fn exec(addr: &str, command: &str, args: &[&str]) -> pb::CommandResponse {
     let mut c = clients(addr).await;
     c.tui
@@ -85,7 +74,7 @@ async fn node_status(addr: &str, id: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn placement_follows_failures_drains_and_joins() {
     init_tracing();
-    let cluster = Cluster::start(3, FAST);
+    let cluster = Cluster::start(3, dllm_tests::FAST_LIVENESS);
     cluster.wait_leader(&[1, 2, 3]).await;
     let cp = cluster.addr(1);
     let max = ["--max-layers", "500"];
@@ -231,7 +220,7 @@ async fn placement_follows_failures_drains_and_joins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_command_answers() {
     init_tracing();
-    let cluster = Cluster::start(3, FAST);
+    let cluster = Cluster::start(3, dllm_tests::FAST_LIVENESS);
     cluster.wait_leader(&[1, 2, 3]).await;
     let cp = cluster.addr(3);
     let _w = cluster.start_worker("w1", "1x81920:NVIDIA H100", &[]);

@@ -16,18 +16,6 @@ use dllm_tests::{channel, clients, init_tracing, replica_status, wait_for, Clust
 use tonic::Code;
 use tracing::info;
 
-/// Fast thresholds so failures are noticed in about a second: heartbeats every 200 ms,
-/// unhealthy after 3 missed (600 ms), offline after 8 (1.6 s), 1 s grace after a failover.
-const FAST: &[&str] = &[
-    "--node-heartbeat-interval-ms",
-    "200",
-    "--unhealthy-after",
-    "3",
-    "--offline-after",
-    "8",
-    "--failover-grace-ms",
-    "1000",
-];
 const H100: &str = "2x81559:NVIDIA H100 80GB HBM3";
 
 async fn node(addr: &str, node_id: &str) -> Option<pb::NodeInfo> {
@@ -57,7 +45,7 @@ async fn wait_status(addr: &str, node_id: &str, status: &str) -> pb::NodeInfo {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_lifecycle_join_fail_rejoin_leave() {
     init_tracing();
-    let cluster = Cluster::start(3, FAST);
+    let cluster = Cluster::start(3, dllm_tests::FAST_LIVENESS);
     cluster.wait_leader(&[1, 2, 3]).await;
     let cp = cluster.addr(2);
 
@@ -177,7 +165,7 @@ async fn worker_lifecycle_join_fail_rejoin_leave() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_without_nvml_reports_no_gpus() {
     init_tracing();
-    let cluster = Cluster::start(3, FAST);
+    let cluster = Cluster::start(3, dllm_tests::FAST_LIVENESS);
     cluster.wait_leader(&[1, 2, 3]).await;
     let _worker = cluster.start_worker("cpu-1", "", &[]);
     let n = wait_status(&cluster.addr(1), "cpu-1", "healthy").await;
@@ -202,7 +190,7 @@ async fn worker_without_nvml_reports_no_gpus() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_do_not_grow_the_raft_log() {
     init_tracing();
-    let cluster = Cluster::start(3, FAST);
+    let cluster = Cluster::start(3, dllm_tests::FAST_LIVENESS);
     let leader = cluster.wait_leader(&[1, 2, 3]).await;
     let _workers: Vec<_> = (0..3)
         .map(|i| cluster.start_worker(&format!("w{i}"), H100, &[]))
@@ -249,7 +237,7 @@ async fn heartbeats_do_not_grow_the_raft_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_failover_marks_no_worker_offline() {
     init_tracing();
-    let mut cluster = Cluster::start(3, FAST);
+    let mut cluster = Cluster::start(3, dllm_tests::FAST_LIVENESS);
     let leader = cluster.wait_leader(&[1, 2, 3]).await;
     let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
     let workers: Vec<_> = (0..20)
