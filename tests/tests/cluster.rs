@@ -703,4 +703,25 @@ async fn no_quorum_is_unavailable_not_a_hang() {
         .await
         .expect_err("no quorum for a read");
     assert_eq!(err.code(), Code::Unavailable, "{err}");
+
+    info!("--- grpc.health.v1 says NOT_SERVING once the replica knows no leader");
+    let ch = dllm_tests::channel(&cluster.addr(survivor))
+        .await
+        .expect("connect");
+    dllm_tests::wait_for("NOT_SERVING", std::time::Duration::from_secs(30), || {
+        let ch = ch.clone();
+        async move {
+            let status = tonic_health::pb::health_client::HealthClient::new(ch)
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .status;
+            (status == tonic_health::pb::health_check_response::ServingStatus::NotServing as i32)
+                .then_some(())
+        }
+    })
+    .await;
 }
