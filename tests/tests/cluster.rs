@@ -327,63 +327,43 @@ async fn follower_writes_are_visible_everywhere_and_reference_calls_answer() {
     }
 }
 
-async fn list_services_v1(ch: tonic::transport::Channel) -> Vec<String> {
-    use tonic_reflection::pb::v1::{
-        server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-        ServerReflectionRequest,
-    };
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = ServerReflectionClient::new(ch)
-        .server_reflection_info(tokio_stream::iter([req]))
-        .await
-        .expect("reflection v1")
-        .into_inner();
-    match stream
-        .message()
-        .await
-        .expect("answer")
-        .expect("a message")
-        .message_response
-    {
-        Some(MessageResponse::ListServicesResponse(l)) => {
-            l.service.into_iter().map(|s| s.name).collect()
+/// `list_services` over one reflection protocol version: the two versions' messages have
+/// the same shape in different modules.
+macro_rules! list_services {
+    ($name:ident, $version:ident) => {
+        async fn $name(ch: tonic::transport::Channel) -> Vec<String> {
+            use tonic_reflection::pb::$version::{
+                server_reflection_client::ServerReflectionClient,
+                server_reflection_request::MessageRequest,
+                server_reflection_response::MessageResponse, ServerReflectionRequest,
+            };
+            let req = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let mut stream = ServerReflectionClient::new(ch)
+                .server_reflection_info(tokio_stream::iter([req]))
+                .await
+                .expect(concat!("reflection ", stringify!($version)))
+                .into_inner();
+            match stream
+                .message()
+                .await
+                .expect("answer")
+                .expect("a message")
+                .message_response
+            {
+                Some(MessageResponse::ListServicesResponse(l)) => {
+                    l.service.into_iter().map(|s| s.name).collect()
+                }
+                other => panic!("unexpected reflection answer {other:?}"),
+            }
         }
-        other => panic!("unexpected reflection answer {other:?}"),
-    }
+    };
 }
 
-async fn list_services_v1alpha(ch: tonic::transport::Channel) -> Vec<String> {
-    use tonic_reflection::pb::v1alpha::{
-        server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-        ServerReflectionRequest,
-    };
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = ServerReflectionClient::new(ch)
-        .server_reflection_info(tokio_stream::iter([req]))
-        .await
-        .expect("reflection v1alpha")
-        .into_inner();
-    match stream
-        .message()
-        .await
-        .expect("answer")
-        .expect("a message")
-        .message_response
-    {
-        Some(MessageResponse::ListServicesResponse(l)) => {
-            l.service.into_iter().map(|s| s.name).collect()
-        }
-        other => panic!("unexpected reflection answer {other:?}"),
-    }
-}
+list_services!(list_services_v1, v1);
+list_services!(list_services_v1alpha, v1alpha);
 
 /// Bad input gets a precise status code naming the field; unknown things are NOT_FOUND.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
