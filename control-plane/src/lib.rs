@@ -27,6 +27,8 @@ pub mod liveness;
 pub mod network;
 pub mod observability;
 pub mod placement;
+#[cfg(feature = "planted-bugs")]
+pub mod planted;
 pub mod raft_types;
 pub mod replica;
 pub mod server;

@@ -93,6 +93,8 @@ impl Replica {
     /// # Errors
     /// [`StartError`] when the store cannot be opened or Raft cannot start.
     pub async fn start(config: Config) -> Result<Arc<Self>, StartError> {
+        #[cfg(feature = "planted-bugs")]
+        crate::planted::enabled(""); // logs which planted bugs are on, once, at start
         std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
             path: config.data_dir.clone(),
             source,
@@ -389,6 +391,11 @@ impl Replica {
     /// # Errors
     /// `UNAVAILABLE` without a leader or quorum within the request budget.
     pub async fn linearize(&self) -> Result<(), ApiError> {
+        #[cfg(feature = "planted-bugs")]
+        if crate::planted::enabled(crate::planted::STALE_READS) {
+            // Planted bug: answer from the local state machine without a read index.
+            return Ok(());
+        }
         let budget = self.config.request_timeout;
         let index = self
             .at_leader(

@@ -21,6 +21,8 @@ use dllm_proto::pb::{
 use nix::{sys::signal::Signal, unistd::Pid};
 use tonic::{codec::CompressionEncoding, transport::Channel};
 
+pub mod jepsen;
+
 /// Path of a workspace binary such as `dllm-control-plane`.
 ///
 /// # Panics
