@@ -10,8 +10,12 @@ use std::sync::OnceLock;
 /// a partitioned or lagging replica serves state older than acknowledged writes.
 pub const STALE_READS: &str = "stale-reads";
 
+/// RegisterWithCluster answers success before the registration is committed (the write goes
+/// on in the background and may be lost, or seen late).
+pub const EARLY_ACK: &str = "early-ack";
+
 /// Every planted bug this build knows.
-pub const ALL: &[&str] = &[STALE_READS];
+pub const ALL: &[&str] = &[STALE_READS, EARLY_ACK];
 
 /// Whether `bug` was switched on for this process.
 pub fn enabled(bug: &str) -> bool {

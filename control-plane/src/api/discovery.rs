@@ -64,13 +64,23 @@ impl DiscoveryService for DiscoveryApi {
         let spec = NodeSpec::try_from(request)?;
         let node_id = spec.node_id.clone();
         let cluster_id = self.replica.ensure_cluster_id().await?;
-        let outcome = self
-            .replica
-            .write(Command::RegisterNode {
-                spec,
-                now_ms: now_ms(),
-            })
-            .await?;
+        let command = Command::RegisterNode {
+            spec,
+            now_ms: now_ms(),
+        };
+        #[cfg(feature = "planted-bugs")]
+        if crate::planted::enabled(crate::planted::EARLY_ACK) {
+            // Planted bug: acknowledge the registration before it is committed.
+            let replica = self.replica.clone();
+            tokio::spawn(async move { replica.write(command).await });
+            return Ok(Response::new(pb::ClusterJoinResponse {
+                success: true,
+                message: "registered".to_string(),
+                existing_nodes: Vec::new(),
+                cluster_id,
+            }));
+        }
+        let outcome = self.replica.write(command).await?;
         let message = match outcome {
             Outcome::Registered { created: true } => "registered",
             _ => "re-registered",

@@ -125,6 +125,9 @@ impl wgl::Model for ModelModel {
 }
 
 type NodeOp = wgl::Operation<NodeInput, Ret>;
+/// Per-key histories for model `M`.
+type KeyHistories<M> =
+    BTreeMap<String, Vec<wgl::Operation<<M as wgl::Model>::Input, <M as wgl::Model>::Output>>>;
 type ModelOp = wgl::Operation<ModelInput, Ret>;
 
 fn ret_time(c: &Completion) -> Option<u64> {
@@ -237,7 +240,7 @@ fn describe<I: std::fmt::Debug, O: std::fmt::Debug>(op: &wgl::Operation<I, O>) -
 fn check_keys<M: wgl::Model>(
     model: &M,
     kind: &str,
-    keys: &BTreeMap<String, Vec<wgl::Operation<M::Input, M::Output>>>,
+    keys: &KeyHistories<M>,
     problems: &mut Vec<String>,
 ) -> usize {
     let mut checked = 0;
@@ -281,6 +284,12 @@ pub fn linearizability(events: &[Event]) -> Verdict {
     let mut problems = Vec::new();
     let n = check_keys(&NodeModel, "node", &nodes, &mut problems);
     let m = check_keys(&ModelModel, "model", &models, &mut problems);
+    let shown = 5;
+    if problems.len() > shown {
+        let more = problems.len() - shown;
+        problems.truncate(shown);
+        problems.push(format!("... and {more} more keys"));
+    }
     Verdict {
         checker: "linearizable".into(),
         valid: problems.is_empty(),

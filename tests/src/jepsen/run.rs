@@ -834,7 +834,7 @@ impl Run {
                     });
                 }
             }
-            if tick % 5 == 0 {
+            if tick.is_multiple_of(5) {
                 if let Some((models, nodes)) = self.placement_sample().await {
                     self.history.record(Event::Placement {
                         t_ns: self.history.now(),
@@ -1341,7 +1341,7 @@ impl Run {
         } else {
             let id = self.procs.lock().await.workers[i].node_id.clone();
             let slot = rng.gen_range(1..=SLOTS);
-            let r = self.command(slot, "drain", &[id.clone()]).await;
+            let r = self.command(slot, "drain", std::slice::from_ref(&id)).await;
             let drained = matches!(&r, Ok(r) if r.exit_code == 0);
             self.history
                 .nemesis("drain", format!("drain {id}: {}", describe_command(&r)));
@@ -1358,7 +1358,9 @@ impl Run {
         let id = self.procs.lock().await.workers[i].node_id.clone();
         for _ in 0..50 {
             for slot in 1..=SLOTS {
-                let r = self.command(slot, "undrain", &[id.clone()]).await;
+                let r = self
+                    .command(slot, "undrain", std::slice::from_ref(&id))
+                    .await;
                 let done =
                     matches!(&r, Ok(r) if r.exit_code == 0 || r.error.contains("only draining"));
                 if done {
