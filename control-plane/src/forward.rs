@@ -21,6 +21,15 @@ pub enum Proposal {
     Rebalance(Option<String>),
 }
 
+/// A client's write as it travels to the leader, under the id that makes retries safe.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Tagged {
+    /// Chosen once per client request by the replica that took it.
+    pub request_id: u128,
+    /// The write.
+    pub proposal: Proposal,
+}
+
 /// A replica membership change, carried out by the leader.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum MembershipChange {

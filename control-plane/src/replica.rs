@@ -30,7 +30,7 @@ use crate::{
     config::Config,
     error::ApiError,
     forward::{
-        HeartbeatAnswer, MembershipAnswer, MembershipChange, Proposal, ReadIndexAnswer,
+        HeartbeatAnswer, MembershipAnswer, MembershipChange, Proposal, ReadIndexAnswer, Tagged,
         UsageAnswer, UsageQuery, WireError, WriteAnswer,
     },
     liveness::Detector,
@@ -267,7 +267,7 @@ impl Replica {
 
     /// Turns `proposal` into a command with this replica's state (placement is decided here,
     /// on the leader) and proposes it; leader only.
-    pub async fn leader_propose(&self, proposal: Proposal) -> WriteAnswer {
+    pub async fn leader_propose(&self, request_id: u128, proposal: Proposal) -> WriteAnswer {
         let command = match proposal {
             Proposal::Command(command) => command,
             Proposal::AddModel(spec) => {
@@ -292,7 +292,11 @@ impl Replica {
                 Command::SetPlacements { changes }
             }
         };
-        self.leader_write(command).await
+        self.leader_write(Command::Once {
+            request_id,
+            command: Box::new(command),
+        })
+        .await
     }
 
     /// Proposes `command` on this replica, which must be the leader.
@@ -344,8 +348,8 @@ impl Replica {
 
     /// Commits `command` through the leader and waits until this replica has applied it.
     ///
-    /// Every command is idempotent, so a retry after an unknown outcome (a leader that died
-    /// mid-request) does no harm.
+    /// Every attempt carries the same request id (see [`Replica::propose`]), so a retry after
+    /// an unknown outcome (a leader that died mid-request) is not applied twice.
     ///
     /// # Errors
     /// `UNAVAILABLE` without a leader or quorum within the request budget; the state machine's
@@ -361,17 +365,23 @@ impl Replica {
     /// As [`Replica::write`].
     pub async fn propose(&self, proposal: Proposal) -> Result<Outcome, ApiError> {
         let budget = self.config.request_timeout;
+        // One id for every attempt of this request, so a retry after an unknown outcome is
+        // answered as the first attempt was instead of being applied twice.
+        let request_id: u128 = rand::random();
         let (outcome, index) = self
             .at_leader(
                 budget,
                 "write",
-                || self.leader_propose(proposal.clone()),
+                || self.leader_propose(request_id, proposal.clone()),
                 |addr, timeout| {
-                    let proposal = proposal.clone();
+                    let tagged = Tagged {
+                        request_id,
+                        proposal: proposal.clone(),
+                    };
                     let peers = self.peers.clone();
                     async move {
                         peers
-                            .call(&addr, &proposal, timeout, |mut c, r| async move {
+                            .call(&addr, &tagged, timeout, |mut c, r| async move {
                                 c.forward_write(r).await
                             })
                             .await

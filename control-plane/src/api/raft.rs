@@ -8,7 +8,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use tonic::{Request, Response, Status};
 
 use crate::{
-    forward::{MembershipChange, Proposal, UsageQuery},
+    forward::{MembershipChange, Tagged, UsageQuery},
     replica::Replica,
 };
 
@@ -59,8 +59,13 @@ impl RaftService for RaftApi {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let proposal: Proposal = decode(request)?;
-        encode(&self.replica.leader_propose(proposal).await)
+        let tagged: Tagged = decode(request)?;
+        encode(
+            &self
+                .replica
+                .leader_propose(tagged.request_id, tagged.proposal)
+                .await,
+        )
     }
 
     async fn read_index(

@@ -7,6 +7,15 @@ use super::{ModelSpec, NodeSpec, NodeStatus, Placement};
 /// One change to the cluster state; one Raft log entry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Command {
+    /// A client's write under the id of its request: a retry of the same request (after an
+    /// unknown outcome, e.g. a leader change mid-request) is answered with the outcome of the
+    /// first application instead of being applied again.
+    Once {
+        /// Random id chosen by the replica that took the client's request.
+        request_id: u128,
+        /// The write.
+        command: Box<Command>,
+    },
     /// Sets the cluster id if none is set yet (first writer wins).
     SetClusterId {
         /// A fresh random id proposed by a leader.

@@ -9,7 +9,10 @@ mod command;
 pub mod invariants;
 mod node;
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::Arc,
+};
 
 pub use command::{Command, Outcome, PlacementChange, Rejection, StatusChange};
 pub use node::{
@@ -29,12 +32,66 @@ pub struct ClusterState {
     pub nodes: BTreeMap<String, Node>,
     /// Every registered model, by id.
     pub models: BTreeMap<String, Model>,
+    /// Outcomes of the most recent client requests, for answering retries. Shared until
+    /// written, so scratch copies of the state (placement planning) do not copy it.
+    #[serde(default)]
+    pub requests: Arc<RecentRequests>,
+}
+
+/// The outcomes of the last [`RecentRequests::CAPACITY`] client requests by request id.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RecentRequests {
+    order: VecDeque<u128>,
+    outcomes: HashMap<u128, Outcome>,
+}
+
+impl RecentRequests {
+    /// Requests remembered. A retry comes within one request budget (seconds), so this
+    /// covers far more writes than can commit meanwhile at the measured write rates.
+    pub const CAPACITY: usize = 100_000;
+
+    /// The outcome recorded for `request_id`.
+    pub fn get(&self, request_id: u128) -> Option<&Outcome> {
+        self.outcomes.get(&request_id)
+    }
+
+    fn record(&mut self, request_id: u128, outcome: Outcome) {
+        if self.outcomes.insert(request_id, outcome).is_none() {
+            self.order.push_back(request_id);
+        }
+        while self.order.len() > Self::CAPACITY {
+            if let Some(old) = self.order.pop_front() {
+                self.outcomes.remove(&old);
+            }
+        }
+    }
+
+    /// How many requests are remembered.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
 }
 
 impl ClusterState {
     /// Applies one command; the answer tells the proposer what happened.
     pub fn apply(&mut self, command: Command) -> Outcome {
         match command {
+            Command::Once {
+                request_id,
+                command,
+            } => {
+                if let Some(outcome) = self.requests.get(request_id) {
+                    return outcome.clone();
+                }
+                let outcome = self.apply(*command);
+                Arc::make_mut(&mut self.requests).record(request_id, outcome.clone());
+                outcome
+            }
             Command::SetClusterId { cluster_id } => {
                 let id = self.cluster_id.get_or_insert(cluster_id);
                 Outcome::ClusterId {

@@ -198,3 +198,65 @@ fn status_changes_are_compare_and_set() {
         "only LeaveNode makes a node leave"
     );
 }
+
+fn once(request_id: u128, command: Command) -> Command {
+    Command::Once {
+        request_id,
+        command: Box::new(command),
+    }
+}
+
+fn model(id: &str) -> Command {
+    Command::AddModel {
+        spec: ModelSpec {
+            id: id.to_string(),
+            name: id.to_string(),
+            version: String::new(),
+            layer_count: 4,
+            file_path: String::new(),
+            size_bytes: 1 << 30,
+        },
+        placement: Placement::Pending("no workers".into()),
+    }
+}
+
+/// A write retried after an unknown outcome (the first attempt committed, its answer was
+/// lost) is answered as the first attempt was: "added", not "already exists".
+#[test]
+fn retried_request_gets_the_first_outcome() {
+    let mut state = ClusterState::default();
+    assert_eq!(state.apply(once(1, model("m"))), Outcome::ModelAdded);
+    assert_eq!(state.apply(once(1, model("m"))), Outcome::ModelAdded);
+    assert_eq!(
+        state.apply(once(2, model("m"))),
+        Outcome::Rejected(Rejection::ModelExists("m".into())),
+        "a different request is a different write"
+    );
+    let remove = || Command::RemoveModel { id: "m".into() };
+    assert_eq!(state.apply(once(3, remove())), Outcome::ModelRemoved);
+    assert_eq!(state.apply(once(3, remove())), Outcome::ModelRemoved);
+    assert!(state.models.is_empty());
+    // The retry applied nothing: re-adding under the first id does not bring the model back.
+    assert_eq!(state.apply(once(1, model("m"))), Outcome::ModelAdded);
+    assert!(state.models.is_empty());
+}
+
+#[test]
+fn recent_requests_are_bounded_and_survive_snapshots() {
+    let mut state = ClusterState::default();
+    let n = RecentRequests::CAPACITY as u128 + 10;
+    for id in 0..n {
+        state.apply(once(
+            id,
+            Command::SetClusterId {
+                cluster_id: "c".into(),
+            },
+        ));
+    }
+    assert_eq!(state.requests.len(), RecentRequests::CAPACITY);
+    assert!(state.requests.get(0).is_none(), "the oldest are forgotten");
+    assert!(state.requests.get(n - 1).is_some());
+    let bytes = bincode::serialize(&state).expect("encode");
+    let back: ClusterState = bincode::deserialize(&bytes).expect("decode");
+    assert_eq!(back, state);
+}

@@ -642,6 +642,21 @@ mod tests {
         assert!(linearizability(&h).valid);
     }
 
+    /// A real anomaly the suite found (seed 13, membership changes): two clients' `model add`
+    /// both answered "already exists" for a model that one of them had just added; the
+    /// leader-side retry of a committed-but-unanswered write was applied twice. Fixed by
+    /// request ids (`Command::Once`); the recorded history stays caught.
+    #[test]
+    fn recorded_double_apply_is_caught() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join("retry-answered-exists.jsonl");
+        let events = crate::jepsen::history::load(&path).expect("fixture");
+        let v = linearizability(&events);
+        assert!(!v.valid, "{v:?}");
+        assert!(v.detail.contains("model jm8-0"), "{}", v.detail);
+    }
+
     #[test]
     fn lost_write_is_caught() {
         let h = vec![
