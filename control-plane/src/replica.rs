@@ -55,6 +55,83 @@ pub struct Replica {
     config: Config,
     detector: Mutex<Detector>,
     heartbeats: std::sync::atomic::AtomicU64,
+    /// Client writes waiting to be committed together (see [`run_group_commit`]).
+    group_commit: tokio::sync::mpsc::Sender<PendingWrite>,
+}
+
+/// A client write queued for group commit, and where its answer goes.
+type PendingWrite = (Command, tokio::sync::oneshot::Sender<WriteAnswer>);
+
+/// Most client writes in one log entry.
+const MAX_GROUP: usize = 256;
+/// Most group entries proposed but not yet committed at once.
+const MAX_GROUPS_IN_FLIGHT: usize = 4;
+
+/// Group commit on the leader: client writes that arrive while earlier ones are being
+/// committed are proposed together as one [`Command::Batch`] entry, so one Raft append, one
+/// replication round and one fsync on each replica serve all of them. Up to
+/// [`MAX_GROUPS_IN_FLIGHT`] groups are in flight, so a quiet cluster still commits a lone write
+/// at once.
+async fn run_group_commit(raft: Raft, mut queue: tokio::sync::mpsc::Receiver<PendingWrite>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_GROUPS_IN_FLIGHT));
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        // Whatever queued up while waiting for a slot joins this group.
+        while group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(write) => group.push(write),
+                Err(_) => break,
+            }
+        }
+        let writes = std::mem::replace(&mut group, Vec::with_capacity(MAX_GROUP));
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            commit_group(&raft, writes).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn commit_group(raft: &Raft, mut writes: Vec<PendingWrite>) {
+    if writes.len() == 1 {
+        let (command, answer) = writes.pop().expect("one write");
+        let _ = answer.send(client_write(raft, command).await);
+        return;
+    }
+    let (commands, answers): (Vec<Command>, Vec<_>) = writes.into_iter().unzip();
+    match client_write(raft, Command::Batch(commands)).await {
+        Ok((Outcome::Batch(outcomes), index)) => {
+            for (outcome, answer) in outcomes.into_iter().zip(answers) {
+                let _ = answer.send(Ok((outcome, index)));
+            }
+        }
+        Ok((other, _)) => {
+            let e = WireError::Unavailable(format!("a group commit answered {other:?}"));
+            for answer in answers {
+                let _ = answer.send(Err(e.clone()));
+            }
+        }
+        Err(e) => {
+            for answer in answers {
+                let _ = answer.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// Proposes `command` through openraft; the outcome and the entry's log index.
+async fn client_write(raft: &Raft, command: Command) -> WriteAnswer {
+    match raft.client_write(command).await {
+        Ok(response) => Ok((response.data, response.log_id.index)),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(forward_hint(&f)),
+        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+            Err(WireError::FailedPrecondition(e.to_string()))
+        }
+        Err(RaftError::Fatal(e)) => Err(WireError::Unavailable(format!("replica stopped: {e}"))),
+    }
 }
 
 /// Why a replica could not start.
@@ -113,8 +190,11 @@ impl Replica {
             state_machine,
         )
         .await?;
+        let (group_commit, queue) = tokio::sync::mpsc::channel(4 * MAX_GROUP);
+        tokio::spawn(run_group_commit(raft.clone(), queue));
         let replica = Arc::new(Self {
             id: config.id,
+            group_commit,
             raft,
             state,
             log_store,
@@ -292,25 +372,23 @@ impl Replica {
                 Command::SetPlacements { changes }
             }
         };
-        self.leader_write(Command::Once {
+        let command = Command::Once {
             request_id,
             command: Box::new(command),
-        })
-        .await
+        };
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.group_commit
+            .send((command, answer))
+            .await
+            .map_err(|_| WireError::Unavailable("replica shutting down".into()))?;
+        answered
+            .await
+            .map_err(|_| WireError::Unavailable("replica shutting down".into()))?
     }
 
     /// Proposes `command` on this replica, which must be the leader.
     pub async fn leader_write(&self, command: Command) -> WriteAnswer {
-        match self.raft.client_write(command).await {
-            Ok(response) => Ok((response.data, response.log_id.index)),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(forward_hint(&f)),
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(WireError::FailedPrecondition(e.to_string()))
-            }
-            Err(RaftError::Fatal(e)) => {
-                Err(WireError::Unavailable(format!("replica stopped: {e}")))
-            }
-        }
+        client_write(&self.raft, command).await
     }
 
     /// The index a linearizable read must wait for, confirmed by a quorum; leader only.

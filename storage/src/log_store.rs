@@ -4,7 +4,7 @@ use std::{
     fmt::Debug,
     marker::PhantomData,
     ops::RangeBounds,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
 };
 
 use openraft::{
@@ -19,25 +19,65 @@ const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
 
+/// Someone waiting for appended entries to reach the disk.
+enum Waiter<C: SledTypeConfig> {
+    /// openraft's completion callback of an append.
+    Raft(LogFlushed<C>),
+    /// A caller of [`SledLogStore::append_durably`].
+    Caller(tokio::sync::oneshot::Sender<Result<(), String>>),
+}
+
 /// The log half of the store. Cheap to clone: clones share the same sled trees, which is how
 /// openraft's log reader and the log writer see the same data.
-pub struct SledLogStore<C> {
+///
+/// Appends are group-committed: [`RaftLogStorage::append`] writes the entries to sled and
+/// returns at once, and a flusher task makes everything written so far durable with one
+/// flush, then completes every append that was waiting for it. So while one fsync runs,
+/// openraft keeps appending, and the next fsync covers all of those appends at once; no
+/// append is reported durable before a flush that started after it was written.
+pub struct SledLogStore<C: SledTypeConfig> {
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
     /// The last committed log id openraft saved, for status reporting.
     committed: Arc<Mutex<Option<LogId<u64>>>>,
+    /// The flusher's queue, started on first use (it needs the async runtime).
+    flusher: Arc<OnceLock<tokio::sync::mpsc::UnboundedSender<Waiter<C>>>>,
     _c: PhantomData<fn() -> C>,
 }
 
-impl<C> Clone for SledLogStore<C> {
+impl<C: SledTypeConfig> Clone for SledLogStore<C> {
     fn clone(&self) -> Self {
         Self {
             db: self.db.clone(),
             log: self.log.clone(),
             meta: self.meta.clone(),
             committed: self.committed.clone(),
+            flusher: self.flusher.clone(),
             _c: PhantomData,
+        }
+    }
+}
+
+/// Flushes sled once for every group of waiters that queued up meanwhile. Ends when every
+/// store clone (every sender) is gone.
+async fn flush_loop<C: SledTypeConfig>(
+    db: sled::Db,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<Waiter<C>>,
+) {
+    let mut waiters = Vec::new();
+    while queue.recv_many(&mut waiters, 65_536).await > 0 {
+        // Every waiter's entries were written before it was queued, so before this flush.
+        let result = db.flush_async().await.map(drop).map_err(|e| e.to_string());
+        for waiter in waiters.drain(..) {
+            match waiter {
+                Waiter::Raft(callback) => {
+                    callback.log_io_completed(result.clone().map_err(std::io::Error::other));
+                }
+                Waiter::Caller(done) => {
+                    let _ = done.send(result.clone());
+                }
+            }
         }
     }
 }
@@ -65,6 +105,7 @@ impl<C: SledTypeConfig> SledLogStore<C> {
             meta: tree("meta")?,
             db,
             committed: Arc::default(),
+            flusher: Arc::default(),
             _c: PhantomData,
         };
         store.check()?;
@@ -136,29 +177,17 @@ impl<C: SledTypeConfig> SledLogStore<C> {
             .map_err(std::io::Error::other)
     }
 
-    /// Writes `entries` and returns once they are on disk.
-    ///
-    /// This is the durable half of [`RaftLogStorage::append`], exposed so that crash tests can
-    /// drive exactly the code openraft drives.
-    ///
-    /// # Errors
-    /// When an entry does not encode or sled fails to write or flush.
-    pub async fn append_durably<I>(&self, entries: I) -> Result<(), std::io::Error>
-    where
-        I: IntoIterator<Item = C::Entry>,
-    {
-        let mut batch = sled::Batch::default();
-        for entry in entries {
-            let bytes = encode(&entry).map_err(std::io::Error::other)?;
-            batch.insert(&index_key(entry.log_id.index), bytes);
-        }
-        self.log.apply_batch(batch).map_err(std::io::Error::other)?;
-        self.flush().await
+    /// The flusher's queue; starts the flusher task on first use.
+    fn flusher(&self) -> &tokio::sync::mpsc::UnboundedSender<Waiter<C>> {
+        self.flusher.get_or_init(|| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(flush_loop::<C>(self.db.clone(), rx));
+            tx
+        })
     }
 
-    /// Writes `entries` without flushing: the planted bug of the crash checker's own test.
-    #[cfg(test)]
-    pub(crate) fn append_unflushed<I>(&self, entries: I) -> Result<(), std::io::Error>
+    /// Writes `entries` to sled (readable at once, durable at the next flush).
+    fn write_entries<I>(&self, entries: I) -> Result<(), std::io::Error>
     where
         I: IntoIterator<Item = C::Entry>,
     {
@@ -168,6 +197,35 @@ impl<C: SledTypeConfig> SledLogStore<C> {
             batch.insert(&index_key(entry.log_id.index), bytes);
         }
         self.log.apply_batch(batch).map_err(std::io::Error::other)
+    }
+
+    /// Writes `entries` and returns once they are on disk, through the same group-commit
+    /// flusher that completes openraft's appends (so crash tests drive that path).
+    ///
+    /// # Errors
+    /// When an entry does not encode or sled fails to write or flush.
+    pub async fn append_durably<I>(&self, entries: I) -> Result<(), std::io::Error>
+    where
+        I: IntoIterator<Item = C::Entry>,
+    {
+        self.write_entries(entries)?;
+        let (done, durable) = tokio::sync::oneshot::channel();
+        self.flusher()
+            .send(Waiter::Caller(done))
+            .map_err(|_| std::io::Error::other("the log flusher has stopped"))?;
+        durable
+            .await
+            .map_err(|_| std::io::Error::other("the log flusher has stopped"))?
+            .map_err(std::io::Error::other)
+    }
+
+    /// Writes `entries` without flushing: the planted bug of the crash checker's own test.
+    #[cfg(test)]
+    pub(crate) fn append_unflushed<I>(&self, entries: I) -> Result<(), std::io::Error>
+    where
+        I: IntoIterator<Item = C::Entry>,
+    {
+        self.write_entries(entries)
     }
 
     /// Removes every log entry whose index is in `range`, then flushes.
@@ -272,9 +330,20 @@ impl<C: SledTypeConfig> RaftLogStorage<C> for SledLogStore<C> {
         I: IntoIterator<Item = C::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        match self.append_durably(entries).await {
+        match self.write_entries(entries) {
             Ok(()) => {
-                callback.log_io_completed(Ok(()));
+                // Completed by the flusher once a flush that began after this write is done.
+                if let Err(rejected) = self.flusher().send(Waiter::Raft(callback)) {
+                    if let Waiter::Raft(callback) = rejected.0 {
+                        callback.log_io_completed(Err(std::io::Error::other(
+                            "the log flusher has stopped",
+                        )));
+                    }
+                    return Err(StorageIOError::write_logs(&std::io::Error::other(
+                        "the log flusher has stopped",
+                    ))
+                    .into());
+                }
                 Ok(())
             }
             Err(e) => {

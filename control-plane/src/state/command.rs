@@ -7,6 +7,9 @@ use super::{ModelSpec, NodeSpec, NodeStatus, Placement};
 /// One change to the cluster state; one Raft log entry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Command {
+    /// Several client writes committed as one log entry (group commit on the leader), applied
+    /// in order; answers [`Outcome::Batch`] with one outcome per command.
+    Batch(Vec<Command>),
     /// A client's write under the id of its request: a retry of the same request (after an
     /// unknown outcome, e.g. a leader change mid-request) is answered with the outcome of the
     /// first application instead of being applied again.
@@ -102,6 +105,8 @@ pub enum Outcome {
     /// Entries that carry no command (blank and membership entries).
     #[default]
     None,
+    /// The outcomes of a [`Command::Batch`], in order.
+    Batch(Vec<Outcome>),
     /// The cluster id now in force.
     ClusterId {
         /// The id.

@@ -81,6 +81,9 @@ impl ClusterState {
     /// Applies one command; the answer tells the proposer what happened.
     pub fn apply(&mut self, command: Command) -> Outcome {
         match command {
+            Command::Batch(commands) => {
+                Outcome::Batch(commands.into_iter().map(|c| self.apply(c)).collect())
+            }
             Command::Once {
                 request_id,
                 command,

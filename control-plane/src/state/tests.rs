@@ -260,3 +260,27 @@ fn recent_requests_are_bounded_and_survive_snapshots() {
     let back: ClusterState = bincode::deserialize(&bytes).expect("decode");
     assert_eq!(back, state);
 }
+
+#[test]
+fn a_batch_applies_in_order_and_answers_each() {
+    let mut state = ClusterState::default();
+    let outcome = state.apply(Command::Batch(vec![
+        once(1, model("m")),
+        once(2, model("m")),
+        once(1, model("m")),
+        Command::LeaveNode {
+            node_id: "nobody".into(),
+            now_ms: 1,
+        },
+    ]));
+    assert_eq!(
+        outcome,
+        Outcome::Batch(vec![
+            Outcome::ModelAdded,
+            Outcome::Rejected(Rejection::ModelExists("m".into())),
+            Outcome::ModelAdded,
+            Outcome::Rejected(Rejection::UnknownNode("nobody".into())),
+        ])
+    );
+    assert_eq!(state.models.len(), 1);
+}
