@@ -35,13 +35,13 @@ pub struct Args {
     /// start with an empty data dir; a replica not listed waits to be added with AddReplica.
     #[arg(long, env = "DLLM_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
-    /// Raft leader heartbeat interval in milliseconds [default: 100].
+    /// Raft leader heartbeat interval in milliseconds [default: 50].
     #[arg(long, env = "DLLM_RAFT_HEARTBEAT_MS")]
     pub raft_heartbeat_ms: Option<u64>,
-    /// Lower bound of the randomized election timeout in milliseconds [default: 300].
+    /// Lower bound of the randomized election timeout in milliseconds [default: 150].
     #[arg(long, env = "DLLM_ELECTION_TIMEOUT_MIN_MS")]
     pub election_timeout_min_ms: Option<u64>,
-    /// Upper bound of the randomized election timeout in milliseconds [default: 600].
+    /// Upper bound of the randomized election timeout in milliseconds [default: 200].
     #[arg(long, env = "DLLM_ELECTION_TIMEOUT_MAX_MS")]
     pub election_timeout_max_ms: Option<u64>,
     /// Build a snapshot (and purge the log behind it) every this many applied entries
@@ -259,19 +259,19 @@ impl Args {
         let heartbeat_interval = ms(
             "raft-heartbeat-ms",
             self.raft_heartbeat_ms.or(file.raft_heartbeat_ms),
-            100,
+            50,
         )?;
         let emin = ms(
             "election-timeout-min-ms",
             self.election_timeout_min_ms
                 .or(file.election_timeout_min_ms),
-            300,
+            150,
         )?;
         let emax = ms(
             "election-timeout-max-ms",
             self.election_timeout_max_ms
                 .or(file.election_timeout_max_ms),
-            600,
+            200,
         )?;
         if emin <= heartbeat_interval {
             return Err(invalid(
@@ -394,7 +394,11 @@ mod tests {
     fn minimal_config_takes_defaults() {
         let c = base().resolve().expect("valid");
         assert_eq!(c.advertise, "127.0.0.1:8080");
-        assert_eq!(c.heartbeat_interval, Duration::from_millis(100));
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(50));
+        assert_eq!(
+            c.election_timeout,
+            (Duration::from_millis(150), Duration::from_millis(200))
+        );
         assert!(c.initial_cluster.is_empty());
         c.raft_config().expect("openraft accepts the defaults");
     }
@@ -440,7 +444,7 @@ mod tests {
             ),
             (
                 Args {
-                    election_timeout_min_ms: Some(50),
+                    election_timeout_min_ms: Some(30),
                     ..base()
                 },
                 "--election-timeout-min-ms",

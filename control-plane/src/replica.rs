@@ -339,7 +339,17 @@ impl Replica {
                     leader: self.leader_addr(),
                 });
             }
-            tokio::time::sleep(backoff).await;
+            // Wait for a leader other than the one that just failed us (or none), but no longer
+            // than the backoff: retrying the moment an election ends is most of failover time.
+            let failed_leader = self.raft.metrics().borrow().current_leader;
+            let _ = self
+                .raft
+                .wait(Some(backoff))
+                .metrics(
+                    |m| m.current_leader.is_some() && m.current_leader != failed_leader,
+                    "a new leader",
+                )
+                .await;
             // Short: a new leader is usually known within one election timeout.
             backoff = (backoff * 2).min(Duration::from_millis(50));
         }
