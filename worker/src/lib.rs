@@ -12,7 +12,6 @@ pub mod config;
 pub mod resources;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
 use tracing::info;
@@ -105,8 +104,9 @@ pub async fn run(
             .accept_compressed(gzip)
             .send_compressed(gzip),
         )
+        // TCP_NODELAY on accepted connections (see the control plane's server).
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown.clone().cancelled_owned(),
         );
     let served = server.await;
