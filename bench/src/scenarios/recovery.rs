@@ -32,7 +32,9 @@ pub async fn run(entries: u64) -> anyhow::Result<Value> {
             break;
         }
         let channels = channels.clone();
-        writes::drive(128, Duration::from_secs(5), move |c, seq| {
+        // Few clients: the leader group-commits concurrent writes into one entry, and this
+        // scenario is about the number of log entries, so keep about one write per entry.
+        writes::drive(2, Duration::from_secs(5), move |c, seq| {
             let mut client = DiscoveryServiceClient::new(channels[c % channels.len()].clone());
             let id = format!("r-{}", (c as u64 * 7919 + seq) % 1000);
             async move {
