@@ -57,6 +57,91 @@ pub struct Replica {
     heartbeats: std::sync::atomic::AtomicU64,
     /// Client writes waiting to be committed together (see [`run_group_commit`]).
     group_commit: tokio::sync::mpsc::Sender<PendingWrite>,
+    /// Client writes waiting to be forwarded to the leader together (see [`run_forwarder`]).
+    forwarder: tokio::sync::mpsc::Sender<PendingForward>,
+}
+
+/// A client write to forward: the leader's address, the write, the time left, and where the
+/// leader's answer (or why none came) goes.
+type PendingForward = (
+    String,
+    Tagged,
+    Duration,
+    tokio::sync::oneshot::Sender<Result<WriteAnswer, String>>,
+);
+
+/// Most forwarded calls in flight from one replica.
+const MAX_FORWARDS_IN_FLIGHT: usize = 4;
+
+/// Batched forwarding on followers: writes that queue up while earlier forwards are in flight
+/// go to the leader in one `ForwardWrite` call (a list of writes, answered by a list), so the
+/// follower-to-leader hop costs one request per batch instead of one per write.
+async fn run_forwarder(peers: Peers, mut queue: tokio::sync::mpsc::Receiver<PendingForward>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDS_IN_FLIGHT));
+    let mut jobs = Vec::with_capacity(MAX_GROUP);
+    while queue.recv_many(&mut jobs, MAX_GROUP).await > 0 {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        while jobs.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut by_leader: BTreeMap<String, Vec<PendingForward>> = BTreeMap::new();
+        for job in jobs.drain(..) {
+            by_leader.entry(job.0.clone()).or_default().push(job);
+        }
+        let peers = peers.clone();
+        tokio::spawn(async move {
+            let calls = by_leader
+                .into_iter()
+                .map(|(addr, jobs)| forward_batch(&peers, addr, jobs));
+            futures::future::join_all(calls).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn forward_batch(peers: &Peers, addr: String, jobs: Vec<PendingForward>) {
+    let timeout = jobs
+        .iter()
+        .map(|j| j.2)
+        .min()
+        .unwrap_or(Duration::from_secs(1));
+    let (writes, answers): (Vec<Tagged>, Vec<_>) = jobs
+        .into_iter()
+        .map(|(_, w, _, answer)| (w, answer))
+        .unzip();
+    let result: Result<Vec<WriteAnswer>, String> = peers
+        .call(&addr, &writes, timeout, |mut c, r| async move {
+            c.forward_write(r).await
+        })
+        .await
+        .map_err(|e| e.to_string());
+    match result {
+        Ok(results) if results.len() == answers.len() => {
+            for (result, answer) in results.into_iter().zip(answers) {
+                let _ = answer.send(Ok(result));
+            }
+        }
+        Ok(results) => {
+            let e = format!(
+                "{addr} answered {} of {} writes",
+                results.len(),
+                answers.len()
+            );
+            for answer in answers {
+                let _ = answer.send(Err(e.clone()));
+            }
+        }
+        Err(e) => {
+            for answer in answers {
+                let _ = answer.send(Err(e.clone()));
+            }
+        }
+    }
 }
 
 /// A client write queued for group commit, and where its answer goes.
@@ -192,9 +277,12 @@ impl Replica {
         .await?;
         let (group_commit, queue) = tokio::sync::mpsc::channel(4 * MAX_GROUP);
         tokio::spawn(run_group_commit(raft.clone(), queue));
+        let (forwarder, queue) = tokio::sync::mpsc::channel(4 * MAX_GROUP);
+        tokio::spawn(run_forwarder(peers.clone(), queue));
         let replica = Arc::new(Self {
             id: config.id,
             group_commit,
+            forwarder,
             raft,
             state,
             log_store,
@@ -466,13 +554,21 @@ impl Replica {
                         request_id,
                         proposal: proposal.clone(),
                     };
-                    let peers = self.peers.clone();
+                    let forwarder = self.forwarder.clone();
                     async move {
-                        peers
-                            .call(&addr, &tagged, timeout, |mut c, r| async move {
-                                c.forward_write(r).await
-                            })
+                        let failed = |reason: String| PeerError::Failed {
+                            addr: addr.clone(),
+                            reason,
+                        };
+                        let (answer, answered) = tokio::sync::oneshot::channel();
+                        forwarder
+                            .send((addr.clone(), tagged, timeout, answer))
                             .await
+                            .map_err(|_| failed("replica shutting down".into()))?;
+                        answered
+                            .await
+                            .map_err(|_| failed("replica shutting down".into()))?
+                            .map_err(failed)
                     }
                 },
             )

@@ -59,13 +59,16 @@ impl RaftService for RaftApi {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let tagged: Tagged = decode(request)?;
-        encode(
-            &self
-                .replica
-                .leader_propose(tagged.request_id, tagged.proposal)
-                .await,
+        // A follower's batch: proposed concurrently, so the leader's group commit takes them
+        // into as few entries as it can; answered in order.
+        let writes: Vec<Tagged> = decode(request)?;
+        let answers = futures::future::join_all(
+            writes
+                .into_iter()
+                .map(|w| self.replica.leader_propose(w.request_id, w.proposal)),
         )
+        .await;
+        encode(&answers)
     }
 
     async fn read_index(
