@@ -721,7 +721,9 @@ impl Run {
                     }
                 }
                 Event::Nemesis { action, .. }
-                    if !action.starts_with("heal") && !action.starts_with("restore") =>
+                    if !action.starts_with("heal")
+                        && !action.starts_with("restore")
+                        && !action.ends_with("-error") =>
                 {
                     *faults.entry(action.clone()).or_default() += 1;
                 }
