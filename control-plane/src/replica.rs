@@ -76,29 +76,54 @@ const MAX_FORWARDS_IN_FLIGHT: usize = 4;
 /// Batched forwarding on followers: writes that queue up while earlier forwards are in flight
 /// go to the leader in one `ForwardWrite` call (a list of writes, answered by a list), so the
 /// follower-to-leader hop costs one request per batch instead of one per write.
-async fn run_forwarder(peers: Peers, mut queue: tokio::sync::mpsc::Receiver<PendingForward>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDS_IN_FLIGHT));
-    let mut jobs = Vec::with_capacity(MAX_GROUP);
-    while queue.recv_many(&mut jobs, MAX_GROUP).await > 0 {
+async fn run_forwarder(peers: Peers, queue: tokio::sync::mpsc::Receiver<PendingForward>) {
+    run_batches(
+        queue,
+        MAX_FORWARDS_IN_FLIGHT,
+        move |mut jobs: Vec<PendingForward>| {
+            let peers = peers.clone();
+            async move {
+                let mut by_leader: BTreeMap<String, Vec<PendingForward>> = BTreeMap::new();
+                for job in jobs.drain(..) {
+                    by_leader.entry(job.0.clone()).or_default().push(job);
+                }
+                let calls = by_leader
+                    .into_iter()
+                    .map(|(addr, jobs)| forward_batch(&peers, addr, jobs));
+                futures::future::join_all(calls).await;
+            }
+        },
+    )
+    .await;
+}
+
+/// Takes items off `queue` in batches of up to [`MAX_GROUP`] and runs `handle` on each batch,
+/// at most `in_flight` at once; a batch also takes whatever queued up while it waited for a
+/// slot. Shared by group commit and batched forwarding.
+async fn run_batches<T, F, Fut>(
+    mut queue: tokio::sync::mpsc::Receiver<T>,
+    in_flight: usize,
+    handle: F,
+) where
+    T: Send + 'static,
+    F: Fn(Vec<T>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(tokio::sync::Semaphore::new(in_flight));
+    let mut batch = Vec::with_capacity(MAX_GROUP);
+    while queue.recv_many(&mut batch, MAX_GROUP).await > 0 {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        while jobs.len() < MAX_GROUP {
+        while batch.len() < MAX_GROUP {
             match queue.try_recv() {
-                Ok(job) => jobs.push(job),
+                Ok(item) => batch.push(item),
                 Err(_) => break,
             }
         }
-        let mut by_leader: BTreeMap<String, Vec<PendingForward>> = BTreeMap::new();
-        for job in jobs.drain(..) {
-            by_leader.entry(job.0.clone()).or_default().push(job);
-        }
-        let peers = peers.clone();
+        let work = handle(std::mem::replace(&mut batch, Vec::with_capacity(MAX_GROUP)));
         tokio::spawn(async move {
-            let calls = by_leader
-                .into_iter()
-                .map(|(addr, jobs)| forward_batch(&peers, addr, jobs));
-            futures::future::join_all(calls).await;
+            work.await;
             drop(slot);
         });
     }
@@ -157,27 +182,12 @@ const MAX_GROUPS_IN_FLIGHT: usize = 4;
 /// replication round and one fsync on each replica serve all of them. Up to
 /// [`MAX_GROUPS_IN_FLIGHT`] groups are in flight, so a quiet cluster still commits a lone write
 /// at once.
-async fn run_group_commit(raft: Raft, mut queue: tokio::sync::mpsc::Receiver<PendingWrite>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_GROUPS_IN_FLIGHT));
-    let mut group = Vec::with_capacity(MAX_GROUP);
-    while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        // Whatever queued up while waiting for a slot joins this group.
-        while group.len() < MAX_GROUP {
-            match queue.try_recv() {
-                Ok(write) => group.push(write),
-                Err(_) => break,
-            }
-        }
-        let writes = std::mem::replace(&mut group, Vec::with_capacity(MAX_GROUP));
+async fn run_group_commit(raft: Raft, queue: tokio::sync::mpsc::Receiver<PendingWrite>) {
+    run_batches(queue, MAX_GROUPS_IN_FLIGHT, move |writes| {
         let raft = raft.clone();
-        tokio::spawn(async move {
-            commit_group(&raft, writes).await;
-            drop(slot);
-        });
-    }
+        async move { commit_group(&raft, writes).await }
+    })
+    .await;
 }
 
 async fn commit_group(raft: &Raft, mut writes: Vec<PendingWrite>) {

@@ -43,20 +43,9 @@ const OP_TIMEOUT: Duration = Duration::from_millis(2500);
 /// Bound for the cluster to recover after the heal (leader, a write, healthy workers,
 /// repaired placement).
 const RECOVERY_BOUND: Duration = Duration::from_secs(30);
-/// Control-plane flags of every replica: fast failure detection, a request budget below the
-/// client's deadline.
-const REPLICA_ARGS: &[&str] = &[
-    "--node-heartbeat-interval-ms",
-    "200",
-    "--unhealthy-after",
-    "3",
-    "--offline-after",
-    "8",
-    "--failover-grace-ms",
-    "1000",
-    "--request-timeout-ms",
-    "2000",
-];
+/// The request budget of every replica, below the client's deadline (flags added to
+/// [`crate::FAST_LIVENESS`]).
+const REQUEST_BUDGET: &[&str] = &["--request-timeout-ms", "2000"];
 
 /// A fault the nemesis can inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -388,7 +377,8 @@ impl Run {
                 "--data-dir",
             ])
             .arg(&data)
-            .args(REPLICA_ARGS)
+            .args(crate::FAST_LIVENESS)
+            .args(REQUEST_BUDGET)
             .env("RUST_LOG", "info,openraft=warn");
         if r.founding {
             cmd.args(["--initial-cluster", &self.initial_cluster]);
