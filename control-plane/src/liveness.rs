@@ -101,15 +101,21 @@ impl Detector {
         node: &Node,
         now: Instant,
     ) -> &'a mut Tracked {
-        let t = tracked
-            .entry(node.node_id.clone())
-            .or_insert_with(|| Tracked {
-                generation: node.generation,
-                last_contact: now,
-                last_contact_ms: None,
-                usage: None,
-                pending: None,
-            });
+        // Look up before inserting: `entry` would allocate a copy of the id on every call,
+        // and this runs for every heartbeat and for every node on every sweep.
+        if !tracked.contains_key(&node.node_id) {
+            tracked.insert(
+                node.node_id.clone(),
+                Tracked {
+                    generation: node.generation,
+                    last_contact: now,
+                    last_contact_ms: None,
+                    usage: None,
+                    pending: None,
+                },
+            );
+        }
+        let t = tracked.get_mut(&node.node_id).expect("inserted just above");
         if t.generation != node.generation {
             t.generation = node.generation;
             t.last_contact = now;
@@ -149,12 +155,12 @@ impl Detector {
         };
         let counting_from = since + self.config.failover_grace;
         let mut changes = Vec::new();
-        let mut members = std::collections::HashSet::new();
+        let mut members = Vec::new();
         for node in nodes {
             if node.status == NodeStatus::Left {
                 continue;
             }
-            members.insert(node.node_id.as_str());
+            members.push(node.node_id.as_str());
             let t = Self::track(&mut self.tracked, node, now);
             if t.pending.is_some_and(|p| p == node.status) {
                 t.pending = None;
@@ -199,7 +205,12 @@ impl Detector {
                 last_seen_ms: t.last_contact_ms,
             });
         }
-        self.tracked.retain(|id, _| members.contains(id.as_str()));
+        // Every member is tracked now; only when more are tracked did some leave, and only
+        // then is the (allocating) cleanup worth it.
+        if self.tracked.len() > members.len() {
+            let members: std::collections::HashSet<&str> = members.into_iter().collect();
+            self.tracked.retain(|id, _| members.contains(id.as_str()));
+        }
         changes
     }
 

@@ -17,13 +17,18 @@ use std::{
     time::Duration,
 };
 
-use dllm_proto::pb;
+use dllm_proto::{
+    pb,
+    raft::{raft_service_client::RaftServiceClient, RaftPayload},
+};
 use openraft::{
     error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError},
     BasicNode, ChangeMembers, ServerState,
 };
 use prost::Message;
+use serde::{de::DeserializeOwned, Serialize};
 use tokio::time::Instant;
+use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use crate::{
@@ -59,37 +64,62 @@ pub struct Replica {
     group_commit: tokio::sync::mpsc::Sender<PendingWrite>,
     /// Client writes waiting to be forwarded to the leader together (see [`run_forwarder`]).
     forwarder: tokio::sync::mpsc::Sender<PendingForward>,
+    /// Heartbeats waiting to be forwarded to the leader together.
+    heartbeat_forwarder: tokio::sync::mpsc::Sender<PendingHeartbeat>,
 }
 
-/// A client write to forward: the leader's address, the write, the time left, and where the
+/// A request to forward: the leader's address, the request, the time left, and where the
 /// leader's answer (or why none came) goes.
-type PendingForward = (
+type Pending<T, A> = (
     String,
-    Tagged,
+    T,
     Duration,
-    tokio::sync::oneshot::Sender<Result<WriteAnswer, String>>,
+    tokio::sync::oneshot::Sender<Result<A, String>>,
 );
+/// A client write to forward.
+type PendingForward = Pending<Tagged, WriteAnswer>;
+/// A worker's heartbeat (protobuf-encoded) to forward.
+type PendingHeartbeat = Pending<Vec<u8>, HeartbeatAnswer>;
 
-/// Most forwarded calls in flight from one replica.
+/// How long a follower gathers heartbeats before forwarding them to the leader in one call.
+const HEARTBEAT_LINGER: Duration = Duration::from_millis(5);
+
+/// Most forwarded calls in flight from one replica, per kind of request.
 const MAX_FORWARDS_IN_FLIGHT: usize = 4;
 
-/// Batched forwarding on followers: writes that queue up while earlier forwards are in flight
-/// go to the leader in one `ForwardWrite` call (a list of writes, answered by a list), so the
-/// follower-to-leader hop costs one request per batch instead of one per write.
-async fn run_forwarder(peers: Peers, queue: tokio::sync::mpsc::Receiver<PendingForward>) {
+/// Batched forwarding on followers: requests that queue up while earlier forwards are in
+/// flight go to the leader in one call (`call`: `ForwardWrite` or `ForwardHeartbeat`; a list of
+/// requests, answered by a list), so the follower-to-leader hop costs one request per batch
+/// instead of one per client request.
+async fn run_forwarder<T, A, C, CF>(
+    peers: Peers,
+    queue: tokio::sync::mpsc::Receiver<Pending<T, A>>,
+    linger: Duration,
+    call: C,
+) where
+    T: Serialize + Send + Sync + 'static,
+    A: DeserializeOwned + Send + 'static,
+    C: Fn(RaftServiceClient<Channel>, tonic::Request<RaftPayload>) -> CF
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    CF: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>> + Send,
+{
     run_batches(
         queue,
         MAX_FORWARDS_IN_FLIGHT,
-        move |mut jobs: Vec<PendingForward>| {
-            let peers = peers.clone();
+        linger,
+        move |mut jobs: Vec<Pending<T, A>>| {
+            let (peers, call) = (peers.clone(), call.clone());
             async move {
-                let mut by_leader: BTreeMap<String, Vec<PendingForward>> = BTreeMap::new();
+                let mut by_leader: BTreeMap<String, Vec<Pending<T, A>>> = BTreeMap::new();
                 for job in jobs.drain(..) {
                     by_leader.entry(job.0.clone()).or_default().push(job);
                 }
                 let calls = by_leader
                     .into_iter()
-                    .map(|(addr, jobs)| forward_batch(&peers, addr, jobs));
+                    .map(|(addr, jobs)| forward_batch(&peers, addr, jobs, call.clone()));
                 futures::future::join_all(calls).await;
             }
         },
@@ -97,12 +127,36 @@ async fn run_forwarder(peers: Peers, queue: tokio::sync::mpsc::Receiver<PendingF
     .await;
 }
 
+/// Queues `request` for batched forwarding to the leader at `addr` and waits for its answer.
+async fn forward_through<T, A>(
+    queue: tokio::sync::mpsc::Sender<Pending<T, A>>,
+    addr: String,
+    request: T,
+    timeout: Duration,
+) -> Result<A, PeerError> {
+    let failed = |reason: String| PeerError::Failed {
+        addr: addr.clone(),
+        reason,
+    };
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    queue
+        .send((addr.clone(), request, timeout, answer))
+        .await
+        .map_err(|_| failed("replica shutting down".into()))?;
+    answered
+        .await
+        .map_err(|_| failed("replica shutting down".into()))?
+        .map_err(failed)
+}
+
 /// Takes items off `queue` in batches of up to [`MAX_GROUP`] and runs `handle` on each batch,
 /// at most `in_flight` at once; a batch also takes whatever queued up while it waited for a
-/// slot. Shared by group commit and batched forwarding.
+/// slot, and, with a non-zero `linger`, whatever arrives that long after its first item.
+/// Shared by group commit and batched forwarding.
 async fn run_batches<T, F, Fut>(
     mut queue: tokio::sync::mpsc::Receiver<T>,
     in_flight: usize,
+    linger: Duration,
     handle: F,
 ) where
     T: Send + 'static,
@@ -112,6 +166,9 @@ async fn run_batches<T, F, Fut>(
     let slots = Arc::new(tokio::sync::Semaphore::new(in_flight));
     let mut batch = Vec::with_capacity(MAX_GROUP);
     while queue.recv_many(&mut batch, MAX_GROUP).await > 0 {
+        if !linger.is_zero() && batch.len() < MAX_GROUP {
+            tokio::time::sleep(linger).await;
+        }
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
@@ -129,20 +186,24 @@ async fn run_batches<T, F, Fut>(
     }
 }
 
-async fn forward_batch(peers: &Peers, addr: String, jobs: Vec<PendingForward>) {
+async fn forward_batch<T, A, C, CF>(peers: &Peers, addr: String, jobs: Vec<Pending<T, A>>, call: C)
+where
+    T: Serialize,
+    A: DeserializeOwned,
+    C: FnOnce(RaftServiceClient<Channel>, tonic::Request<RaftPayload>) -> CF,
+    CF: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
+{
     let timeout = jobs
         .iter()
         .map(|j| j.2)
         .min()
         .unwrap_or(Duration::from_secs(1));
-    let (writes, answers): (Vec<Tagged>, Vec<_>) = jobs
+    let (requests, answers): (Vec<T>, Vec<_>) = jobs
         .into_iter()
-        .map(|(_, w, _, answer)| (w, answer))
+        .map(|(_, r, _, answer)| (r, answer))
         .unzip();
-    let result: Result<Vec<WriteAnswer>, String> = peers
-        .call(&addr, &writes, timeout, |mut c, r| async move {
-            c.forward_write(r).await
-        })
+    let result: Result<Vec<A>, String> = peers
+        .call(&addr, &requests, timeout, call)
         .await
         .map_err(|e| e.to_string());
     match result {
@@ -153,7 +214,7 @@ async fn forward_batch(peers: &Peers, addr: String, jobs: Vec<PendingForward>) {
         }
         Ok(results) => {
             let e = format!(
-                "{addr} answered {} of {} writes",
+                "{addr} answered {} of {} forwarded requests",
                 results.len(),
                 answers.len()
             );
@@ -183,7 +244,7 @@ const MAX_GROUPS_IN_FLIGHT: usize = 4;
 /// [`MAX_GROUPS_IN_FLIGHT`] groups are in flight, so a quiet cluster still commits a lone write
 /// at once.
 async fn run_group_commit(raft: Raft, queue: tokio::sync::mpsc::Receiver<PendingWrite>) {
-    run_batches(queue, MAX_GROUPS_IN_FLIGHT, move |writes| {
+    run_batches(queue, MAX_GROUPS_IN_FLIGHT, Duration::ZERO, move |writes| {
         let raft = raft.clone();
         async move { commit_group(&raft, writes).await }
     })
@@ -288,11 +349,26 @@ impl Replica {
         let (group_commit, queue) = tokio::sync::mpsc::channel(4 * MAX_GROUP);
         tokio::spawn(run_group_commit(raft.clone(), queue));
         let (forwarder, queue) = tokio::sync::mpsc::channel(4 * MAX_GROUP);
-        tokio::spawn(run_forwarder(peers.clone(), queue));
+        tokio::spawn(run_forwarder(
+            peers.clone(),
+            queue,
+            Duration::ZERO,
+            |mut c, r| async move { c.forward_write(r).await },
+        ));
+        let (heartbeat_forwarder, queue) = tokio::sync::mpsc::channel(16 * MAX_GROUP);
+        // Heartbeats are not latency-critical (one per second per worker): waiting a few
+        // milliseconds gathers many into one call, which is what keeps the leader's cost low.
+        tokio::spawn(run_forwarder(
+            peers.clone(),
+            queue,
+            HEARTBEAT_LINGER,
+            |mut c, r| async move { c.forward_heartbeat(r).await },
+        ));
         let replica = Arc::new(Self {
             id: config.id,
             group_commit,
             forwarder,
+            heartbeat_forwarder,
             raft,
             state,
             log_store,
@@ -564,22 +640,7 @@ impl Replica {
                         request_id,
                         proposal: proposal.clone(),
                     };
-                    let forwarder = self.forwarder.clone();
-                    async move {
-                        let failed = |reason: String| PeerError::Failed {
-                            addr: addr.clone(),
-                            reason,
-                        };
-                        let (answer, answered) = tokio::sync::oneshot::channel();
-                        forwarder
-                            .send((addr.clone(), tagged, timeout, answer))
-                            .await
-                            .map_err(|_| failed("replica shutting down".into()))?;
-                        answered
-                            .await
-                            .map_err(|_| failed("replica shutting down".into()))?
-                            .map_err(failed)
-                    }
+                    forward_through(self.forwarder.clone(), addr, tagged, timeout)
                 },
             )
             .await?;
@@ -630,54 +691,65 @@ impl Replica {
         Ok(self.state.read(f))
     }
 
-    /// Records a heartbeat on this replica, which must be the leader. Writes nothing: a node
-    /// that was unhealthy or offline is made healthy by the next liveness tick, batched with
-    /// every other transition.
-    pub async fn leader_heartbeat(&self, mut request: pb::HeartbeatRequest) -> HeartbeatAnswer {
-        self.leading()?;
+    /// Records heartbeats on this replica, which must be the leader, and answers each.
+    /// Writes nothing: a node that was unhealthy or offline is made healthy by the next
+    /// liveness tick, batched with every other transition. A follower's batch costs one state
+    /// read and one lock of the failure detector for all of its heartbeats.
+    pub fn leader_heartbeats(&self, requests: Vec<pb::HeartbeatRequest>) -> Vec<HeartbeatAnswer> {
+        if let Err(e) = self.leading() {
+            return requests.iter().map(|_| Err(e.clone())).collect();
+        }
         self.heartbeats
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(requests.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let now = tokio::time::Instant::now();
         let now_ms = crate::api::now_ms();
         let interval_ms = self.config.liveness.interval.as_millis() as i32;
-        let usage = request.usage.take();
-        // One read of the state both records the contact and builds the answer.
-        let response = self.state.read(|s| {
-            let node = s
-                .nodes
-                .get(&request.node_id)
-                .filter(|n| n.status != NodeStatus::Left)?;
-            self.detector().heartbeat(node, usage, now, now_ms);
-            Some(pb::HeartbeatResponse {
-                status: node.status.as_str().to_string(),
-                assignments: s
-                    .models
-                    .values()
-                    .flat_map(|m| {
-                        m.ranges()
-                            .iter()
-                            .filter(|r| r.node_id == request.node_id)
-                            .map(|r| pb::LayerAssignment {
-                                model_id: m.spec.id.clone(),
-                                first_layer: r.first,
-                                last_layer: r.last,
+        self.state.read(|s| {
+            let cluster_id = s.cluster_id.clone().unwrap_or_default();
+            let mut detector = self.detector();
+            requests
+                .into_iter()
+                .map(|mut request| {
+                    let Some(node) = s
+                        .nodes
+                        .get(&request.node_id)
+                        .filter(|n| n.status != NodeStatus::Left)
+                    else {
+                        return Err(WireError::NotFound {
+                            kind: "node".into(),
+                            id: request.node_id,
+                        });
+                    };
+                    detector.heartbeat(node, request.usage.take(), now, now_ms);
+                    let response = pb::HeartbeatResponse {
+                        status: node.status.as_str().to_string(),
+                        assignments: s
+                            .models
+                            .values()
+                            .flat_map(|m| {
+                                m.ranges()
+                                    .iter()
+                                    .filter(|r| r.node_id == request.node_id)
+                                    .map(|r| pb::LayerAssignment {
+                                        model_id: m.spec.id.clone(),
+                                        first_layer: r.first,
+                                        last_layer: r.last,
+                                    })
                             })
-                    })
-                    .collect(),
-                heartbeat_interval_ms: interval_ms,
-                cluster_id: s.cluster_id.clone().unwrap_or_default(),
-            })
-        });
-        let Some(response) = response else {
-            return Err(WireError::NotFound {
-                kind: "node".into(),
-                id: request.node_id,
-            });
-        };
-        Ok(response.encode_to_vec())
+                            .collect(),
+                        heartbeat_interval_ms: interval_ms,
+                        cluster_id: cluster_id.clone(),
+                    };
+                    Ok(response.encode_to_vec())
+                })
+                .collect()
+        })
     }
 
-    /// A heartbeat, carried to the leader.
+    /// A heartbeat, carried to the leader: recorded here when this replica leads, otherwise
+    /// queued and forwarded together with the other heartbeats this follower received
+    /// meanwhile (one `ForwardHeartbeat` call per batch), so workers can heartbeat any replica
+    /// and the leader's cost per heartbeat stays small.
     ///
     /// # Errors
     /// `NOT_FOUND` for an unknown or left node; `UNAVAILABLE` without a leader.
@@ -690,16 +762,16 @@ impl Replica {
             .at_leader(
                 self.config.request_timeout,
                 "heartbeat",
-                || self.leader_heartbeat(request.clone()),
+                || {
+                    let answer = self
+                        .leader_heartbeats(vec![request.clone()])
+                        .pop()
+                        .unwrap_or_else(|| Err(WireError::Internal("no heartbeat answer".into())));
+                    std::future::ready(answer)
+                },
                 |addr, timeout| {
-                    let (peers, encoded) = (self.peers.clone(), encoded.clone());
-                    async move {
-                        peers
-                            .call(&addr, &encoded, timeout, |mut c, r| async move {
-                                c.forward_heartbeat(r).await
-                            })
-                            .await
-                    }
+                    let (queue, encoded) = (self.heartbeat_forwarder.clone(), encoded.clone());
+                    forward_through(queue, addr, encoded, timeout)
                 },
             )
             .await?;

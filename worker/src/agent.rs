@@ -1,5 +1,5 @@
 //! The worker's life in the cluster: join through any seed (with backoff and jitter, following
-//! the leader hint), heartbeat at the interval the control plane asks for, join again when the
+//! the leader hint on errors), heartbeat at the interval the control plane asks for, join again when the
 //! cluster no longer knows this node, and leave on shutdown. Nothing is kept on disk: after a
 //! restart the worker registers under the same node id and learns its assignments again.
 
@@ -109,7 +109,9 @@ impl Shared {
 }
 
 /// Clients to the control-plane replicas, rotating on failure. One channel per address,
-/// made once and reused (a channel reconnects by itself).
+/// made once and reused (a channel reconnects by itself). Each worker starts at a seed chosen
+/// by its node id, so a fleet spreads its heartbeats over the replicas (followers forward
+/// them to the leader in batches) instead of loading the leader with every request.
 struct Seeds {
     addrs: Vec<String>,
     channels: Vec<Option<Channel>>,
@@ -117,11 +119,15 @@ struct Seeds {
 }
 
 impl Seeds {
-    fn new(addrs: Vec<String>) -> Self {
+    fn new(addrs: Vec<String>, node_id: &str) -> Self {
+        // FNV-1a: stable across runs and builds, unlike std's randomized hasher.
+        let hash = node_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
         Self {
             channels: vec![None; addrs.len()],
+            current: (hash % addrs.len().max(1) as u64) as usize,
             addrs,
-            current: 0,
         }
     }
 
@@ -134,9 +140,9 @@ impl Seeds {
                 .timeout(CALL_TIMEOUT)
                 .connect_lazy()
         });
-        DiscoveryServiceClient::new(channel.clone())
-            .send_compressed(CompressionEncoding::Gzip)
-            .accept_compressed(CompressionEncoding::Gzip)
+        // Requests are small (a heartbeat is a few hundred bytes): compressing them would cost
+        // more CPU on both ends than it saves. Answers (peer lists) may come compressed.
+        DiscoveryServiceClient::new(channel.clone()).accept_compressed(CompressionEncoding::Gzip)
     }
 
     /// Moves to the leader named in `status`, or to the next seed.
@@ -178,7 +184,7 @@ fn backoff(attempt: u32) -> Duration {
 
 /// Runs the agent until `shutdown`, then leaves the cluster (reason `shutdown`).
 pub async fn run(config: Config, shared: Shared, shutdown: CancellationToken) {
-    let mut seeds = Seeds::new(config.seed_nodes.clone());
+    let mut seeds = Seeds::new(config.seed_nodes.clone(), &config.node_id);
     let mut interval = config.heartbeat_interval;
     'join: loop {
         // Join, retrying across seeds until it works or we are told to stop.
@@ -240,8 +246,6 @@ pub async fn run(config: Config, shared: Shared, shutdown: CancellationToken) {
             let mut client = seeds.client();
             match client.heartbeat(request).await {
                 Ok(answer) => {
-                    // Answered through a follower: heartbeat the leader directly from now on.
-                    seeds.follow(answer.metadata());
                     let answer = answer.into_inner();
                     if answer.heartbeat_interval_ms > 0 {
                         interval = Duration::from_millis(answer.heartbeat_interval_ms as u64);

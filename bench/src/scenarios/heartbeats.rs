@@ -1,5 +1,6 @@
 //! `heartbeats`: N simulated workers registered, then each heartbeating once per interval,
-//! spread evenly over time, from this process over shared connections to all replicas.
+//! spread evenly over time, from this process over shared connections spread over all
+//! replicas (as real workers spread themselves).
 //! Reports achieved heartbeats/s, latency, leader CPU and RSS, false status transitions and
 //! Raft log growth during the run.
 
@@ -81,11 +82,9 @@ pub async fn run(workers: usize, duration: Duration) -> anyhow::Result<Value> {
         .await;
 
     let leader_addr = cluster.addr(leader_id);
-    // Workers heartbeat the leader directly once an answer has named it (followers add the
-    // leader's address to every forwarded heartbeat answer), so that is what is simulated.
-    let hb_channels: Vec<_> = (0..CHANNELS_PER_REPLICA * 3)
-        .map(|_| channel(&leader_addr))
-        .collect();
+    // Workers stay on the replica their node id picks (followers forward heartbeats to the
+    // leader in batches), so the simulated fleet spreads over all replicas the same way.
+    let hb_channels = channels.clone();
     let pid = cluster.replicas[&leader_id].pid().expect("leader runs");
     let follower_pids: Vec<u32> = cluster
         .replicas
@@ -223,14 +222,27 @@ pub async fn run(workers: usize, duration: Duration) -> anyhow::Result<Value> {
     let rate = lat.len() as f64 / secs;
     anyhow::ensure!(lat.len() > 0, "no heartbeat was answered ({errors} errors)");
     println!(
-        "{:>8} {:>10} {:>9} {:>9} {:>11} {:>9} {:>12} {:>10}",
-        "workers", "hb/s", "p50 ms", "p99 ms", "leader CPU", "RSS MiB", "not healthy", "log growth"
+        "{:>8} {:>10} {:>9} {:>9} {:>11} {:>15} {:>9} {:>12} {:>10}",
+        "workers",
+        "hb/s",
+        "p50 ms",
+        "p99 ms",
+        "leader CPU",
+        "follower CPU",
+        "RSS MiB",
+        "not healthy",
+        "log growth"
     );
     println!(
-        "{workers:>8} {rate:>10.0} {:>9.2} {:>9.2} {:>10.1}% {rss:>9.1} {:>12} {growth:>10}",
+        "{workers:>8} {rate:>10.0} {:>9.2} {:>9.2} {:>10.1}% {:>15} {rss:>9.1} {:>12} {growth:>10}",
         lat.quantile_ms(0.5),
         lat.quantile_ms(0.99),
         cpu,
+        follower_cpu
+            .iter()
+            .map(|c| format!("{c:.0}%"))
+            .collect::<Vec<_>>()
+            .join(" "),
         not_healthy_seen.load(Ordering::Relaxed),
     );
     Ok(json!({

@@ -8,7 +8,6 @@ use tonic::{Request, Response, Status};
 use super::now_ms;
 use crate::{
     convert::{self, ResourceFilter},
-    error::LEADER_METADATA_KEY,
     forward::UsageQuery,
     replica::Replica,
     state::{Command, NodeSpec, Outcome},
@@ -160,16 +159,8 @@ impl DiscoveryService for DiscoveryApi {
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let req = request.into_inner();
         convert::heartbeat(&req)?;
-        let mut response = Response::new(self.replica.heartbeat(req).await?);
-        // Answered through a follower: name the leader so the worker can send its next
-        // heartbeats there directly and spare the follower the forwarding.
-        if let Some(leader) = self.replica.leader_addr() {
-            if leader != self.replica.config().advertise {
-                if let Ok(value) = leader.parse() {
-                    response.metadata_mut().insert(LEADER_METADATA_KEY, value);
-                }
-            }
-        }
-        Ok(response)
+        // Any replica takes heartbeats (followers forward them to the leader in batches), so
+        // workers stay on the replica they reached and spread the load over the replicas.
+        Ok(Response::new(self.replica.heartbeat(req).await?))
     }
 }

@@ -91,11 +91,15 @@ impl RaftService for RaftApi {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        // A follower's batch of heartbeats, each protobuf-encoded; answered in order.
         use prost::Message;
-        let bytes: Vec<u8> = decode(request)?;
-        let heartbeat = dllm_proto::pb::HeartbeatRequest::decode(bytes.as_slice())
+        let batch: Vec<Vec<u8>> = decode(request)?;
+        let heartbeats = batch
+            .iter()
+            .map(|bytes| dllm_proto::pb::HeartbeatRequest::decode(bytes.as_slice()))
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Status::invalid_argument(format!("data: undecodable heartbeat: {e}")))?;
-        encode(&self.replica.leader_heartbeat(heartbeat).await)
+        encode(&self.replica.leader_heartbeats(heartbeats))
     }
 
     async fn node_usage(
