@@ -11,10 +11,25 @@ pub static REPLICA_ARGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock:
 
 /// Three replicas with the default settings plus any `--replica-arg`s.
 pub fn start_cluster() -> Cluster {
-    let args: Vec<&str> = REPLICA_ARGS
+    start_cluster_with(&[])
+}
+
+/// Three replicas with the scenario's own `extra` flags, then the `--replica-arg` ones (which
+/// win where both set a flag).
+pub fn start_cluster_with(extra: &[&str]) -> Cluster {
+    let user: Vec<&str> = REPLICA_ARGS
         .get()
-        .map(|a| a.iter().map(String::as_str).collect())
-        .unwrap_or_default();
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    let flag = |a: &str| a.split('=').next().unwrap_or(a).to_string();
+    let mut args: Vec<&str> = extra
+        .iter()
+        .copied()
+        .filter(|e| !user.iter().any(|u| flag(u) == flag(e)))
+        .collect();
+    args.extend(user);
     Cluster::start(3, &args)
 }
 

@@ -48,6 +48,10 @@ pub struct Args {
     /// [default: 10000].
     #[arg(long, env = "DLLM_SNAPSHOT_LOGS")]
     pub snapshot_logs: Option<u64>,
+    /// Most client writes the leader packs into one log entry (group commit) [default: 256].
+    /// 1 turns group commit off: every write is its own entry.
+    #[arg(long, env = "DLLM_MAX_WRITES_PER_ENTRY")]
+    pub max_writes_per_entry: Option<usize>,
     /// How long a client request may wait for a leader or a quorum, in milliseconds
     /// [default: 5000].
     #[arg(long, env = "DLLM_REQUEST_TIMEOUT_MS")]
@@ -87,6 +91,7 @@ struct FileConfig {
     election_timeout_min_ms: Option<u64>,
     election_timeout_max_ms: Option<u64>,
     snapshot_logs: Option<u64>,
+    max_writes_per_entry: Option<usize>,
     request_timeout_ms: Option<u64>,
     shutdown_timeout_ms: Option<u64>,
     node_heartbeat_interval_ms: Option<u64>,
@@ -115,6 +120,8 @@ pub struct Config {
     pub election_timeout: (Duration, Duration),
     /// Snapshot every this many entries.
     pub snapshot_logs: u64,
+    /// Group commit: most client writes in one log entry.
+    pub max_writes_per_entry: usize,
     /// Client request budget.
     pub request_timeout: Duration,
     /// Shutdown drain budget.
@@ -289,6 +296,16 @@ impl Args {
         if snapshot_logs == 0 {
             return Err(invalid("snapshot-logs", "must be > 0"));
         }
+        let max_writes_per_entry = self
+            .max_writes_per_entry
+            .or(file.max_writes_per_entry)
+            .unwrap_or(256);
+        if !(1..=4096).contains(&max_writes_per_entry) {
+            return Err(invalid(
+                "max-writes-per-entry",
+                "must be between 1 and 4096",
+            ));
+        }
         let unhealthy_after = self.unhealthy_after.or(file.unhealthy_after).unwrap_or(3);
         let offline_after = self.offline_after.or(file.offline_after).unwrap_or(10);
         if unhealthy_after == 0 {
@@ -340,6 +357,7 @@ impl Args {
             heartbeat_interval,
             election_timeout: (emin, emax),
             snapshot_logs,
+            max_writes_per_entry,
             request_timeout: ms(
                 "request-timeout-ms",
                 self.request_timeout_ms.or(file.request_timeout_ms),
@@ -371,6 +389,9 @@ impl Config {
             max_in_snapshot_log_to_keep: self.snapshot_logs.min(1000),
             // Chunks well under gRPC's 4 MiB default message limit.
             snapshot_max_chunk_size: 1024 * 1024,
+            // Elections are started by `election::run_elections` (pre-vote, a fresh random
+            // timeout per round), not by openraft's timer.
+            enable_elect: false,
             ..Default::default()
         }
         .validate()

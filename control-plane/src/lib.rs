@@ -5,6 +5,7 @@
 //! - [`raft_types`]: the openraft type configuration; storage comes from `dllm-storage`.
 //! - [`replica`]: one Raft replica and the paths that take writes and linearizable reads to
 //!   the leader ([`forward`] holds what crosses between replicas for that).
+//! - [`election`]: when a replica stands for election (pre-vote, a fresh timeout per round).
 //! - [`liveness`]: the leader's in-memory failure detector fed by worker heartbeats.
 //! - [`placement`]: where layers go (the leader's planner; the state machine re-checks).
 //! - [`network`]: Raft traffic to peers over gRPC on reused channels.
@@ -21,6 +22,7 @@
 pub mod api;
 pub mod config;
 pub mod convert;
+pub mod election;
 pub mod error;
 pub mod forward;
 pub mod liveness;

@@ -108,6 +108,7 @@ async fn run_forwarder<T, A, C, CF>(
 {
     run_batches(
         queue,
+        MAX_GROUP,
         MAX_FORWARDS_IN_FLIGHT,
         linger,
         move |mut jobs: Vec<Pending<T, A>>| {
@@ -149,12 +150,13 @@ async fn forward_through<T, A>(
         .map_err(failed)
 }
 
-/// Takes items off `queue` in batches of up to [`MAX_GROUP`] and runs `handle` on each batch,
+/// Takes items off `queue` in batches of up to `max_batch` and runs `handle` on each batch,
 /// at most `in_flight` at once; a batch also takes whatever queued up while it waited for a
 /// slot, and, with a non-zero `linger`, whatever arrives that long after its first item.
 /// Shared by group commit and batched forwarding.
 async fn run_batches<T, F, Fut>(
     mut queue: tokio::sync::mpsc::Receiver<T>,
+    max_batch: usize,
     in_flight: usize,
     linger: Duration,
     handle: F,
@@ -164,21 +166,21 @@ async fn run_batches<T, F, Fut>(
     Fut: Future<Output = ()> + Send + 'static,
 {
     let slots = Arc::new(tokio::sync::Semaphore::new(in_flight));
-    let mut batch = Vec::with_capacity(MAX_GROUP);
-    while queue.recv_many(&mut batch, MAX_GROUP).await > 0 {
-        if !linger.is_zero() && batch.len() < MAX_GROUP {
+    let mut batch = Vec::with_capacity(max_batch);
+    while queue.recv_many(&mut batch, max_batch).await > 0 {
+        if !linger.is_zero() && batch.len() < max_batch {
             tokio::time::sleep(linger).await;
         }
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        while batch.len() < MAX_GROUP {
+        while batch.len() < max_batch {
             match queue.try_recv() {
                 Ok(item) => batch.push(item),
                 Err(_) => break,
             }
         }
-        let work = handle(std::mem::replace(&mut batch, Vec::with_capacity(MAX_GROUP)));
+        let work = handle(std::mem::replace(&mut batch, Vec::with_capacity(max_batch)));
         tokio::spawn(async move {
             work.await;
             drop(slot);
@@ -233,7 +235,8 @@ where
 /// A client write queued for group commit, and where its answer goes.
 type PendingWrite = (Command, tokio::sync::oneshot::Sender<WriteAnswer>);
 
-/// Most client writes in one log entry.
+/// Most client writes in one log entry by default (`--max-writes-per-entry`), and most
+/// requests in one forwarded batch.
 const MAX_GROUP: usize = 256;
 /// Most group entries proposed but not yet committed at once.
 const MAX_GROUPS_IN_FLIGHT: usize = 4;
@@ -243,11 +246,24 @@ const MAX_GROUPS_IN_FLIGHT: usize = 4;
 /// replication round and one fsync on each replica serve all of them. Up to
 /// [`MAX_GROUPS_IN_FLIGHT`] groups are in flight, so a quiet cluster still commits a lone write
 /// at once.
-async fn run_group_commit(raft: Raft, queue: tokio::sync::mpsc::Receiver<PendingWrite>) {
-    run_batches(queue, MAX_GROUPS_IN_FLIGHT, Duration::ZERO, move |writes| {
-        let raft = raft.clone();
-        async move { commit_group(&raft, writes).await }
-    })
+async fn run_group_commit(
+    raft: Raft,
+    queue: tokio::sync::mpsc::Receiver<PendingWrite>,
+    max_per_entry: usize,
+) {
+    // Smaller groups (down to one write per entry) get more of them in flight, so as many
+    // writes can be under way as with full groups.
+    let in_flight = MAX_GROUPS_IN_FLIGHT * (MAX_GROUP / max_per_entry).max(1);
+    run_batches(
+        queue,
+        max_per_entry,
+        in_flight,
+        Duration::ZERO,
+        move |writes| {
+            let raft = raft.clone();
+            async move { commit_group(&raft, writes).await }
+        },
+    )
     .await;
 }
 
@@ -347,7 +363,11 @@ impl Replica {
         )
         .await?;
         let (group_commit, queue) = tokio::sync::mpsc::channel(4 * MAX_GROUP);
-        tokio::spawn(run_group_commit(raft.clone(), queue));
+        tokio::spawn(run_group_commit(
+            raft.clone(),
+            queue,
+            config.max_writes_per_entry,
+        ));
         let (forwarder, queue) = tokio::sync::mpsc::channel(4 * MAX_GROUP);
         tokio::spawn(run_forwarder(
             peers.clone(),
@@ -406,6 +426,16 @@ impl Replica {
     /// background tasks, never for answering clients.
     pub fn local_state(&self) -> &StateHandle {
         &self.state
+    }
+
+    /// Channels to the other replicas.
+    pub(crate) fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
+    /// A reader of this replica's Raft log.
+    pub(crate) async fn log_reader(&self) -> LogStore {
+        self.log_store.clone()
     }
 
     /// The configuration the replica runs with.

@@ -131,6 +131,7 @@ pub async fn run(
     tokio::spawn(track_health(replica.clone(), reporter));
     tokio::spawn(replica.clone().run_leader_duties());
     tokio::spawn(replica.clone().run_liveness());
+    tokio::spawn(replica.clone().run_elections());
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()

@@ -14,10 +14,15 @@ use crate::{
     stats::round,
 };
 
+/// Concurrent writers while the history is built.
+const CLIENTS: usize = 64;
+
 /// Runs the scenario: `entries` writes (re-registrations of 1,000 nodes, so the log grows
 /// and the state stays small), then a restart of one follower.
 pub async fn run(entries: u64) -> anyhow::Result<Value> {
-    let mut cluster = crate::common::start_cluster();
+    // Every write its own log entry (group commit off), so many concurrent clients build the
+    // history quickly and the entry count is what the scenario says.
+    let mut cluster = crate::common::start_cluster_with(&["--max-writes-per-entry=1"]);
     let (leader_id, leader_addr) = leader(&cluster).await;
     let addrs: Vec<String> = (1..=3).map(|id| cluster.addr(id)).collect();
     println!("recovery: writing {entries} entries ...");
@@ -32,9 +37,7 @@ pub async fn run(entries: u64) -> anyhow::Result<Value> {
             break;
         }
         let channels = channels.clone();
-        // Few clients: the leader group-commits concurrent writes into one entry, and this
-        // scenario is about the number of log entries, so keep about one write per entry.
-        writes::drive(2, Duration::from_secs(5), move |c, seq| {
+        writes::drive(CLIENTS, Duration::from_secs(5), move |c, seq| {
             let mut client = DiscoveryServiceClient::new(channels[c % channels.len()].clone());
             let id = format!("r-{}", (c as u64 * 7919 + seq) % 1000);
             async move {

@@ -109,4 +109,12 @@ impl RaftService for RaftApi {
         let query: UsageQuery = decode(request)?;
         encode(&self.replica.leader_usage(query).await)
     }
+
+    async fn pre_vote(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let question: crate::election::PreVoteRequest = decode(request)?;
+        encode(&self.replica.answer_pre_vote(question).await)
+    }
 }
