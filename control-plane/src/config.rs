@@ -45,7 +45,7 @@ pub struct Args {
     #[arg(long, env = "DLLM_ELECTION_TIMEOUT_MAX_MS")]
     pub election_timeout_max_ms: Option<u64>,
     /// Build a snapshot (and purge the log behind it) every this many applied entries
-    /// [default: 10000].
+    /// (plus 0-20% by replica id, so replicas take turns) [default: 10000].
     #[arg(long, env = "DLLM_SNAPSHOT_LOGS")]
     pub snapshot_logs: Option<u64>,
     /// Most client writes the leader packs into one log entry (group commit) [default: 256].
@@ -383,7 +383,11 @@ impl Config {
             heartbeat_interval: self.heartbeat_interval.as_millis() as u64,
             election_timeout_min: self.election_timeout.0.as_millis() as u64,
             election_timeout_max: self.election_timeout.1.as_millis() as u64,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
+            // Staggered by id (+0%, +10%, +20%), so the replicas do not all encode and write a
+            // snapshot at the same moment: on a small machine that stalled every write at once.
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
+                self.snapshot_logs + self.snapshot_logs / 10 * (self.id % 3),
+            ),
             // Entries kept behind a snapshot so that a briefly lagging follower catches up from
             // the log instead of a whole snapshot.
             max_in_snapshot_log_to_keep: self.snapshot_logs.min(1000),

@@ -191,7 +191,8 @@ impl Replica {
             let Some(me) = self.voter_view(false).await else {
                 continue;
             };
-            if me.view.leading || !me.voter {
+            if me.view.leading {
+                self.set_leader_lost(false);
                 continue;
             }
             // A vote for a live leader is kept for the lease; a vote for a candidate (a round
@@ -201,8 +202,13 @@ impl Replica {
             } else {
                 timeout
             };
+            let silent = me.view.since_contact.is_none_or(|d| d >= needed);
+            // Like a pre-candidate in etcd's Raft: past the timeout, the old leader no longer
+            // counts as known (health turns NOT_SERVING, errors name no leader), whether or
+            // not this replica can stand.
+            self.set_leader_lost(silent);
             let now = Instant::now();
-            if me.view.since_contact.is_some_and(|d| d < needed) || now < not_before {
+            if !silent || !me.voter || now < not_before {
                 continue;
             }
             // A fresh timeout for every round: two replicas that collided once are unlikely

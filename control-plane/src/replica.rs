@@ -66,6 +66,9 @@ pub struct Replica {
     forwarder: tokio::sync::mpsc::Sender<PendingForward>,
     /// Heartbeats waiting to be forwarded to the leader together.
     heartbeat_forwarder: tokio::sync::mpsc::Sender<PendingHeartbeat>,
+    /// True while the leader this replica knows has been silent past the election timeout
+    /// (set by the election task): openraft still names it, but it is not a leader to trust.
+    leader_lost: tokio::sync::watch::Sender<bool>,
 }
 
 /// A request to forward: the leader's address, the request, the time left, and where the
@@ -389,6 +392,7 @@ impl Replica {
             group_commit,
             forwarder,
             heartbeat_forwarder,
+            leader_lost: tokio::sync::watch::Sender::new(false),
             raft,
             state,
             log_store,
@@ -426,6 +430,17 @@ impl Replica {
     /// background tasks, never for answering clients.
     pub fn local_state(&self) -> &StateHandle {
         &self.state
+    }
+
+    /// Whether the known leader has gone silent past the election timeout; see
+    /// [`crate::election`].
+    pub fn leader_lost(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.leader_lost.subscribe()
+    }
+
+    pub(crate) fn set_leader_lost(&self, lost: bool) {
+        self.leader_lost
+            .send_if_modified(|v| std::mem::replace(v, lost) != lost);
     }
 
     /// Channels to the other replicas.
@@ -484,8 +499,11 @@ impl Replica {
         }
     }
 
-    /// The leader's address, when known.
+    /// The leader's address, when known (and not silent past the election timeout).
     pub fn leader_addr(&self) -> Option<String> {
+        if *self.leader_lost.borrow() {
+            return None;
+        }
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         let leader = m.current_leader?;
@@ -1022,7 +1040,13 @@ impl Replica {
                 }
             },
         )
-        .await
+        .await?;
+        // Answer with the new membership as this replica sees it, like a write is answered
+        // once applied here. A replica that was just removed may never see the final entry.
+        if change != (MembershipChange::Remove { id: self.id }) {
+            self.linearize().await?;
+        }
+        Ok(())
     }
 
     /// Every replica with its role, and this replica's view of leader, term and indexes.

@@ -58,9 +58,10 @@ const HEALTH_SERVICES: &[&str] = &[
 /// Keeps `grpc.health.v1` in step with leadership: NOT_SERVING while no leader is known.
 async fn track_health(replica: Arc<Replica>, reporter: tonic_health::server::HealthReporter) {
     let mut metrics = replica.raft.metrics();
+    let mut lost = replica.leader_lost();
     let mut last = None;
     loop {
-        let status = if metrics.borrow().current_leader.is_some() {
+        let status = if metrics.borrow().current_leader.is_some() && !*lost.borrow() {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing
@@ -71,8 +72,9 @@ async fn track_health(replica: Arc<Replica>, reporter: tonic_health::server::Hea
             }
             last = Some(status);
         }
-        if metrics.changed().await.is_err() {
-            return;
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            changed = lost.changed() => if changed.is_err() { return },
         }
     }
 }

@@ -28,6 +28,14 @@ pub enum OpenError {
         /// What sled said.
         source: sled::Error,
     },
+    /// The snapshot file could not be read.
+    #[error("cannot read the snapshot file {path}: {source}")]
+    SnapshotFile {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
     /// A record in the store does not decode: the directory is damaged or was written by an
     /// incompatible version.
     #[error("the data directory holds an undecodable {what}: {source}")]

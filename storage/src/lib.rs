@@ -65,6 +65,11 @@ impl Default for StoreOptions {
     }
 }
 
+/// The file (inside the store directory) that holds the latest snapshot. It is written apart
+/// from sled (to a temporary file, synced, renamed into place), so writing a large snapshot
+/// never holds up the log's flushes, which share sled's one flush path.
+pub const SNAPSHOT_FILE: &str = "state-snapshot.bin";
+
 /// Opens (or creates) the store in `dir` and returns its two halves.
 ///
 /// Everything already in the store is decoded once here (vote, committed id, last log entry,
@@ -94,7 +99,7 @@ where
             source,
         })?;
     let log = SledLogStore::open(db.clone())?;
-    let sm = SledStateMachine::open(db)?;
+    let sm = SledStateMachine::open(db, dir.join(SNAPSHOT_FILE))?;
     Ok((log, sm))
 }
 

@@ -4,7 +4,10 @@ use std::{
     fmt::Debug,
     marker::PhantomData,
     ops::RangeBounds,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, OnceLock,
+    },
 };
 
 use openraft::{
@@ -43,6 +46,9 @@ pub struct SledLogStore<C: SledTypeConfig> {
     committed: Arc<Mutex<Option<LogId<u64>>>>,
     /// The flusher's queue, started on first use (it needs the async runtime).
     flusher: Arc<OnceLock<tokio::sync::mpsc::UnboundedSender<Waiter<C>>>>,
+    /// One past the last purged index: entries below it are gone as far as readers are
+    /// concerned, even while the background purge is still deleting them.
+    purged_next: Arc<AtomicU64>,
     _c: PhantomData<fn() -> C>,
 }
 
@@ -54,6 +60,7 @@ impl<C: SledTypeConfig> Clone for SledLogStore<C> {
             meta: self.meta.clone(),
             committed: self.committed.clone(),
             flusher: self.flusher.clone(),
+            purged_next: self.purged_next.clone(),
             _c: PhantomData,
         }
     }
@@ -106,6 +113,7 @@ impl<C: SledTypeConfig> SledLogStore<C> {
             db,
             committed: Arc::default(),
             flusher: Arc::default(),
+            purged_next: Arc::default(),
             _c: PhantomData,
         };
         store.check()?;
@@ -116,6 +124,14 @@ impl<C: SledTypeConfig> SledLogStore<C> {
             .flatten()
             .flatten();
         *store.committed.lock().unwrap_or_else(|e| e.into_inner()) = committed;
+        let purged = store
+            .read_meta::<Option<LogId<u64>>>(KEY_LAST_PURGED)
+            .ok()
+            .flatten()
+            .flatten();
+        store
+            .purged_next
+            .store(purged.map_or(0, |id| id.index + 1), Ordering::Release);
         Ok(store)
     }
 
@@ -229,12 +245,21 @@ impl<C: SledTypeConfig> SledLogStore<C> {
     }
 
     /// Removes every log entry whose index is in `range`, then flushes.
-    async fn remove_range(&self, range: impl RangeBounds<[u8; 8]>) -> Result<(), std::io::Error> {
-        let mut batch = sled::Batch::default();
-        for key in self.log.range(range).keys() {
-            batch.remove(key.map_err(std::io::Error::other)?);
-        }
-        self.log.apply_batch(batch).map_err(std::io::Error::other)?;
+    async fn remove_range(
+        &self,
+        range: impl RangeBounds<[u8; 8]> + Send + 'static,
+    ) -> Result<(), std::io::Error> {
+        // sled's calls block; thousands of deletions run on a blocking thread.
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut batch = sled::Batch::default();
+            for key in log.range(range).keys() {
+                batch.remove(key.map_err(std::io::Error::other)?);
+            }
+            log.apply_batch(batch).map_err(std::io::Error::other)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
         self.flush().await
     }
 }
@@ -245,11 +270,15 @@ impl<C: SledTypeConfig> RaftLogReader<C> for SledLogStore<C> {
         range: RB,
     ) -> Result<Vec<C::Entry>, StorageError<u64>> {
         use std::ops::Bound;
-        let start = match range.start_bound() {
-            Bound::Included(i) => Bound::Included(index_key(*i)),
-            Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
-            Bound::Unbounded => Bound::Unbounded,
+        // Entries below the purge point may still be on disk (the purge deletes them in the
+        // background); they are never returned.
+        let floor = self.purged_next.load(Ordering::Acquire);
+        let first = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
         };
+        let start = Bound::Included(index_key(first.max(floor)));
         let end = match range.end_bound() {
             Bound::Included(i) => Bound::Included(index_key(*i)),
             Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
@@ -279,6 +308,8 @@ impl<C: SledTypeConfig> RaftLogStorage<C> for SledLogStore<C> {
             .transpose()
             .map_err(|e| StorageIOError::read_logs(&e))?
             .map(|entry| entry.log_id);
+        // An entry at or below the purge point may not be deleted yet; it does not count.
+        let last = last.filter(|l| last_purged_log_id.is_none_or(|p| l.index > p.index));
         Ok(LogState {
             last_purged_log_id,
             last_log_id: last.or(last_purged_log_id),
@@ -361,15 +392,35 @@ impl<C: SledTypeConfig> RaftLogStorage<C> for SledLogStore<C> {
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
-        // The purge point is made durable before entries go, so a crash in between leaves a
-        // store that still agrees with itself.
+        // openraft awaits this inside its core task, so it only records the purge point;
+        // deleting thousands of entries happens in the background. Readers skip everything
+        // at or below the point at once. The point is made durable before any entry goes, so
+        // a crash in between leaves a store that still agrees with itself (and the next purge
+        // deletes whatever is left).
         let bytes = encode(&Some(log_id)).map_err(|e| StorageIOError::write(&e))?;
         self.meta
             .insert(KEY_LAST_PURGED, bytes)
             .map_err(|e| StorageIOError::write(&e))?;
-        self.flush().await.map_err(|e| StorageIOError::write(&e))?;
-        self.remove_range(..=index_key(log_id.index))
-            .await
-            .map_err(|e| StorageIOError::write_logs(&e).into())
+        self.purged_next
+            .fetch_max(log_id.index + 1, Ordering::AcqRel);
+        let store = self.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let result = match store.flush().await {
+                Ok(()) => store.remove_range(..=index_key(log_id.index)).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => tracing::debug!(
+                    upto = log_id.index,
+                    ms = started.elapsed().as_millis() as u64,
+                    "purged the log"
+                ),
+                Err(e) => {
+                    tracing::warn!(upto = log_id.index, error = %e, "purging the log failed; the next purge retries")
+                }
+            }
+        });
+        Ok(())
     }
 }

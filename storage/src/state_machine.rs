@@ -1,7 +1,9 @@
-//! The state machine half: the application's state in memory, its snapshots in sled.
+//! The state machine half: the application's state in memory, its latest snapshot in a file
+//! beside sled (older stores kept it in sled's `snapshot` tree, which is still read).
 
 use std::{
-    io::Cursor,
+    io::{Cursor, Write},
+    path::{Path, PathBuf},
     sync::{Arc, RwLock, RwLockReadGuard},
 };
 
@@ -19,8 +21,11 @@ const KEY_CURRENT: &[u8] = b"current";
 /// The application's replicated state: a plain data structure that applies commands
 /// deterministically. Everything that varies between replicas (clocks, randomness) must be
 /// decided before a command is proposed and carried inside it.
+///
+/// `Clone` should be cheap (persistent collections): a snapshot copies the state under the
+/// lock and encodes the copy while apply goes on.
 pub trait AppData<C: SledTypeConfig>:
-    Default + Serialize + DeserializeOwned + Send + Sync + 'static
+    Clone + Default + Serialize + DeserializeOwned + Send + Sync + 'static
 {
     /// Applies one committed command and returns what the proposer is answered.
     fn apply(&mut self, log_id: &LogId<u64>, command: C::D) -> C::R;
@@ -75,8 +80,10 @@ impl<S> StateHandle<S> {
 /// The state machine half of the store. Cheap to clone; clones share state and trees.
 pub struct SledStateMachine<C, S> {
     applied: Arc<RwLock<Applied<S>>>,
-    db: sled::Db,
-    snapshots: sled::Tree,
+    /// Where the latest snapshot is written.
+    snapshot_path: Arc<PathBuf>,
+    /// Where stores before the snapshot file kept their snapshot (read only as a fallback).
+    legacy: sled::Tree,
     _c: std::marker::PhantomData<fn() -> C>,
 }
 
@@ -84,24 +91,34 @@ impl<C, S> Clone for SledStateMachine<C, S> {
     fn clone(&self) -> Self {
         Self {
             applied: self.applied.clone(),
-            db: self.db.clone(),
-            snapshots: self.snapshots.clone(),
+            snapshot_path: self.snapshot_path.clone(),
+            legacy: self.legacy.clone(),
             _c: std::marker::PhantomData,
         }
     }
 }
 
 impl<C: SledTypeConfig, S: AppData<C>> SledStateMachine<C, S> {
-    pub(crate) fn open(db: sled::Db) -> Result<Self, OpenError> {
+    pub(crate) fn open(db: sled::Db, snapshot_path: PathBuf) -> Result<Self, OpenError> {
         let what = "snapshot";
-        let snapshots = db
+        let legacy = db
             .open_tree("snapshot")
             .map_err(|source| OpenError::Read { what, source })?;
+        let bytes = match std::fs::read(&snapshot_path) {
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => legacy
+                .get(KEY_CURRENT)
+                .map_err(|source| OpenError::Read { what, source })?
+                .map(|b| b.to_vec()),
+            Err(source) => {
+                return Err(OpenError::SnapshotFile {
+                    path: snapshot_path,
+                    source,
+                })
+            }
+        };
         let mut applied = Applied::<S>::default();
-        if let Some(bytes) = snapshots
-            .get(KEY_CURRENT)
-            .map_err(|source| OpenError::Read { what, source })?
-        {
+        if let Some(bytes) = bytes {
             let stored: StoredSnapshot = bincode::deserialize(&bytes)
                 .map_err(|source| OpenError::Corrupt { what, source })?;
             applied.data = bincode::deserialize(&stored.data)
@@ -111,8 +128,8 @@ impl<C: SledTypeConfig, S: AppData<C>> SledStateMachine<C, S> {
         }
         Ok(Self {
             applied: Arc::new(RwLock::new(applied)),
-            db,
-            snapshots,
+            snapshot_path: Arc::new(snapshot_path),
+            legacy,
             _c: std::marker::PhantomData,
         })
     }
@@ -128,25 +145,31 @@ impl<C: SledTypeConfig, S: AppData<C>> SledStateMachine<C, S> {
         self.applied.write().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Makes `stored` the latest snapshot, durably: written to a temporary file, synced,
+    /// renamed over the old one, and the directory synced, on a blocking thread. A crash at
+    /// any point leaves the old snapshot or the new one, never a torn file.
     async fn persist_snapshot(&self, stored: &StoredSnapshot) -> Result<(), StorageError<u64>> {
         let signature = Some(stored.meta.signature());
         let bytes = bincode::serialize(stored)
             .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
-        self.snapshots
-            .insert(KEY_CURRENT, bytes)
-            .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
-        self.db
-            .flush_async()
+        let path = self.snapshot_path.clone();
+        tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
             .await
+            .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?
             .map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
         Ok(())
     }
 
     fn load_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError<u64>> {
-        let bytes = self
-            .snapshots
-            .get(KEY_CURRENT)
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let bytes = match std::fs::read(self.snapshot_path.as_path()) {
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self
+                .legacy
+                .get(KEY_CURRENT)
+                .map_err(|e| StorageIOError::read_snapshot(None, &e))?
+                .map(|b| b.to_vec()),
+            Err(e) => return Err(StorageIOError::read_snapshot(None, &e).into()),
+        };
         bytes
             .map(|b| bincode::deserialize(&b))
             .transpose()
@@ -154,25 +177,69 @@ impl<C: SledTypeConfig, S: AppData<C>> SledStateMachine<C, S> {
     }
 }
 
+/// Bytes written between syncs of a snapshot file.
+const SNAPSHOT_SYNC_CHUNK: usize = 4 * 1024 * 1024;
+
+/// Replaces `path` with `bytes` so that a crash leaves either the old file or the new one.
+///
+/// The file is synced every [`SNAPSHOT_SYNC_CHUNK`] bytes rather than once at the end: one
+/// sync of tens of MiB of dirty pages would also hold up the log's next fsync (the
+/// filesystem's journal commit waits for them), stalling every write for its duration.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut file = std::fs::File::create(&tmp)?;
+        for chunk in bytes.chunks(SNAPSHOT_SYNC_CHUNK) {
+            file.write_all(chunk)?;
+            file.sync_data()?;
+        }
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 impl<C: SledTypeConfig, S: AppData<C>> RaftSnapshotBuilder<C> for SledStateMachine<C, S> {
     async fn build_snapshot(&mut self) -> Result<Snapshot<C>, StorageError<u64>> {
-        let (meta, data) = {
+        let started = std::time::Instant::now();
+        // Copy under the lock (cheap), encode the copy on a blocking thread: apply and readers
+        // are not held up while tens of MiB are encoded.
+        let (last_applied, last_membership, copy) = {
             let applied = self.applied.read().unwrap_or_else(|e| e.into_inner());
-            let data = bincode::serialize(&applied.data)
-                .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-            let snapshot_id = match applied.last_applied {
-                Some(id) => format!("{}-{}-{}", id.leader_id, id.index, data.len()),
-                None => format!("empty-{}", data.len()),
-            };
-            let meta = SnapshotMeta {
-                last_log_id: applied.last_applied,
-                last_membership: applied.last_membership.clone(),
-                snapshot_id,
-            };
-            (meta, data)
+            (
+                applied.last_applied,
+                applied.last_membership.clone(),
+                applied.data.clone(),
+            )
         };
+        let data = tokio::task::spawn_blocking(move || bincode::serialize(&copy))
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let snapshot_id = match last_applied {
+            Some(id) => format!("{}-{}-{}", id.leader_id, id.index, data.len()),
+            None => format!("empty-{}", data.len()),
+        };
+        let (meta, data) = (
+            SnapshotMeta {
+                last_log_id: last_applied,
+                last_membership,
+                snapshot_id,
+            },
+            data,
+        );
+        let serialized = started.elapsed();
         let stored = StoredSnapshot { meta, data };
         self.persist_snapshot(&stored).await?;
+        tracing::info!(
+            bytes = stored.data.len(),
+            serialize_ms = serialized.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "snapshot built"
+        );
         Ok(Snapshot {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),

@@ -22,7 +22,7 @@ openraft::declare_raft_types!(
 );
 
 /// The test application: a map; each command sets a key and answers its previous value.
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 pub struct KvData(BTreeMap<String, String>);
 
 impl AppData<Kv> for KvData {
@@ -227,4 +227,57 @@ fn damaged_store_is_an_error_not_a_reset() {
         result.is_err(),
         "a damaged store must not open as if it were fine"
     );
+}
+
+/// A built snapshot lives in its own file and is what a reopened store starts from; a purge
+/// hides the purged entries at once (the deletion runs in the background) and the purge point
+/// survives a reopen.
+///
+/// Each half runs on its own runtime: dropping the first ends the store's background tasks
+/// (which hold the database open), possibly before the purge deleted anything.
+#[test]
+fn snapshot_file_and_purge_survive_reopen() {
+    use openraft::{storage::RaftStateMachine, RaftLogReader, RaftSnapshotBuilder};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let runtime = || tokio::runtime::Runtime::new().expect("runtime");
+    runtime().block_on(async {
+        let (mut log, mut sm) =
+            open::<Kv, KvData>(dir.path(), &StoreOptions::default()).expect("open");
+        log.append_durably((1..=20).map(entry))
+            .await
+            .expect("append");
+        sm.apply((1..=20).map(entry)).await.expect("apply");
+        let snapshot = sm.build_snapshot().await.expect("build");
+        assert_eq!(snapshot.meta.last_log_id.map(|l| l.index), Some(20));
+        assert!(dir.path().join(crate::SNAPSHOT_FILE).is_file());
+        log.purge(LogId::new(CommittedLeaderId::new(1, 1), 15))
+            .await
+            .expect("purge");
+        let left = log.try_get_log_entries(0..=20).await.expect("read");
+        assert_eq!(
+            left.first().map(|e| e.log_id.index),
+            Some(16),
+            "purged entries are gone for readers at once"
+        );
+        let state = log.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(15));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(20));
+    });
+    runtime().block_on(async {
+        let (mut log, mut sm) =
+            open::<Kv, KvData>(dir.path(), &StoreOptions::default()).expect("reopen");
+        let (applied, _) = sm.applied_state().await.expect("applied");
+        assert_eq!(
+            applied.map(|l| l.index),
+            Some(20),
+            "restarts from the snapshot"
+        );
+        let state = sm.state().read(|d| d.0.len());
+        assert_eq!(state, 20, "the snapshot's data is back");
+        let log_state = log.get_log_state().await.expect("state");
+        assert_eq!(log_state.last_purged_log_id.map(|l| l.index), Some(15));
+        let left = log.try_get_log_entries(0..=20).await.expect("read");
+        assert_eq!(left.len(), 5);
+    });
 }

@@ -9,10 +9,7 @@ mod command;
 pub mod invariants;
 mod node;
 
-use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
-    sync::Arc,
-};
+use std::sync::Arc;
 
 pub use command::{Command, Outcome, PlacementChange, Rejection, StatusChange};
 pub use node::{
@@ -29,9 +26,13 @@ pub struct ClusterState {
     /// Generated once, by the first leader, when the cluster formed.
     pub cluster_id: Option<String>,
     /// Every node ever registered, including those that left, by node_id.
-    pub nodes: BTreeMap<String, Node>,
+    ///
+    /// The maps are persistent (structure-sharing) B-trees: a copy of the whole state is
+    /// O(1), so a snapshot captures it without holding up apply while it is encoded, and a
+    /// planner's scratch copy costs nothing until it writes. Encoded like a `BTreeMap`.
+    pub nodes: imbl::OrdMap<String, Node>,
     /// Every registered model, by id.
-    pub models: BTreeMap<String, Model>,
+    pub models: imbl::OrdMap<String, Model>,
     /// Outcomes of the most recent client requests, for answering retries. Shared until
     /// written, so scratch copies of the state (placement planning) do not copy it.
     #[serde(default)]
@@ -41,8 +42,10 @@ pub struct ClusterState {
 /// The outcomes of the last [`RecentRequests::CAPACITY`] client requests by request id.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RecentRequests {
-    order: VecDeque<u128>,
-    outcomes: HashMap<u128, Outcome>,
+    // Persistent collections (encoded like `VecDeque` and `HashMap`): copying them for a
+    // snapshot is O(1).
+    order: imbl::Vector<u128>,
+    outcomes: imbl::HashMap<u128, Outcome>,
 }
 
 impl RecentRequests {
@@ -114,8 +117,20 @@ impl ClusterState {
     /// Recomputes every node's `used_layers` from the placed ranges.
     fn recount_used_layers(&mut self) {
         let usage = invariants::usage_by_node(self, None);
-        for node in self.nodes.values_mut() {
-            node.used_layers = usage.get(&node.node_id).map_or(0, |u| u.0 as i32);
+        // Only the nodes whose count changes are written (a persistent map copies what it
+        // writes when shared).
+        let changed: Vec<(String, i32)> = self
+            .nodes
+            .values()
+            .filter_map(|node| {
+                let used = usage.get(&node.node_id).map_or(0, |u| u.0 as i32);
+                (node.used_layers != used).then(|| (node.node_id.clone(), used))
+            })
+            .collect();
+        for (id, used) in changed {
+            if let Some(node) = self.nodes.get_mut(&id) {
+                node.used_layers = used;
+            }
         }
     }
 
