@@ -256,4 +256,55 @@ mod tests {
         let u = probe.sample(3, 42);
         assert_eq!((u.gpus.len(), u.used_layers, u.timestamp), (2, 3, 42));
     }
+
+    /// On a host with an NVIDIA driver, the probe reads the same GPUs as `nvidia-smi`:
+    /// `cargo test -p dllm-worker -- --ignored nvml` (scripts/gpu-check.sh runs it on a GPU
+    /// machine, together with a cluster and a real GPU load).
+    #[test]
+    #[ignore = "needs an NVIDIA GPU, its driver and nvidia-smi"]
+    fn nvml_probe_matches_nvidia_smi() {
+        let out = std::process::Command::new("nvidia-smi")
+            .args([
+                "--query-gpu=uuid,name,memory.total,memory.used,temperature.gpu",
+                "--format=csv,noheader,nounits",
+            ])
+            .output()
+            .expect("nvidia-smi runs");
+        assert!(out.status.success(), "nvidia-smi failed: {out:?}");
+        let text = String::from_utf8(out.stdout).expect("utf-8");
+        let smi: Vec<Vec<String>> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| l.split(',').map(|f| f.trim().to_string()).collect())
+            .collect();
+        assert!(!smi.is_empty(), "nvidia-smi lists no GPU");
+        let mut probe = Probe::open(None).expect("probe");
+        let gpus = probe.gpus();
+        assert_eq!(
+            gpus.len(),
+            smi.len(),
+            "NVML and nvidia-smi count the same GPUs"
+        );
+        let usage = probe.sample(0, 1);
+        assert_eq!(usage.gpus.len(), smi.len());
+        for ((gpu, used), row) in gpus.iter().zip(&usage.gpus).zip(&smi) {
+            let num = |i: usize| row[i].parse::<i64>().expect("a number");
+            assert_eq!(gpu.uuid, row[0]);
+            assert_eq!(gpu.name, row[1]);
+            assert!((gpu.memory_mb - num(2)).abs() <= 1, "{gpu:?} vs {row:?}");
+            assert_eq!(used.uuid, gpu.uuid);
+            assert_eq!(used.memory_total_mb, gpu.memory_mb);
+            assert!(
+                (used.memory_used_mb - num(3)).abs() <= 256,
+                "{used:?} vs {row:?}"
+            );
+            assert!(
+                used.temperature_celsius > 0.0
+                    && (used.temperature_celsius - num(4) as f32).abs() <= 10.0,
+                "{used:?} vs {row:?}"
+            );
+        }
+        let total: i64 = gpus.iter().map(|g| g.memory_mb).sum();
+        assert_eq!(probe.resources(None).max_layers as i64, total / 1024);
+    }
 }
