@@ -12,12 +12,16 @@
 //! leader has not heard from yet starts its clock when the leader first sees it, and a
 //! re-registration (a new generation) restarts it.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap},
+    time::Duration,
+};
 
 use dllm_proto::pb;
 use tokio::time::Instant;
 
-use crate::state::{Node, NodeStatus, StatusChange};
+use crate::state::{Node, NodeChanges, NodeStatus, StatusChange};
 
 /// Failure detector thresholds.
 #[derive(Clone, Copy, Debug)]
@@ -53,14 +57,33 @@ struct Tracked {
     usage: Option<pb::NodeUsage>,
     /// A transition proposed and not yet seen applied, so it is not proposed twice.
     pending: Option<NodeStatus>,
+    /// When this node is next looked at (its entry in `due`); `None`: only a change or a
+    /// heartbeat makes it worth a look.
+    check_at: Option<Instant>,
+    /// Whether it is in `recheck`.
+    queued: bool,
 }
 
 /// The detector's state; time is passed in so tests can drive it.
+///
+/// A sweep costs what changed, not the size of the fleet: it looks at the nodes the state's
+/// change feed names, the nodes heard from while unhealthy or offline, and the nodes whose
+/// next threshold has passed (a queue ordered by time). Only the first sweep of a term, or
+/// one that fell behind the feed, looks at every node.
 #[derive(Debug)]
 pub struct Detector {
     config: LivenessConfig,
     tracked: HashMap<String, Tracked>,
     leader_since: Option<Instant>,
+    /// The feed and the position in it this detector has read up to.
+    cursor: Option<(NodeChanges, u64)>,
+    /// (when, node id), earliest first. An entry whose time is not its node's `check_at`
+    /// any more is stale and skipped.
+    due: BinaryHeap<Reverse<(Instant, String)>>,
+    /// Nodes to look at on the next sweep whatever the feed says.
+    recheck: Vec<String>,
+    /// Looks at single nodes so far (what sweeps cost).
+    looked: u64,
 }
 
 impl Detector {
@@ -70,7 +93,16 @@ impl Detector {
             config,
             tracked: HashMap::new(),
             leader_since: None,
+            cursor: None,
+            due: BinaryHeap::new(),
+            recheck: Vec::new(),
+            looked: 0,
         }
+    }
+
+    /// How many times a sweep has looked at a node (the work sweeps did).
+    pub fn looked(&self) -> u64 {
+        self.looked
     }
 
     /// The thresholds.
@@ -86,14 +118,21 @@ impl Detector {
     /// Starts detecting: forget everything (another leader may have heard from nodes since)
     /// and begin the grace period.
     pub fn become_leader(&mut self, now: Instant) {
-        self.tracked.clear();
+        self.forget_all();
         self.leader_since = Some(now);
     }
 
     /// Stops detecting and drops the soft state.
     pub fn step_down(&mut self) {
-        self.tracked.clear();
+        self.forget_all();
         self.leader_since = None;
+    }
+
+    fn forget_all(&mut self) {
+        self.tracked.clear();
+        self.cursor = None;
+        self.due.clear();
+        self.recheck.clear();
     }
 
     fn track<'a>(
@@ -102,7 +141,7 @@ impl Detector {
         now: Instant,
     ) -> &'a mut Tracked {
         // Look up before inserting: `entry` would allocate a copy of the id on every call,
-        // and this runs for every heartbeat and for every node on every sweep.
+        // and this runs for every heartbeat.
         if !tracked.contains_key(&node.node_id) {
             tracked.insert(
                 node.node_id.clone(),
@@ -112,6 +151,8 @@ impl Detector {
                     last_contact_ms: None,
                     usage: None,
                     pending: None,
+                    check_at: None,
+                    queued: false,
                 },
             );
         }
@@ -141,85 +182,139 @@ impl Detector {
         if usage.is_some() {
             t.usage = usage;
         }
+        if matches!(node.status, NodeStatus::Unhealthy | NodeStatus::Offline) && !t.queued {
+            t.queued = true;
+            self.recheck.push(node.node_id.clone());
+        }
     }
 
-    /// Finds the nodes whose silence crossed a threshold. `nodes` is every node in the
-    /// replicated state; nodes that left are forgotten.
-    pub fn sweep<'a>(
+    /// Finds the nodes whose silence crossed a threshold, or that were heard from again.
+    /// `nodes` is the replicated state's node map and `changes` its change feed.
+    pub fn sweep(
         &mut self,
-        nodes: impl IntoIterator<Item = &'a Node>,
+        nodes: &imbl::OrdMap<String, Node>,
+        changes: &NodeChanges,
         now: Instant,
     ) -> Vec<StatusChange> {
         let Some(since) = self.leader_since else {
             return Vec::new();
         };
         let counting_from = since + self.config.failover_grace;
-        let mut changes = Vec::new();
-        let mut members = Vec::new();
-        for node in nodes {
-            if node.status == NodeStatus::Left {
-                continue;
+        let mut out = Vec::new();
+        let mut look = std::mem::take(&mut self.recheck);
+        let news = self
+            .cursor
+            .as_ref()
+            .filter(|(feed, _)| feed.same(changes))
+            .and_then(|(_, read)| changes.since(*read));
+        let read = match news {
+            Some((ids, end)) => {
+                look.extend(ids);
+                end
             }
-            members.push(node.node_id.as_str());
-            let t = Self::track(&mut self.tracked, node, now);
-            if t.pending.is_some_and(|p| p == node.status) {
-                t.pending = None;
-            }
-            // Heard from (by this leader) within the unhealthy threshold: healthy again.
-            let heard_recently = t.last_contact_ms.is_some()
-                && now.saturating_duration_since(t.last_contact) < self.config.unhealthy_timeout();
-            if matches!(node.status, NodeStatus::Unhealthy | NodeStatus::Offline) && heard_recently
-            {
-                if t.pending != Some(NodeStatus::Healthy) {
-                    t.pending = Some(NodeStatus::Healthy);
-                    changes.push(StatusChange {
-                        node_id: node.node_id.clone(),
-                        generation: node.generation,
-                        from: node.status,
-                        to: NodeStatus::Healthy,
-                        last_seen_ms: t.last_contact_ms,
-                    });
+            None => {
+                // First sweep of this term, a new feed, or too far behind: every node.
+                let end = changes.end();
+                self.tracked
+                    .retain(|id, _| nodes.get(id).is_some_and(|n| n.status != NodeStatus::Left));
+                for node in nodes.values() {
+                    out.extend(self.check(node, now, counting_from));
                 }
-                continue;
+                end
             }
-            if !matches!(node.status, NodeStatus::Healthy | NodeStatus::Unhealthy) {
-                continue;
+        };
+        self.cursor = Some((changes.clone(), read));
+        for id in look {
+            if let Some(t) = self.tracked.get_mut(&id) {
+                t.queued = false;
             }
-            let silent = now.saturating_duration_since(t.last_contact.max(counting_from));
-            let target = if silent >= self.config.offline_timeout() {
-                NodeStatus::Offline
-            } else if silent >= self.config.unhealthy_timeout() {
-                NodeStatus::Unhealthy
-            } else {
-                continue;
+            match nodes.get(&id) {
+                Some(node) => out.extend(self.check(node, now, counting_from)),
+                None => {
+                    self.tracked.remove(&id);
+                }
+            }
+        }
+        while self.due.peek().is_some_and(|Reverse((at, _))| *at <= now) {
+            let Some(Reverse((at, id))) = self.due.pop() else {
+                break;
             };
-            if target == node.status || t.pending == Some(target) {
-                continue;
+            match self.tracked.get_mut(&id) {
+                Some(t) if t.check_at == Some(at) => t.check_at = None,
+                _ => continue,
             }
-            t.pending = Some(target);
-            changes.push(StatusChange {
-                node_id: node.node_id.clone(),
-                generation: node.generation,
-                from: node.status,
-                to: target,
-                last_seen_ms: t.last_contact_ms,
-            });
+            match nodes.get(&id) {
+                Some(node) => out.extend(self.check(node, now, counting_from)),
+                None => {
+                    self.tracked.remove(&id);
+                }
+            }
         }
-        // Every member is tracked now; only when more are tracked did some leave, and only
-        // then is the (allocating) cleanup worth it.
-        if self.tracked.len() > members.len() {
-            let members: std::collections::HashSet<&str> = members.into_iter().collect();
-            self.tracked.retain(|id, _| members.contains(id.as_str()));
-        }
-        changes
+        out
     }
 
-    /// Forgets pending transitions that did not commit, so the next sweep proposes again.
+    /// Looks at one node: the transition it needs, if any, and when to look again.
+    fn check(&mut self, node: &Node, now: Instant, counting_from: Instant) -> Option<StatusChange> {
+        if node.status == NodeStatus::Left {
+            self.tracked.remove(&node.node_id);
+            return None;
+        }
+        self.looked += 1;
+        let config = self.config;
+        let t = Self::track(&mut self.tracked, node, now);
+        if t.pending.is_some_and(|p| p == node.status) {
+            t.pending = None;
+        }
+        let mut target = None;
+        let mut next = None;
+        // Heard from (by this leader) within the unhealthy threshold: healthy again.
+        let heard_recently = t.last_contact_ms.is_some()
+            && now.saturating_duration_since(t.last_contact) < config.unhealthy_timeout();
+        if matches!(node.status, NodeStatus::Unhealthy | NodeStatus::Offline) && heard_recently {
+            target = Some(NodeStatus::Healthy);
+        } else if matches!(node.status, NodeStatus::Healthy | NodeStatus::Unhealthy) {
+            let base = t.last_contact.max(counting_from);
+            let silent = now.saturating_duration_since(base);
+            if silent >= config.offline_timeout() {
+                target = Some(NodeStatus::Offline);
+            } else if silent >= config.unhealthy_timeout() {
+                target = Some(NodeStatus::Unhealthy);
+            }
+            // Look again when the next threshold passes; a heartbeat meanwhile only moves
+            // `last_contact`, and that look reschedules.
+            next = [config.unhealthy_timeout(), config.offline_timeout()]
+                .into_iter()
+                .map(|after| base + after)
+                .find(|at| *at > now);
+        }
+        if next != t.check_at {
+            t.check_at = next;
+            if let Some(at) = next {
+                self.due.push(Reverse((at, node.node_id.clone())));
+            }
+        }
+        let target = target.filter(|to| *to != node.status && t.pending != Some(*to))?;
+        t.pending = Some(target);
+        Some(StatusChange {
+            node_id: node.node_id.clone(),
+            generation: node.generation,
+            from: node.status,
+            to: target,
+            last_seen_ms: t.last_contact_ms,
+        })
+    }
+
+    /// Forgets the pending transitions of a write that returned (committed or not): the next
+    /// sweep looks at those nodes again and proposes what is still needed.
     pub fn abandon(&mut self, changes: &[StatusChange]) {
         for c in changes {
             if let Some(t) = self.tracked.get_mut(&c.node_id) {
                 if t.pending == Some(c.to) {
                     t.pending = None;
+                }
+                if !t.queued {
+                    t.queued = true;
+                    self.recheck.push(c.node_id.clone());
                 }
             }
         }

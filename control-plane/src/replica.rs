@@ -914,7 +914,7 @@ impl Replica {
             let now = tokio::time::Instant::now();
             let changes: Vec<StatusChange> = self
                 .state
-                .read(|s| self.detector().sweep(s.nodes.values(), now));
+                .read(|s| self.detector().sweep(&s.nodes, &s.node_changes, now));
             if changes.is_empty() {
                 return;
             }

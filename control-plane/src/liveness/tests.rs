@@ -1,7 +1,7 @@
 //! The failure detector's state machine, driven with paused tokio time.
 
 use super::*;
-use crate::state::Resources;
+use crate::state::{NodeChanges, Resources};
 
 fn config() -> LivenessConfig {
     LivenessConfig {
@@ -31,6 +31,31 @@ fn node(status: NodeStatus, generation: u64) -> Node {
     }
 }
 
+/// The replicated side as apply keeps it: the node map and its change feed.
+#[derive(Default)]
+struct World {
+    nodes: imbl::OrdMap<String, Node>,
+    feed: NodeChanges,
+}
+
+impl World {
+    fn with(n: &Node) -> Self {
+        let mut w = Self::default();
+        w.set(n);
+        w
+    }
+
+    /// A new version of `n` applied (its status or generation changed).
+    fn set(&mut self, n: &Node) {
+        self.nodes.insert(n.node_id.clone(), n.clone());
+        self.feed.push(&n.node_id);
+    }
+
+    fn sweep(&self, d: &mut Detector) -> Vec<StatusChange> {
+        d.sweep(&self.nodes, &self.feed, Instant::now())
+    }
+}
+
 async fn advance(secs: f64) {
     tokio::time::advance(Duration::from_secs_f64(secs)).await;
 }
@@ -42,46 +67,43 @@ async fn silence_walks_healthy_unhealthy_offline_and_a_heartbeat_heals() {
     let mut d = Detector::new(config());
     d.become_leader(Instant::now());
     let mut n = node(NodeStatus::Healthy, 1);
+    let mut w = World::with(&n);
     d.heartbeat(&n, None, Instant::now(), 1);
 
     advance(2.0 + 2.9).await; // grace 2 s, then 2.9 s of silence
-    assert!(d.sweep([&n], Instant::now()).is_empty(), "not yet");
+    assert!(w.sweep(&mut d).is_empty(), "not yet");
     advance(0.2).await;
-    let c = d.sweep([&n], Instant::now());
+    let c = w.sweep(&mut d);
     assert_eq!(c.len(), 1);
     assert_eq!(
         (c[0].from, c[0].to),
         (NodeStatus::Healthy, NodeStatus::Unhealthy)
     );
-    assert!(
-        d.sweep([&n], Instant::now()).is_empty(),
-        "pending: not proposed twice"
-    );
+    assert!(w.sweep(&mut d).is_empty(), "pending: not proposed twice");
     n.status = NodeStatus::Unhealthy; // the transition applied
+    w.set(&n);
 
     advance(7.0).await;
-    let c = d.sweep([&n], Instant::now());
+    let c = w.sweep(&mut d);
     assert_eq!(
         (c[0].from, c[0].to),
         (NodeStatus::Unhealthy, NodeStatus::Offline)
     );
     n.status = NodeStatus::Offline;
+    w.set(&n);
     assert!(
-        d.sweep([&n], Instant::now()).is_empty(),
+        w.sweep(&mut d).is_empty(),
         "offline stays offline while silent"
     );
 
     d.heartbeat(&n, None, Instant::now(), 2);
-    let back = d.sweep([&n], Instant::now());
+    let back = w.sweep(&mut d);
     assert_eq!(
         (back[0].from, back[0].to),
         (NodeStatus::Offline, NodeStatus::Healthy)
     );
     d.heartbeat(&n, None, Instant::now(), 3);
-    assert!(
-        d.sweep([&n], Instant::now()).is_empty(),
-        "pending: not proposed twice"
-    );
+    assert!(w.sweep(&mut d).is_empty(), "pending: not proposed twice");
 }
 
 /// A new leader counts no silence during its grace period, however long the node had been
@@ -90,19 +112,20 @@ async fn silence_walks_healthy_unhealthy_offline_and_a_heartbeat_heals() {
 async fn a_new_leader_gives_a_grace_period() {
     let mut d = Detector::new(config());
     let n = node(NodeStatus::Healthy, 1);
+    let w = World::with(&n);
     advance(100.0).await;
     d.become_leader(Instant::now());
     assert!(
-        d.sweep([&n], Instant::now()).is_empty(),
+        w.sweep(&mut d).is_empty(),
         "first sighting starts the clock"
     );
     advance(2.0 + 2.9).await;
     assert!(
-        d.sweep([&n], Instant::now()).is_empty(),
+        w.sweep(&mut d).is_empty(),
         "grace plus threshold not yet over"
     );
     advance(0.2).await;
-    assert_eq!(d.sweep([&n], Instant::now()).len(), 1);
+    assert_eq!(w.sweep(&mut d).len(), 1);
 }
 
 /// Steady heartbeats never cause a transition.
@@ -111,10 +134,11 @@ async fn steady_heartbeats_change_nothing() {
     let mut d = Detector::new(config());
     d.become_leader(Instant::now());
     let n = node(NodeStatus::Healthy, 1);
+    let w = World::with(&n);
     for _ in 0..100 {
         advance(1.0).await;
         d.heartbeat(&n, None, Instant::now(), 0);
-        assert!(d.sweep([&n], Instant::now()).is_empty());
+        assert!(w.sweep(&mut d).is_empty());
     }
 }
 
@@ -124,15 +148,14 @@ async fn re_registration_restarts_the_clock() {
     let mut d = Detector::new(config());
     d.become_leader(Instant::now());
     let n = node(NodeStatus::Healthy, 1);
-    d.sweep([&n], Instant::now());
+    let mut w = World::with(&n);
+    w.sweep(&mut d);
     advance(4.5).await;
     let again = node(NodeStatus::Healthy, 2);
-    assert!(
-        d.sweep([&again], Instant::now()).is_empty(),
-        "new generation, fresh clock"
-    );
+    w.set(&again);
+    assert!(w.sweep(&mut d).is_empty(), "new generation, fresh clock");
     advance(3.1).await;
-    assert_eq!(d.sweep([&again], Instant::now())[0].generation, 2);
+    assert_eq!(w.sweep(&mut d)[0].generation, 2);
 }
 
 /// After a failover an offline node is not brought back by the grace period: only a
@@ -142,12 +165,13 @@ async fn only_a_heartbeat_heals_an_offline_node() {
     let mut d = Detector::new(config());
     d.become_leader(Instant::now());
     let n = node(NodeStatus::Offline, 1);
+    let w = World::with(&n);
     for _ in 0..10 {
-        assert!(d.sweep([&n], Instant::now()).is_empty());
+        assert!(w.sweep(&mut d).is_empty());
         advance(0.5).await;
     }
     d.heartbeat(&n, None, Instant::now(), 9);
-    assert_eq!(d.sweep([&n], Instant::now())[0].to, NodeStatus::Healthy);
+    assert_eq!(w.sweep(&mut d)[0].to, NodeStatus::Healthy);
 }
 
 /// A replica that is not leading proposes nothing, and stepping down forgets usage.
@@ -155,8 +179,9 @@ async fn only_a_heartbeat_heals_an_offline_node() {
 async fn followers_propose_nothing() {
     let mut d = Detector::new(config());
     let n = node(NodeStatus::Healthy, 1);
+    let w = World::with(&n);
     advance(60.0).await;
-    assert!(d.sweep([&n], Instant::now()).is_empty());
+    assert!(w.sweep(&mut d).is_empty());
     d.become_leader(Instant::now());
     d.heartbeat(
         &n,
@@ -179,10 +204,140 @@ async fn abandoned_transitions_are_retried() {
     let mut d = Detector::new(config());
     d.become_leader(Instant::now());
     let n = node(NodeStatus::Healthy, 1);
-    d.sweep([&n], Instant::now());
+    let w = World::with(&n);
+    w.sweep(&mut d);
     advance(6.0).await;
-    let c = d.sweep([&n], Instant::now());
+    let c = w.sweep(&mut d);
     assert_eq!(c.len(), 1);
     d.abandon(&c);
-    assert_eq!(d.sweep([&n], Instant::now()).len(), 1);
+    assert_eq!(w.sweep(&mut d).len(), 1);
+}
+
+fn named(id: &str, status: NodeStatus) -> Node {
+    Node {
+        node_id: id.into(),
+        ..node(status, 1)
+    }
+}
+
+/// A sweep costs what changed: with 1,000 heartbeating nodes, sweeps every 250 ms look at
+/// each node about once per unhealthy threshold (3 s), not on every sweep.
+#[tokio::test(start_paused = true)]
+async fn sweeps_look_at_what_changed_not_at_every_node() {
+    let mut d = Detector::new(config());
+    d.become_leader(Instant::now());
+    let mut w = World::default();
+    let nodes: Vec<Node> = (0..1000)
+        .map(|i| named(&format!("w{i}"), NodeStatus::Healthy))
+        .collect();
+    for n in &nodes {
+        w.set(n);
+    }
+    assert!(w.sweep(&mut d).is_empty());
+    assert_eq!(
+        d.looked(),
+        1000,
+        "the first sweep of a term looks at every node"
+    );
+    for _ in 0..40 {
+        advance(0.25).await;
+        for n in &nodes {
+            d.heartbeat(n, None, Instant::now(), 1);
+        }
+        assert!(
+            w.sweep(&mut d).is_empty(),
+            "steady heartbeats change nothing"
+        );
+    }
+    // 10 s: the grace period (2 s), then one look per node per 3 s.
+    let looked = d.looked() - 1000;
+    assert!(
+        (2000..=4000).contains(&looked),
+        "{looked} looks in 40 sweeps of 1,000 nodes"
+    );
+}
+
+/// A node registered after the first sweep (known only from the change feed) that never
+/// heartbeats still goes unhealthy, then offline.
+#[tokio::test(start_paused = true)]
+async fn a_node_known_only_from_the_feed_is_detected() {
+    let mut d = Detector::new(config());
+    d.become_leader(Instant::now());
+    let mut w = World::with(&named("old", NodeStatus::Healthy));
+    w.sweep(&mut d);
+    advance(5.0).await;
+    d.heartbeat(&named("old", NodeStatus::Healthy), None, Instant::now(), 1);
+    let mut n = named("new", NodeStatus::Healthy);
+    w.set(&n);
+    assert!(w.sweep(&mut d).is_empty(), "first seen now");
+    advance(3.1).await;
+    d.heartbeat(&named("old", NodeStatus::Healthy), None, Instant::now(), 2);
+    let c = w.sweep(&mut d);
+    assert_eq!(c.len(), 1);
+    assert_eq!(
+        (c[0].node_id.as_str(), c[0].to),
+        ("new", NodeStatus::Unhealthy)
+    );
+    d.abandon(&c);
+    n.status = NodeStatus::Unhealthy;
+    w.set(&n);
+    assert!(w.sweep(&mut d).is_empty());
+    advance(7.0).await;
+    let c = w.sweep(&mut d);
+    assert_eq!(c.len(), 2, "old went silent too: {c:?}");
+    assert!(c
+        .iter()
+        .any(|c| c.node_id == "new" && c.to == NodeStatus::Offline));
+}
+
+/// A detector that fell behind the feed, or whose state was replaced (a snapshot starts a
+/// new feed), looks at every node again and misses nothing.
+#[tokio::test(start_paused = true)]
+async fn a_lost_feed_means_a_full_look() {
+    let mut d = Detector::new(config());
+    d.become_leader(Instant::now());
+    let mut w = World::with(&named("a", NodeStatus::Healthy));
+    w.sweep(&mut d);
+    // More changes than the feed keeps, all about another node.
+    let b = named("b", NodeStatus::Healthy);
+    for _ in 0..=NodeChanges::CAPACITY {
+        w.set(&b);
+    }
+    let before = d.looked();
+    assert!(w.sweep(&mut d).is_empty());
+    assert_eq!(d.looked() - before, 2, "both nodes, once each");
+    // A state decoded from a snapshot: same nodes, a new feed with nothing in it.
+    let mut fresh = World::default();
+    let c = named("c", NodeStatus::Healthy);
+    fresh.nodes = w.nodes.clone();
+    fresh.nodes.insert("c".into(), c);
+    advance(5.5).await;
+    let changes = fresh.sweep(&mut d);
+    assert_eq!(changes.len(), 2, "a and b went silent: {changes:?}");
+    // c's clock started when the full look first saw it.
+    advance(3.1).await;
+    let changes = fresh.sweep(&mut d);
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0].node_id, "c");
+}
+
+#[test]
+fn the_change_feed_reports_positions_and_overflow() {
+    let feed = NodeChanges::default();
+    assert_eq!(feed.since(0), Some((vec![], 0)));
+    feed.push("a");
+    feed.push("b");
+    assert_eq!(feed.since(0), Some((vec!["a".into(), "b".into()], 2)));
+    assert_eq!(feed.since(1), Some((vec!["b".into()], 2)));
+    assert_eq!(feed.since(2), Some((vec![], 2)));
+    assert_eq!(feed.since(3), None, "a position from another feed");
+    for _ in 0..NodeChanges::CAPACITY {
+        feed.push("c");
+    }
+    assert_eq!(feed.since(1), None, "b was dropped");
+    assert_eq!(
+        feed.since(2).map(|(ids, _)| ids.len()),
+        Some(NodeChanges::CAPACITY)
+    );
+    assert!(feed.same(&feed.clone()) && !feed.same(&NodeChanges::default()));
 }

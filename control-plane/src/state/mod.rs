@@ -9,7 +9,10 @@ mod command;
 pub mod invariants;
 mod node;
 
-use std::sync::Arc;
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+};
 
 pub use command::{Command, Outcome, PlacementChange, Rejection, StatusChange};
 pub use node::{
@@ -37,6 +40,81 @@ pub struct ClusterState {
     /// written, so scratch copies of the state (placement planning) do not copy it.
     #[serde(default)]
     pub requests: Arc<RecentRequests>,
+    /// Which nodes changed status or generation, for the leader's failure detector. Not
+    /// part of the state's value: not encoded, and equal in every copy.
+    #[serde(skip)]
+    pub node_changes: NodeChanges,
+}
+
+/// The ids of the nodes whose status or generation changed, in apply order: a hint that lets
+/// the leader's failure detector look at just those nodes on each sweep instead of at every
+/// node. Copies of the state share one feed. A state decoded from a snapshot starts a new
+/// feed, and a reader that fell more than [`NodeChanges::CAPACITY`] ids behind is told to
+/// look at everything; a hint about a node that did not change costs one look, nothing else.
+#[derive(Clone, Default)]
+pub struct NodeChanges(Arc<Mutex<ChangeLog>>);
+
+#[derive(Default)]
+struct ChangeLog {
+    /// Ids pushed so far; `ids` holds the last of them.
+    end: u64,
+    ids: VecDeque<String>,
+}
+
+impl NodeChanges {
+    /// Ids kept for a reader that is behind. The detector reads several times a second;
+    /// this covers tens of thousands of registrations per second.
+    pub const CAPACITY: usize = 16_384;
+
+    fn log(&self) -> std::sync::MutexGuard<'_, ChangeLog> {
+        // Pushing and reading cannot panic half way, so a poisoned lock is still consistent.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records that `node_id` changed.
+    pub fn push(&self, node_id: &str) {
+        let mut log = self.log();
+        if log.ids.len() == Self::CAPACITY {
+            log.ids.pop_front();
+        }
+        log.ids.push_back(node_id.to_string());
+        log.end += 1;
+    }
+
+    /// The position after the last id pushed.
+    pub fn end(&self) -> u64 {
+        self.log().end
+    }
+
+    /// The ids pushed after position `from`, and the position after them; `None` when some
+    /// of them were dropped (the reader must look at every node).
+    pub fn since(&self, from: u64) -> Option<(Vec<String>, u64)> {
+        let log = self.log();
+        let behind = usize::try_from(log.end.checked_sub(from)?).ok()?;
+        if behind > log.ids.len() {
+            return None;
+        }
+        let skip = log.ids.len() - behind;
+        Some((log.ids.iter().skip(skip).cloned().collect(), log.end))
+    }
+
+    /// Whether `other` is this feed (and not one started since, by a snapshot).
+    pub fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl PartialEq for NodeChanges {
+    /// A feed is not part of the state's value.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for NodeChanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NodeChanges {{ end: {} }}", self.end())
+    }
 }
 
 /// The outcomes of the last [`RecentRequests::CAPACITY`] client requests by request id.
@@ -212,10 +290,12 @@ impl ClusterState {
             (true, NodeStatus::Draining) | (false, NodeStatus::Healthy) => Outcome::DrainSet,
             (true, NodeStatus::Healthy | NodeStatus::Unhealthy) => {
                 node.status = NodeStatus::Draining;
+                self.node_changes.push(node_id);
                 Outcome::DrainSet
             }
             (false, NodeStatus::Draining) => {
                 node.status = NodeStatus::Healthy;
+                self.node_changes.push(node_id);
                 Outcome::DrainSet
             }
             (_, status) => Outcome::Rejected(Rejection::NotAllowed(format!(
@@ -226,6 +306,7 @@ impl ClusterState {
     }
 
     fn register(&mut self, spec: NodeSpec, now_ms: i64) -> Outcome {
+        self.node_changes.push(&spec.node_id);
         match self.nodes.get_mut(&spec.node_id) {
             Some(node) => {
                 node.address = spec.address;
@@ -270,6 +351,7 @@ impl ClusterState {
             if let Some(ms) = change.last_seen_ms {
                 node.last_seen_ms = node.last_seen_ms.max(ms);
             }
+            self.node_changes.push(&change.node_id);
             applied += 1;
         }
         Outcome::StatusesChanged { applied }
@@ -282,6 +364,7 @@ impl ClusterState {
             Some(node) => {
                 node.status = NodeStatus::Left;
                 node.last_seen_ms = now_ms;
+                self.node_changes.push(node_id);
                 Outcome::Left { already: false }
             }
         }
