@@ -55,8 +55,10 @@ struct Tracked {
     last_contact: Instant,
     last_contact_ms: Option<i64>,
     usage: Option<pb::NodeUsage>,
-    /// A transition proposed and not yet seen applied, so it is not proposed twice.
-    pending: Option<NodeStatus>,
+    /// A transition (from, to) proposed and not yet seen applied, so it is not proposed
+    /// twice. Dropped once the node's status is no longer `from` (applied, or overtaken by
+    /// another change), or when the write fails.
+    pending: Option<(NodeStatus, NodeStatus)>,
     /// When this node is next looked at (its entry in `due`); `None`: only a change or a
     /// heartbeat makes it worth a look.
     check_at: Option<Instant>,
@@ -262,7 +264,7 @@ impl Detector {
         self.looked += 1;
         let config = self.config;
         let t = Self::track(&mut self.tracked, node, now);
-        if t.pending.is_some_and(|p| p == node.status) {
+        if t.pending.is_some_and(|(from, _)| from != node.status) {
             t.pending = None;
         }
         let mut target = None;
@@ -293,8 +295,9 @@ impl Detector {
                 self.due.push(Reverse((at, node.node_id.clone())));
             }
         }
-        let target = target.filter(|to| *to != node.status && t.pending != Some(*to))?;
-        t.pending = Some(target);
+        let target =
+            target.filter(|to| *to != node.status && t.pending != Some((node.status, *to)))?;
+        t.pending = Some((node.status, target));
         Some(StatusChange {
             node_id: node.node_id.clone(),
             generation: node.generation,
@@ -304,12 +307,14 @@ impl Detector {
         })
     }
 
-    /// Forgets the pending transitions of a write that returned (committed or not): the next
-    /// sweep looks at those nodes again and proposes what is still needed.
+    /// Forgets the pending transitions of a write that failed (it may or may not have
+    /// committed): the next sweep looks at those nodes again and proposes what is still
+    /// needed. A write that succeeded needs no call: its transitions show up in the change
+    /// feed.
     pub fn abandon(&mut self, changes: &[StatusChange]) {
         for c in changes {
             if let Some(t) = self.tracked.get_mut(&c.node_id) {
-                if t.pending == Some(c.to) {
+                if t.pending == Some((c.from, c.to)) {
                     t.pending = None;
                 }
                 if !t.queued {

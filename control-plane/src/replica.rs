@@ -918,16 +918,14 @@ impl Replica {
             if changes.is_empty() {
                 return;
             }
-            for c in &changes {
-                info!(node = %c.node_id, from = c.from.as_str(), to = c.to.as_str(), "node status change");
-            }
+            log_status_changes(&changes);
             let result = self
                 .leader_write(Command::SetNodeStatuses {
                     changes: changes.clone(),
                 })
                 .await;
-            self.detector().abandon(&changes);
             if let Err(e) = result {
+                self.detector().abandon(&changes);
                 warn!(error = ?e, "could not commit status changes; retrying next sweep");
             }
         }
@@ -1111,5 +1109,30 @@ impl Replica {
                 return;
             }
         }
+    }
+}
+
+/// Logs a sweep's transitions: one line per kind of transition at info (a count and the
+/// first few nodes), each node at debug. A rack going dark is one line, not a thousand.
+fn log_status_changes(changes: &[StatusChange]) {
+    const NAMED: usize = 5;
+    let mut kinds: Vec<((NodeStatus, NodeStatus), Vec<&str>)> = Vec::new();
+    for c in changes {
+        tracing::debug!(node = %c.node_id, from = c.from.as_str(), to = c.to.as_str(), "node status change");
+        match kinds.iter_mut().find(|(k, _)| *k == (c.from, c.to)) {
+            Some((_, ids)) => ids.push(&c.node_id),
+            None => kinds.push(((c.from, c.to), vec![&c.node_id])),
+        }
+    }
+    for ((from, to), ids) in kinds {
+        let more = ids.len().saturating_sub(NAMED);
+        info!(
+            count = ids.len(),
+            from = from.as_str(),
+            to = to.as_str(),
+            nodes = ?&ids[..ids.len().min(NAMED)],
+            more,
+            "node status change"
+        );
     }
 }

@@ -341,3 +341,28 @@ fn the_change_feed_reports_positions_and_overflow() {
     );
     assert!(feed.same(&feed.clone()) && !feed.same(&NodeChanges::default()));
 }
+
+/// A proposal overtaken by another change (a drain applied before it, so apply skipped it)
+/// does not stay pending: once the node is healthy again and still silent, the transition
+/// is proposed again.
+#[tokio::test(start_paused = true)]
+async fn an_overtaken_proposal_is_proposed_again() {
+    let mut d = Detector::new(config());
+    d.become_leader(Instant::now());
+    let mut n = node(NodeStatus::Healthy, 1);
+    let mut w = World::with(&n);
+    w.sweep(&mut d);
+    advance(5.5).await;
+    assert_eq!(w.sweep(&mut d).len(), 1, "healthy -> unhealthy proposed");
+    n.status = NodeStatus::Draining;
+    w.set(&n);
+    assert!(w.sweep(&mut d).is_empty(), "a draining node is not judged");
+    n.status = NodeStatus::Healthy;
+    w.set(&n);
+    let c = w.sweep(&mut d);
+    assert_eq!(c.len(), 1, "proposed again");
+    assert_eq!(
+        (c[0].from, c[0].to),
+        (NodeStatus::Healthy, NodeStatus::Unhealthy)
+    );
+}
