@@ -64,6 +64,8 @@ struct Tracked {
     check_at: Option<Instant>,
     /// Whether it is in `recheck`.
     queued: bool,
+    /// The last look at every node that reached this one.
+    scan: u64,
 }
 
 /// The detector's state; time is passed in so tests can drive it.
@@ -86,6 +88,8 @@ pub struct Detector {
     recheck: Vec<String>,
     /// Looks at single nodes so far (what sweeps cost).
     looked: u64,
+    /// Looks at every node so far.
+    scans: u64,
 }
 
 impl Detector {
@@ -99,6 +103,7 @@ impl Detector {
             due: BinaryHeap::new(),
             recheck: Vec::new(),
             looked: 0,
+            scans: 0,
         }
     }
 
@@ -155,6 +160,7 @@ impl Detector {
                     pending: None,
                     check_at: None,
                     queued: false,
+                    scan: 0,
                 },
             );
         }
@@ -217,11 +223,18 @@ impl Detector {
             None => {
                 // First sweep of this term, a new feed, or too far behind: every node.
                 let end = changes.end();
-                self.tracked
-                    .retain(|id, _| nodes.get(id).is_some_and(|n| n.status != NodeStatus::Left));
+                tracing::debug!(
+                    first = self.cursor.is_none(),
+                    end,
+                    "failure detector: looking at every node"
+                );
+                self.scans += 1;
                 for node in nodes.values() {
                     out.extend(self.check(node, now, counting_from));
                 }
+                // What this look did not reach is gone from the state, or left.
+                let scan = self.scans;
+                self.tracked.retain(|_, t| t.scan == scan);
                 end
             }
         };
@@ -264,6 +277,7 @@ impl Detector {
         self.looked += 1;
         let config = self.config;
         let t = Self::track(&mut self.tracked, node, now);
+        t.scan = self.scans;
         if t.pending.is_some_and(|(from, _)| from != node.status) {
             t.pending = None;
         }

@@ -62,9 +62,10 @@ struct ChangeLog {
 }
 
 impl NodeChanges {
-    /// Ids kept for a reader that is behind. The detector reads several times a second;
-    /// this covers tens of thousands of registrations per second.
-    pub const CAPACITY: usize = 16_384;
+    /// Ids kept for a reader that is behind (about 3 MiB when full). The detector reads
+    /// several times a second, and a sweep held up by a slow write still finds its place
+    /// at tens of thousands of changes per second.
+    pub const CAPACITY: usize = 65_536;
 
     fn log(&self) -> std::sync::MutexGuard<'_, ChangeLog> {
         // Pushing and reading cannot panic half way, so a poisoned lock is still consistent.
