@@ -15,7 +15,7 @@ openraft::declare_raft_types!(
 /// The Raft handle of a replica.
 pub type Raft = openraft::Raft<TypeConfig>;
 /// The log store of a replica.
-pub type LogStore = dllm_storage::SledLogStore<TypeConfig>;
+pub type LogStore = dllm_storage::LogStore<TypeConfig>;
 /// The state machine of a replica.
 pub type StateMachine = dllm_storage::SledStateMachine<TypeConfig, crate::state::ClusterState>;
 /// Read access to the applied cluster state.

@@ -45,4 +45,23 @@ pub enum OpenError {
         /// What the decoder said.
         source: bincode::Error,
     },
+    /// A file of the Raft log cannot be read, created or written.
+    #[error("cannot use the Raft log file {path}: {source}")]
+    Log {
+        /// The file or directory.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A record of the Raft log does not check out, and not where a crash could have torn it
+    /// (the end of the newest segment).
+    #[error("the Raft log file {path} is damaged at byte {offset}: {what}")]
+    LogDamaged {
+        /// The segment file.
+        path: PathBuf,
+        /// Where the bad record starts.
+        offset: u64,
+        /// What is wrong with it.
+        what: String,
+    },
 }

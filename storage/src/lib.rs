@@ -1,15 +1,18 @@
 //! How dllm's bytes survive.
 //!
-//! One sled database per control-plane replica holds everything openraft must not lose:
+//! Each control-plane replica keeps everything openraft must not lose in one directory:
 //!
-//! - [`SledLogStore`] implements [`openraft::storage::RaftLogStorage`]: the log (tree `log`,
-//!   keyed by big-endian index), the vote, the committed log id and the last purged log id
-//!   (tree `meta`). Every append, truncation, purge and vote is flushed to disk before openraft
-//!   is told it happened, so nothing acknowledged is lost to a crash.
+//! - [`LogStore`] implements [`openraft::storage::RaftLogStorage`]: the log entries, the vote,
+//!   the committed log id and the last purged log id, as checksummed records in append-only
+//!   segment files under `raft-log/` (see `wal.rs` for the format and why it is crash-safe).
+//!   Appends are made durable by one `fdatasync` per group of appends before openraft is told
+//!   they are; votes and truncations are synced before they return. Earlier versions kept the
+//!   log in sled; such a log is moved over once, on open.
 //! - [`SledStateMachine`] implements [`openraft::storage::RaftStateMachine`] for any
 //!   [`AppData`]: the application's state lives in memory, and snapshots of it are persisted in
-//!   tree `snapshot`. A restart loads the latest snapshot and openraft re-applies the log tail
-//!   up to the saved committed index.
+//!   their own file ([`SNAPSHOT_FILE`]; sled's tree `snapshot` in older stores is still read).
+//!   A restart loads the latest snapshot and openraft re-applies the log tail up to the saved
+//!   committed index.
 //!
 //! The meaning of the state (what a command does) belongs to the caller, through [`AppData`];
 //! this crate only knows how to keep it.
@@ -24,11 +27,12 @@
 mod error;
 mod log_store;
 mod state_machine;
+mod wal;
 
 use std::{io::Cursor, path::Path};
 
 pub use error::OpenError;
-pub use log_store::SledLogStore;
+pub use log_store::LogStore;
 use openraft::{BasicNode, Entry, RaftTypeConfig};
 pub use state_machine::{AppData, SledStateMachine, StateHandle};
 
@@ -70,6 +74,9 @@ impl Default for StoreOptions {
 /// never holds up the log's flushes, which share sled's one flush path.
 pub const SNAPSHOT_FILE: &str = "state-snapshot.bin";
 
+/// The directory (inside the store directory) of the Raft log's segment files.
+pub const LOG_DIR: &str = "raft-log";
+
 /// Opens (or creates) the store in `dir` and returns its two halves.
 ///
 /// Everything already in the store is decoded once here (vote, committed id, last log entry,
@@ -80,7 +87,7 @@ pub const SNAPSHOT_FILE: &str = "state-snapshot.bin";
 pub fn open<C, S>(
     dir: &Path,
     options: &StoreOptions,
-) -> Result<(SledLogStore<C>, SledStateMachine<C, S>), OpenError>
+) -> Result<(LogStore<C>, SledStateMachine<C, S>), OpenError>
 where
     C: SledTypeConfig,
     S: AppData<C>,
@@ -98,7 +105,9 @@ where
             path: dir.to_path_buf(),
             source,
         })?;
-    let log = SledLogStore::open(db.clone())?;
+    let log_dir = dir.join(LOG_DIR);
+    log_store::migrate_from_sled(&db, &log_dir)?;
+    let log = LogStore::open(&log_dir, wal::SEGMENT_BYTES)?;
     let sm = SledStateMachine::open(db, dir.join(SNAPSHOT_FILE))?;
     Ok((log, sm))
 }

@@ -1,318 +1,234 @@
-//! The Raft log, vote and committed id in sled.
+//! The Raft log, vote and committed id, in the append-only log of [`crate::wal`].
 
 use std::{
     fmt::Debug,
     marker::PhantomData,
     ops::RangeBounds,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex, OnceLock,
-    },
+    path::Path,
+    sync::{mpsc, Arc, Mutex, MutexGuard},
 };
 
 use openraft::{
     storage::{LogFlushed, LogState, RaftLogStorage},
     LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote,
 };
-use serde::{de::DeserializeOwned, Serialize};
 
-use crate::{OpenError, SledTypeConfig};
+use crate::{
+    wal::{self, Batch, Wal},
+    OpenError, SledTypeConfig,
+};
 
-const KEY_VOTE: &[u8] = b"vote";
-const KEY_COMMITTED: &[u8] = b"committed";
-const KEY_LAST_PURGED: &[u8] = b"last_purged";
-
-/// Someone waiting for appended entries to reach the disk.
-enum Waiter<C: SledTypeConfig> {
+/// Work for the sync thread.
+enum Job<C: SledTypeConfig> {
     /// openraft's completion callback of an append.
     Raft(LogFlushed<C>),
-    /// A caller of [`SledLogStore::append_durably`].
+    /// A caller waiting for everything written so far to be durable.
     Caller(tokio::sync::oneshot::Sender<Result<(), String>>),
+    /// Delete the segments a purge left without live entries, after the next sync.
+    Collect,
 }
 
-/// The log half of the store. Cheap to clone: clones share the same sled trees, which is how
-/// openraft's log reader and the log writer see the same data.
+/// The log half of the store. Cheap to clone: clones share one log, which is how openraft's
+/// log reader and the log writer see the same data.
 ///
-/// Appends are group-committed: [`RaftLogStorage::append`] writes the entries to sled and
-/// returns at once, and a flusher task makes everything written so far durable with one
-/// flush, then completes every append that was waiting for it. So while one fsync runs,
-/// openraft keeps appending, and the next fsync covers all of those appends at once; no
-/// append is reported durable before a flush that started after it was written.
-pub struct SledLogStore<C: SledTypeConfig> {
-    db: sled::Db,
-    log: sled::Tree,
-    meta: sled::Tree,
-    /// The last committed log id openraft saved, for status reporting.
-    committed: Arc<Mutex<Option<LogId<u64>>>>,
-    /// The flusher's queue, started on first use (it needs the async runtime).
-    flusher: Arc<OnceLock<tokio::sync::mpsc::UnboundedSender<Waiter<C>>>>,
-    /// One past the last purged index: entries below it are gone as far as readers are
-    /// concerned, even while the background purge is still deleting them.
-    purged_next: Arc<AtomicU64>,
+/// Appends are group-committed: [`RaftLogStorage::append`] writes the entries to the newest
+/// segment file and returns at once, and a sync thread makes everything written so far durable
+/// with one `fdatasync`, then completes every append that was waiting for it. So while one
+/// sync runs, openraft keeps appending, and the next sync covers all of those appends at once;
+/// no append is reported durable before a sync that started after it was written.
+pub struct LogStore<C: SledTypeConfig> {
+    wal: Arc<Mutex<Wal>>,
+    /// The sync thread's queue. The thread ends when every clone of the store is gone.
+    jobs: Arc<Mutex<mpsc::Sender<Job<C>>>>,
     _c: PhantomData<fn() -> C>,
 }
 
-impl<C: SledTypeConfig> Clone for SledLogStore<C> {
+impl<C: SledTypeConfig> Clone for LogStore<C> {
     fn clone(&self) -> Self {
         Self {
-            db: self.db.clone(),
-            log: self.log.clone(),
-            meta: self.meta.clone(),
-            committed: self.committed.clone(),
-            flusher: self.flusher.clone(),
-            purged_next: self.purged_next.clone(),
+            wal: self.wal.clone(),
+            jobs: self.jobs.clone(),
             _c: PhantomData,
         }
     }
 }
 
-/// Flushes sled once for every group of waiters that queued up meanwhile. Ends when every
-/// store clone (every sender) is gone.
-async fn flush_loop<C: SledTypeConfig>(
-    db: sled::Db,
-    mut queue: tokio::sync::mpsc::UnboundedReceiver<Waiter<C>>,
-) {
-    let mut waiters = Vec::new();
-    while queue.recv_many(&mut waiters, 65_536).await > 0 {
-        // Every waiter's entries were written before it was queued, so before this flush.
-        let result = db.flush_async().await.map(drop).map_err(|e| e.to_string());
-        for waiter in waiters.drain(..) {
-            match waiter {
-                Waiter::Raft(callback) => {
+/// Syncs the log once for every group of jobs that queued up meanwhile.
+fn sync_loop<C: SledTypeConfig>(wal: Arc<Mutex<Wal>>, jobs: mpsc::Receiver<Job<C>>) {
+    let mut batch = Vec::new();
+    while let Ok(job) = jobs.recv() {
+        batch.push(job);
+        batch.extend(jobs.try_iter());
+        // Every job's writes happened before it was queued, so before this look at which file
+        // is the newest; syncing that one covers them all.
+        let (file, failed) = {
+            let wal = lock(&wal);
+            (wal.active_file(), wal.failed())
+        };
+        let result = match failed {
+            Some(e) => Err(e),
+            None => file.sync_data().map_err(|e| e.to_string()),
+        };
+        if let Err(e) = &result {
+            lock(&wal).fail(e);
+        }
+        if result.is_ok() && batch.iter().any(|job| matches!(job, Job::Collect)) {
+            let dead = lock(&wal).take_dead();
+            for path in dead {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {
+                        tracing::debug!(path = %path.display(), "removed a purged log segment")
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot remove a purged log segment")
+                    }
+                }
+            }
+        }
+        for job in batch.drain(..) {
+            match job {
+                Job::Raft(callback) => {
                     callback.log_io_completed(result.clone().map_err(std::io::Error::other));
                 }
-                Waiter::Caller(done) => {
+                Job::Caller(done) => {
                     let _ = done.send(result.clone());
                 }
+                Job::Collect => {}
             }
         }
     }
 }
 
-fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
+fn lock(wal: &Mutex<Wal>) -> MutexGuard<'_, Wal> {
+    wal.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
-    bincode::deserialize(bytes)
+fn stopped() -> std::io::Error {
+    std::io::Error::other("the log's sync thread has stopped")
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, bincode::Error> {
-    bincode::serialize(value)
-}
-
-impl<C: SledTypeConfig> SledLogStore<C> {
-    pub(crate) fn open(db: sled::Db) -> Result<Self, OpenError> {
-        let tree = |name: &'static str| {
-            db.open_tree(name)
-                .map_err(|source| OpenError::Read { what: name, source })
-        };
-        let store = Self {
-            log: tree("log")?,
-            meta: tree("meta")?,
-            db,
-            committed: Arc::default(),
-            flusher: Arc::default(),
-            purged_next: Arc::default(),
+impl<C: SledTypeConfig> LogStore<C> {
+    /// Opens the log in `dir` (see [`crate::open`], which also brings over a log that an older
+    /// version kept in sled).
+    pub(crate) fn open(dir: &Path, segment_bytes: u64) -> Result<Self, OpenError> {
+        let wal = Arc::new(Mutex::new(Wal::open(dir, segment_bytes)?));
+        let (tx, rx) = mpsc::channel();
+        let thread_wal = wal.clone();
+        std::thread::Builder::new()
+            .name("raft-log-sync".into())
+            .spawn(move || sync_loop::<C>(thread_wal, rx))
+            .map_err(|source| OpenError::Log {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        Ok(Self {
+            wal,
+            jobs: Arc::new(Mutex::new(tx)),
             _c: PhantomData,
-        };
-        store.check()?;
-        // check() has just decoded it, so reading it again cannot fail on content.
-        let committed = store
-            .read_meta::<Option<LogId<u64>>>(KEY_COMMITTED)
-            .ok()
-            .flatten()
-            .flatten();
-        *store.committed.lock().unwrap_or_else(|e| e.into_inner()) = committed;
-        let purged = store
-            .read_meta::<Option<LogId<u64>>>(KEY_LAST_PURGED)
-            .ok()
-            .flatten()
-            .flatten();
-        store
-            .purged_next
-            .store(purged.map_or(0, |id| id.index + 1), Ordering::Release);
-        Ok(store)
+        })
     }
 
-    /// Decodes every metadata record and both ends of the log.
-    fn check(&self) -> Result<(), OpenError> {
-        for (key, what) in [
-            (KEY_VOTE, "vote"),
-            (KEY_COMMITTED, "committed log id"),
-            (KEY_LAST_PURGED, "last purged log id"),
-        ] {
-            let bytes = self
-                .meta
-                .get(key)
-                .map_err(|source| OpenError::Read { what, source })?;
-            if let Some(bytes) = bytes {
-                if key == KEY_VOTE {
-                    decode::<Vote<u64>>(&bytes)
-                        .map_err(|source| OpenError::Corrupt { what, source })?;
-                } else {
-                    decode::<Option<LogId<u64>>>(&bytes)
-                        .map_err(|source| OpenError::Corrupt { what, source })?;
-                }
-            }
-        }
-        let what = "log entry";
-        for end in [self.log.first(), self.log.last()] {
-            if let Some((_, bytes)) = end.map_err(|source| OpenError::Read { what, source })? {
-                decode::<C::Entry>(&bytes).map_err(|source| OpenError::Corrupt { what, source })?;
-            }
-        }
-        Ok(())
+    fn wal(&self) -> MutexGuard<'_, Wal> {
+        lock(&self.wal)
     }
 
-    fn read_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageIOError<u64>> {
-        let bytes = self.meta.get(key).map_err(|e| StorageIOError::read(&e))?;
-        bytes
-            .map(|b| decode(&b))
-            .transpose()
-            .map_err(|e| StorageIOError::read(&e))
+    fn send(&self, job: Job<C>) -> Result<(), Job<C>> {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(job)
+            .map_err(|e| e.0)
     }
 
     /// The highest log index known committed on this replica.
     pub fn committed_index(&self) -> Option<u64> {
-        self.committed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .map(|id| id.index)
+        self.wal().committed().map(|id| id.index)
     }
 
-    /// Flushes everything written so far to disk.
+    /// Makes everything written so far durable, through the same sync thread that completes
+    /// openraft's appends.
     ///
     /// # Errors
-    /// When sled cannot flush.
+    /// When the sync fails or failed before.
     pub async fn flush(&self) -> Result<(), std::io::Error> {
-        self.db
-            .flush_async()
+        let (done, durable) = tokio::sync::oneshot::channel();
+        self.send(Job::Caller(done)).map_err(|_| stopped())?;
+        durable
             .await
-            .map(|_| ())
+            .map_err(|_| stopped())?
             .map_err(std::io::Error::other)
     }
 
-    /// The flusher's queue; starts the flusher task on first use.
-    fn flusher(&self) -> &tokio::sync::mpsc::UnboundedSender<Waiter<C>> {
-        self.flusher.get_or_init(|| {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            tokio::spawn(flush_loop::<C>(self.db.clone(), rx));
-            tx
-        })
-    }
-
-    /// Writes `entries` to sled (readable at once, durable at the next flush).
+    /// Writes `entries` (readable at once, durable at the next sync).
     fn write_entries<I>(&self, entries: I) -> Result<(), std::io::Error>
     where
         I: IntoIterator<Item = C::Entry>,
     {
-        let mut batch = sled::Batch::default();
+        // Encoded before taking the lock, so readers wait only for the write itself.
+        let mut batch = Batch::default();
         for entry in entries {
-            let bytes = encode(&entry).map_err(std::io::Error::other)?;
-            batch.insert(&index_key(entry.log_id.index), bytes);
+            batch.push(entry.log_id, &entry)?;
         }
-        self.log.apply_batch(batch).map_err(std::io::Error::other)
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.wal().append(&batch)
     }
 
-    /// Writes `entries` and returns once they are on disk, through the same group-commit
-    /// flusher that completes openraft's appends (so crash tests drive that path).
+    /// Writes `entries` and returns once they are on disk, through the same group-commit sync
+    /// that completes openraft's appends (so crash tests drive that path).
     ///
     /// # Errors
-    /// When an entry does not encode or sled fails to write or flush.
+    /// When an entry does not encode, would leave a hole, or the write or sync fails.
     pub async fn append_durably<I>(&self, entries: I) -> Result<(), std::io::Error>
     where
         I: IntoIterator<Item = C::Entry>,
     {
         self.write_entries(entries)?;
-        let (done, durable) = tokio::sync::oneshot::channel();
-        self.flusher()
-            .send(Waiter::Caller(done))
-            .map_err(|_| std::io::Error::other("the log flusher has stopped"))?;
-        durable
-            .await
-            .map_err(|_| std::io::Error::other("the log flusher has stopped"))?
-            .map_err(std::io::Error::other)
-    }
-
-    /// Writes `entries` without flushing: the planted bug of the crash checker's own test.
-    #[cfg(test)]
-    pub(crate) fn append_unflushed<I>(&self, entries: I) -> Result<(), std::io::Error>
-    where
-        I: IntoIterator<Item = C::Entry>,
-    {
-        self.write_entries(entries)
-    }
-
-    /// Removes every log entry whose index is in `range`, then flushes.
-    async fn remove_range(
-        &self,
-        range: impl RangeBounds<[u8; 8]> + Send + 'static,
-    ) -> Result<(), std::io::Error> {
-        // sled's calls block; thousands of deletions run on a blocking thread.
-        let log = self.log.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut batch = sled::Batch::default();
-            for key in log.range(range).keys() {
-                batch.remove(key.map_err(std::io::Error::other)?);
-            }
-            log.apply_batch(batch).map_err(std::io::Error::other)
-        })
-        .await
-        .map_err(std::io::Error::other)??;
         self.flush().await
     }
 }
 
-impl<C: SledTypeConfig> RaftLogReader<C> for SledLogStore<C> {
+impl<C: SledTypeConfig> RaftLogReader<C> for LogStore<C> {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
     ) -> Result<Vec<C::Entry>, StorageError<u64>> {
         use std::ops::Bound;
-        // Entries below the purge point may still be on disk (the purge deletes them in the
-        // background); they are never returned.
-        let floor = self.purged_next.load(Ordering::Acquire);
-        let first = match range.start_bound() {
+        let from = match range.start_bound() {
             Bound::Included(i) => *i,
             Bound::Excluded(i) => i.saturating_add(1),
             Bound::Unbounded => 0,
         };
-        let start = Bound::Included(index_key(first.max(floor)));
-        let end = match range.end_bound() {
-            Bound::Included(i) => Bound::Included(index_key(*i)),
-            Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
-            Bound::Unbounded => Bound::Unbounded,
+        let to = match range.end_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(0) => return Ok(Vec::new()),
+            Bound::Excluded(i) => i - 1,
+            Bound::Unbounded => u64::MAX,
         };
-        self.log
-            .range((start, end))
-            .values()
-            .map(|bytes| {
-                let bytes = bytes.map_err(|e| StorageIOError::read_logs(&e))?;
-                decode::<C::Entry>(&bytes).map_err(|e| StorageIOError::read_logs(&e).into())
+        // Only where the entries lie is looked up under the lock; the reads happen after it.
+        // Written bytes never change, so a concurrent truncation or purge cannot tear them.
+        let runs = self.wal().locate(from, to);
+        let mut entries = Vec::new();
+        for run in runs {
+            run.read(|bytes| {
+                entries.push(bincode::deserialize(bytes).map_err(std::io::Error::other)?);
+                Ok(())
             })
-            .collect()
+            .map_err(|e| StorageIOError::read_logs(&e))?;
+        }
+        Ok(entries)
     }
 }
 
-impl<C: SledTypeConfig> RaftLogStorage<C> for SledLogStore<C> {
+impl<C: SledTypeConfig> RaftLogStorage<C> for LogStore<C> {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError<u64>> {
-        let last_purged_log_id: Option<LogId<u64>> = self.read_meta(KEY_LAST_PURGED)?.flatten();
-        let last = self
-            .log
-            .last()
-            .map_err(|e| StorageIOError::read_logs(&e))?
-            .map(|(_, bytes)| decode::<C::Entry>(&bytes))
-            .transpose()
-            .map_err(|e| StorageIOError::read_logs(&e))?
-            .map(|entry| entry.log_id);
-        // An entry at or below the purge point may not be deleted yet; it does not count.
-        let last = last.filter(|l| last_purged_log_id.is_none_or(|p| l.index > p.index));
+        let wal = self.wal();
         Ok(LogState {
-            last_purged_log_id,
-            last_log_id: last.or(last_purged_log_id),
+            last_purged_log_id: wal.purged(),
+            last_log_id: wal.last_log_id(),
         })
     }
 
@@ -321,9 +237,8 @@ impl<C: SledTypeConfig> RaftLogStorage<C> for SledLogStore<C> {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError<u64>> {
-        let bytes = encode(vote).map_err(|e| StorageIOError::write_vote(&e))?;
-        self.meta
-            .insert(KEY_VOTE, bytes)
+        self.wal()
+            .save_vote(vote)
             .map_err(|e| StorageIOError::write_vote(&e))?;
         self.flush()
             .await
@@ -331,25 +246,22 @@ impl<C: SledTypeConfig> RaftLogStorage<C> for SledLogStore<C> {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError<u64>> {
-        Ok(self.read_meta(KEY_VOTE)?)
+        Ok(self.wal().vote())
     }
 
     async fn save_committed(
         &mut self,
         committed: Option<LogId<u64>>,
     ) -> Result<(), StorageError<u64>> {
-        // Not flushed on its own: a committed id that is lost in a crash only means the tail is
-        // re-applied after the leader re-confirms it. The next log flush carries it anyway.
-        let bytes = encode(&committed).map_err(|e| StorageIOError::write(&e))?;
-        self.meta
-            .insert(KEY_COMMITTED, bytes)
-            .map_err(|e| StorageIOError::write(&e))?;
-        *self.committed.lock().unwrap_or_else(|e| e.into_inner()) = committed;
-        Ok(())
+        // Not synced on its own: a committed id lost in a crash only means the tail is
+        // re-applied after the leader re-confirms it. The next sync carries it anyway.
+        self.wal()
+            .save_committed(committed)
+            .map_err(|e| StorageIOError::write(&e).into())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StorageError<u64>> {
-        Ok(self.read_meta(KEY_COMMITTED)?.flatten())
+        Ok(self.wal().committed())
     }
 
     async fn append<I>(
@@ -361,66 +273,125 @@ impl<C: SledTypeConfig> RaftLogStorage<C> for SledLogStore<C> {
         I: IntoIterator<Item = C::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        match self.write_entries(entries) {
-            Ok(()) => {
-                // Completed by the flusher once a flush that began after this write is done.
-                if let Err(rejected) = self.flusher().send(Waiter::Raft(callback)) {
-                    if let Waiter::Raft(callback) = rejected.0 {
-                        callback.log_io_completed(Err(std::io::Error::other(
-                            "the log flusher has stopped",
-                        )));
-                    }
-                    return Err(StorageIOError::write_logs(&std::io::Error::other(
-                        "the log flusher has stopped",
-                    ))
-                    .into());
-                }
-                Ok(())
-            }
-            Err(e) => {
-                let storage_error = StorageIOError::write_logs(&e);
-                callback.log_io_completed(Err(e));
-                Err(storage_error.into())
-            }
+        if let Err(e) = self.write_entries(entries) {
+            let storage_error = StorageIOError::write_logs(&e);
+            callback.log_io_completed(Err(e));
+            return Err(storage_error.into());
         }
+        // Completed by the sync thread once a sync that began after this write is done.
+        if let Err(Job::Raft(callback)) = self.send(Job::Raft(callback)) {
+            callback.log_io_completed(Err(stopped()));
+            return Err(StorageIOError::write_logs(&stopped()).into());
+        }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
-        self.remove_range(index_key(log_id.index)..)
+        self.wal()
+            .truncate(log_id.index)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.flush()
             .await
             .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
-        // openraft awaits this inside its core task, so it only records the purge point;
-        // deleting thousands of entries happens in the background. Readers skip everything
-        // at or below the point at once. The point is made durable before any entry goes, so
-        // a crash in between leaves a store that still agrees with itself (and the next purge
-        // deletes whatever is left).
-        let bytes = encode(&Some(log_id)).map_err(|e| StorageIOError::write(&e))?;
-        self.meta
-            .insert(KEY_LAST_PURGED, bytes)
-            .map_err(|e| StorageIOError::write(&e))?;
-        self.purged_next
-            .fetch_max(log_id.index + 1, Ordering::AcqRel);
-        let store = self.clone();
-        tokio::spawn(async move {
-            let started = std::time::Instant::now();
-            let result = match store.flush().await {
-                Ok(()) => store.remove_range(..=index_key(log_id.index)).await,
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(()) => tracing::debug!(
-                    upto = log_id.index,
-                    ms = started.elapsed().as_millis() as u64,
-                    "purged the log"
-                ),
-                Err(e) => {
-                    tracing::warn!(upto = log_id.index, error = %e, "purging the log failed; the next purge retries")
-                }
-            }
-        });
+        // Readers stop seeing the purged entries at once; the files that hold nothing else are
+        // deleted by the sync thread after the purge record is durable.
+        self.wal()
+            .purge(log_id)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.send(Job::Collect)
+            .map_err(|_| StorageIOError::write_logs(&stopped()))?;
         Ok(())
     }
+}
+
+/// Brings a log that an older version kept in sled (trees `log` and `meta`) over into the
+/// segment log at `dir`, once: it is written to a scratch directory, synced and renamed into
+/// place, so a crash leaves either no new log (and the migration runs again) or a whole one.
+/// The sled trees are emptied afterwards.
+///
+/// # Errors
+/// When sled cannot be read, a record does not decode, or the new log cannot be written.
+pub(crate) fn migrate_from_sled(db: &sled::Db, dir: &Path) -> Result<(), OpenError> {
+    let tree = |name: &'static str| {
+        db.open_tree(name)
+            .map_err(|source| OpenError::Read { what: name, source })
+    };
+    let (log, meta) = (tree("log")?, tree("meta")?);
+    let sled_has_log = !(log.is_empty() && meta.is_empty());
+    if sled_has_log && !dir.exists() {
+        let io_err = |source| OpenError::Log {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let scratch = dir.with_extension("migrating");
+        if scratch.exists() {
+            std::fs::remove_dir_all(&scratch).map_err(io_err)?;
+        }
+        let mut wal = Wal::open(&scratch, wal::SEGMENT_BYTES)?;
+        let get = |key: &'static str| {
+            meta.get(key).map_err(|source| OpenError::Read {
+                what: "log metadata",
+                source,
+            })
+        };
+        let corrupt = |what| move |source| OpenError::Corrupt { what, source };
+        if let Some(bytes) = get("vote")? {
+            let vote: Vote<u64> = bincode::deserialize(&bytes).map_err(corrupt("vote"))?;
+            wal.save_vote(&vote).map_err(io_err)?;
+        }
+        if let Some(bytes) = get("committed")? {
+            let committed: Option<LogId<u64>> =
+                bincode::deserialize(&bytes).map_err(corrupt("committed log id"))?;
+            wal.save_committed(committed).map_err(io_err)?;
+        }
+        let mut purged = None;
+        if let Some(bytes) = get("last_purged")? {
+            let id: Option<LogId<u64>> =
+                bincode::deserialize(&bytes).map_err(corrupt("last purged log id"))?;
+            if let Some(id) = id {
+                wal.purge(id).map_err(io_err)?;
+                purged = Some(id.index);
+            }
+        }
+        let mut batch = Batch::default();
+        for item in log.iter() {
+            let (_, bytes) = item.map_err(|source| OpenError::Read {
+                what: "log entry",
+                source,
+            })?;
+            // An entry's encoding starts with its log id.
+            let log_id: LogId<u64> = bincode::deserialize(&bytes).map_err(corrupt("log entry"))?;
+            if purged.is_some_and(|p| log_id.index <= p) {
+                continue; // the old store deleted purged entries in the background
+            }
+            batch.push_encoded(log_id, &bytes).map_err(io_err)?;
+            if batch.len_bytes() > 4 << 20 {
+                wal.append(&batch).map_err(io_err)?;
+                batch = Batch::default();
+            }
+        }
+        wal.append(&batch).map_err(io_err)?;
+        wal.sync().map_err(io_err)?;
+        drop(wal);
+        std::fs::rename(&scratch, dir).map_err(io_err)?;
+        if let Some(parent) = dir.parent() {
+            wal::sync_dir(parent).map_err(io_err)?;
+        }
+        tracing::info!(entries = log.len(), dir = %dir.display(), "moved the Raft log out of sled");
+    }
+    if sled_has_log {
+        // Moved (now or by a run that crashed before this point): the old copy goes.
+        let clear =
+            |t: &sled::Tree, what| t.clear().map_err(|source| OpenError::Read { what, source });
+        clear(&log, "log entry")?;
+        clear(&meta, "log metadata")?;
+        db.flush().map_err(|source| OpenError::Read {
+            what: "log metadata",
+            source,
+        })?;
+    }
+    Ok(())
 }

@@ -1,0 +1,237 @@
+//! Tests of the segment log on its own: replay, segment rolling and deletion, torn tails and
+//! damage.
+
+use std::path::Path;
+
+use openraft::{CommittedLeaderId, LogId, Vote};
+
+use super::{Batch, Wal, MAGIC};
+use crate::OpenError;
+
+fn id(term: u64, index: u64) -> LogId<u64> {
+    LogId::new(CommittedLeaderId::new(term, 1), index)
+}
+
+/// An entry shaped like openraft's: its encoding starts with its log id.
+fn entry(term: u64, index: u64) -> (LogId<u64>, String) {
+    (id(term, index), format!("payload {index} of term {term}"))
+}
+
+fn append(wal: &mut Wal, term: u64, indexes: impl IntoIterator<Item = u64>) {
+    let mut batch = Batch::default();
+    for i in indexes {
+        let e = entry(term, i);
+        batch.push(e.0, &e).expect("encode");
+    }
+    wal.append(&batch).expect("append");
+}
+
+/// Every live entry, read back through `locate`.
+fn read_all(wal: &Wal) -> Vec<(LogId<u64>, String)> {
+    let mut out = Vec::new();
+    for run in wal.locate(0, u64::MAX) {
+        run.read(|bytes| {
+            out.push(bincode::deserialize(bytes).expect("decode"));
+            Ok(())
+        })
+        .expect("read");
+    }
+    out
+}
+
+fn expected(parts: &[(u64, std::ops::RangeInclusive<u64>)]) -> Vec<(LogId<u64>, String)> {
+    parts
+        .iter()
+        .flat_map(|(term, range)| range.clone().map(|i| entry(*term, i)))
+        .collect()
+}
+
+fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("list")
+        .map(|f| f.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn replay_gives_back_entries_vote_committed_truncation_and_purge() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let vote = Vote::new(3, 2);
+    {
+        let mut wal = Wal::open(dir.path(), 1 << 20).expect("open");
+        append(&mut wal, 1, 1..=10);
+        wal.save_vote(&vote).expect("vote");
+        wal.save_committed(Some(id(1, 6))).expect("committed");
+        wal.truncate(8).expect("truncate");
+        append(&mut wal, 2, 8..=9);
+        // A follower overwriting a conflicting suffix without an explicit truncate.
+        append(&mut wal, 3, 9..=12);
+        wal.purge(id(1, 3)).expect("purge");
+        wal.sync().expect("sync");
+        assert_eq!(
+            read_all(&wal),
+            expected(&[(1, 4..=7), (2, 8..=8), (3, 9..=12)])
+        );
+    }
+    let wal = Wal::open(dir.path(), 1 << 20).expect("reopen");
+    assert_eq!(
+        read_all(&wal),
+        expected(&[(1, 4..=7), (2, 8..=8), (3, 9..=12)])
+    );
+    assert_eq!(wal.vote(), Some(vote));
+    assert_eq!(wal.committed(), Some(id(1, 6)));
+    assert_eq!(wal.purged(), Some(id(1, 3)));
+    assert_eq!(wal.last_log_id(), Some(id(3, 12)));
+    let some: Vec<_> = {
+        let mut out = Vec::new();
+        for run in wal.locate(6, 9) {
+            run.read(|b| {
+                out.push(bincode::deserialize::<(LogId<u64>, String)>(b).expect("decode"));
+                Ok(())
+            })
+            .expect("read");
+        }
+        out
+    };
+    assert_eq!(some, expected(&[(1, 6..=7), (2, 8..=8), (3, 9..=9)]));
+}
+
+#[test]
+fn a_hole_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut wal = Wal::open(dir.path(), 1 << 20).expect("open");
+    append(&mut wal, 1, 1..=3);
+    let mut batch = Batch::default();
+    let e = entry(1, 5);
+    batch.push(e.0, &e).expect("encode");
+    assert!(wal.append(&batch).is_err(), "5 after 3 leaves a hole");
+    assert_eq!(wal.last_log_id(), Some(id(1, 3)));
+}
+
+/// Small segments: the log rolls over to new files, a purge deletes the files that hold only
+/// purged entries (including the one with the only vote record), and what is left replays to
+/// the same log with the same vote.
+#[test]
+fn purged_segments_are_deleted_and_state_survives_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let vote = Vote::new(7, 1);
+    {
+        let mut wal = Wal::open(dir.path(), 4096).expect("open");
+        wal.save_vote(&vote).expect("vote");
+        for i in 1..=400 {
+            append(&mut wal, 1, [i]);
+        }
+        assert!(wal.segment_count() > 5, "{} segments", wal.segment_count());
+        wal.purge(id(1, 350)).expect("purge");
+        wal.sync().expect("sync");
+        let dead = wal.take_dead();
+        assert!(!dead.is_empty());
+        for path in dead {
+            std::fs::remove_file(path).expect("remove");
+        }
+        assert_eq!(read_all(&wal), expected(&[(1, 351..=400)]));
+    }
+    let first_left = segments(dir.path()).first().cloned().expect("a segment");
+    assert_ne!(
+        first_left,
+        dir.path().join(format!("{:020}.seg", 1)),
+        "the first segment (with the vote record) was deleted"
+    );
+    let mut wal = Wal::open(dir.path(), 4096).expect("reopen");
+    assert_eq!(read_all(&wal), expected(&[(1, 351..=400)]));
+    assert_eq!(
+        wal.vote(),
+        Some(vote),
+        "the vote came from a segment header"
+    );
+    assert_eq!(wal.purged(), Some(id(1, 350)));
+    append(&mut wal, 1, 401..=402);
+    assert_eq!(wal.last_log_id(), Some(id(1, 402)));
+}
+
+/// A record cut short by a crash at the end of the newest segment was never acknowledged: it is
+/// cut off and the log goes on from there.
+#[test]
+fn a_torn_tail_is_cut_off() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let mut wal = Wal::open(dir.path(), 1 << 20).expect("open");
+        append(&mut wal, 1, 1..=20);
+        wal.sync().expect("sync");
+    }
+    let path = segments(dir.path()).pop().expect("a segment");
+    let full = std::fs::read(&path).expect("read");
+    // Half of one more record.
+    let mut batch = Batch::default();
+    let e = entry(1, 21);
+    batch.push(e.0, &e).expect("encode");
+    let mut torn = full.clone();
+    torn.extend_from_slice(&batch.buf[..batch.buf.len() / 2]);
+    std::fs::write(&path, &torn).expect("tear");
+    let mut wal = Wal::open(dir.path(), 1 << 20).expect("a torn tail reopens");
+    assert_eq!(read_all(&wal), expected(&[(1, 1..=20)]));
+    assert_eq!(
+        std::fs::metadata(&path).expect("stat").len(),
+        full.len() as u64
+    );
+    append(&mut wal, 1, 21..=22);
+    drop(wal);
+    let wal = Wal::open(dir.path(), 1 << 20).expect("reopen");
+    assert_eq!(read_all(&wal), expected(&[(1, 1..=22)]));
+
+    // Zeros after the last record (a file extended but never written) are a torn tail too.
+    let mut zeros = std::fs::read(&path).expect("read");
+    zeros.extend_from_slice(&[0; 100]);
+    std::fs::write(&path, &zeros).expect("extend");
+    let wal = Wal::open(dir.path(), 1 << 20).expect("zeros reopen");
+    assert_eq!(read_all(&wal), expected(&[(1, 1..=22)]));
+}
+
+/// Damage that a crash cannot cause (a bad record with good ones after it, a bad older
+/// segment, a file that is not a segment) is an error that names the file and offset.
+#[test]
+fn damage_is_an_error_not_a_reset() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let mut wal = Wal::open(dir.path(), 2048).expect("open");
+        for i in 1..=100 {
+            append(&mut wal, 1, [i]);
+        }
+        wal.sync().expect("sync");
+    }
+    let files = segments(dir.path());
+    assert!(files.len() > 2);
+    let newest = files.last().expect("newest").clone();
+    let original = std::fs::read(&newest).expect("read");
+
+    // One flipped byte in the middle of the newest segment.
+    let mut flipped = original.clone();
+    let at = MAGIC.len() + (flipped.len() - MAGIC.len()) / 2;
+    flipped[at] ^= 0xFF;
+    std::fs::write(&newest, &flipped).expect("damage");
+    match Wal::open(dir.path(), 2048) {
+        Err(OpenError::LogDamaged { path, .. }) => assert_eq!(path, newest),
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => panic!("a damaged log opened"),
+    }
+    std::fs::write(&newest, &original).expect("restore");
+
+    // The torn-tail rule applies to the newest segment only.
+    let older = files[0].clone();
+    let mut cut = std::fs::read(&older).expect("read");
+    cut.truncate(cut.len() - 3);
+    std::fs::write(&older, &cut).expect("cut");
+    assert!(matches!(
+        Wal::open(dir.path(), 2048),
+        Err(OpenError::LogDamaged { .. })
+    ));
+
+    std::fs::write(&older, b"not a log segment at all").expect("overwrite");
+    assert!(matches!(
+        Wal::open(dir.path(), 2048),
+        Err(OpenError::LogDamaged { .. })
+    ));
+}
