@@ -2,13 +2,14 @@
 
 use std::io::Cursor;
 
-use crate::state::{Command, Outcome};
+use crate::state::{EncodedCommand, Outcome};
 
 openraft::declare_raft_types!(
-    /// Raft types of the control plane: log entries carry [`Command`]s, applying one answers an
-    /// [`Outcome`]; node ids are u64, node addresses `host:port` in a `BasicNode`.
+    /// Raft types of the control plane: log entries carry [`crate::state::Command`]s, encoded
+    /// once by the proposer ([`EncodedCommand`]); applying one answers an [`Outcome`]; node ids
+    /// are u64, node addresses `host:port` in a `BasicNode`.
     pub TypeConfig:
-        D = Command,
+        D = EncodedCommand,
         R = Outcome,
 );
 

@@ -42,7 +42,7 @@ use crate::{
     network::{Network, PeerError, Peers},
     placement,
     raft_types::{LogStore, Raft, StateHandle, StateMachine},
-    state::{ClusterState, Command, NodeStatus, Outcome, StatusChange},
+    state::{ClusterState, Command, EncodedCommand, NodeStatus, Outcome, StatusChange},
 };
 
 /// Budget of a replica membership change: adding a replica waits for it to catch up.
@@ -303,6 +303,8 @@ async fn commit_group(raft: &Raft, mut writes: Vec<PendingWrite>) {
 
 /// Proposes `command` through openraft; the outcome and the entry's log index.
 async fn client_write(raft: &Raft, command: Command) -> WriteAnswer {
+    let command = EncodedCommand::encode(&command)
+        .map_err(|e| WireError::Internal(format!("cannot encode a command: {e}")))?;
     match raft.client_write(command).await {
         Ok(response) => Ok((response.data, response.log_id.index)),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(forward_hint(&f)),

@@ -106,7 +106,7 @@ where
             source,
         })?;
     let log_dir = dir.join(LOG_DIR);
-    log_store::migrate_from_sled(&db, &log_dir)?;
+    log_store::migrate_from_sled(&db, &log_dir, S::upgrade_legacy_entry)?;
     let log = LogStore::open(&log_dir, wal::SEGMENT_BYTES)?;
     let sm = SledStateMachine::open(db, dir.join(SNAPSHOT_FILE))?;
     Ok((log, sm))

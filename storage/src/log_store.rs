@@ -310,11 +310,16 @@ impl<C: SledTypeConfig> RaftLogStorage<C> for LogStore<C> {
 /// Brings a log that an older version kept in sled (trees `log` and `meta`) over into the
 /// segment log at `dir`, once: it is written to a scratch directory, synced and renamed into
 /// place, so a crash leaves either no new log (and the migration runs again) or a whole one.
-/// The sled trees are emptied afterwards.
+/// Each entry goes through `upgrade` (the application's [`crate::AppData::upgrade_legacy_entry`])
+/// on the way. The sled trees are emptied afterwards.
 ///
 /// # Errors
 /// When sled cannot be read, a record does not decode, or the new log cannot be written.
-pub(crate) fn migrate_from_sled(db: &sled::Db, dir: &Path) -> Result<(), OpenError> {
+pub(crate) fn migrate_from_sled(
+    db: &sled::Db,
+    dir: &Path,
+    upgrade: fn(&[u8]) -> Result<Vec<u8>, String>,
+) -> Result<(), OpenError> {
     let tree = |name: &'static str| {
         db.open_tree(name)
             .map_err(|source| OpenError::Read { what: name, source })
@@ -367,6 +372,11 @@ pub(crate) fn migrate_from_sled(db: &sled::Db, dir: &Path) -> Result<(), OpenErr
             if purged.is_some_and(|p| log_id.index <= p) {
                 continue; // the old store deleted purged entries in the background
             }
+            let bytes = upgrade(&bytes).map_err(|what| OpenError::LogDamaged {
+                path: dir.to_path_buf(),
+                offset: log_id.index,
+                what: format!("log entry {} cannot be upgraded: {what}", log_id.index),
+            })?;
             batch.push_encoded(log_id, &bytes).map_err(io_err)?;
             if batch.len_bytes() > 4 << 20 {
                 wal.append(&batch).map_err(io_err)?;

@@ -29,6 +29,16 @@ pub trait AppData<C: SledTypeConfig>:
 {
     /// Applies one committed command and returns what the proposer is answered.
     fn apply(&mut self, log_id: &LogId<u64>, command: C::D) -> C::R;
+
+    /// Re-encodes a log entry (a bincode `Entry<C>` of an older version) that is being moved
+    /// out of an old store's sled log, when the entry layout changed since. The default keeps
+    /// it as it is.
+    ///
+    /// # Errors
+    /// When the entry cannot be read as the older layout.
+    fn upgrade_legacy_entry(bytes: &[u8]) -> Result<Vec<u8>, String> {
+        Ok(bytes.to_vec())
+    }
 }
 
 /// What is applied so far, behind a lock shared with readers.
