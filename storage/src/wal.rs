@@ -271,7 +271,8 @@ impl Wal {
             offset,
             what,
         };
-        if bytes.len() < MAGIC.len() && newest && bytes.iter().all(|b| *b == 0) {
+        let torn_magic = MAGIC.starts_with(&bytes) || bytes.iter().all(|b| *b == 0);
+        if bytes.len() < MAGIC.len() && newest && torn_magic {
             // Created, but the crash came before its first bytes were durable.
             file.set_len(0)
                 .and_then(|()| file.write_all_at(MAGIC, 0))

@@ -188,6 +188,17 @@ fn a_torn_tail_is_cut_off() {
     std::fs::write(&path, &zeros).expect("extend");
     let wal = Wal::open(dir.path(), 1 << 20).expect("zeros reopen");
     assert_eq!(read_all(&wal), expected(&[(1, 1..=22)]));
+    drop(wal);
+
+    // A crash while a new segment's first bytes were written leaves part of its magic.
+    let next = dir.path().join(format!("{:020}.seg", 2));
+    std::fs::write(&next, &MAGIC[..3]).expect("a torn new segment");
+    let mut wal = Wal::open(dir.path(), 1 << 20).expect("a torn new segment reopens");
+    assert_eq!(read_all(&wal), expected(&[(1, 1..=22)]));
+    append(&mut wal, 1, [23]);
+    drop(wal);
+    let wal = Wal::open(dir.path(), 1 << 20).expect("reopen");
+    assert_eq!(read_all(&wal), expected(&[(1, 1..=23)]));
 }
 
 /// Damage that a crash cannot cause (a bad record with good ones after it, a bad older
