@@ -255,6 +255,14 @@ impl Wal {
             });
             wal.end = wal.replay(newest)?;
         }
+        if let Err(what) = wal.check_start() {
+            let first = wal.segments.front().expect("a segment").path.clone();
+            return Err(OpenError::LogDamaged {
+                path: first,
+                offset: 0,
+                what,
+            });
+        }
         Ok(wal)
     }
 
@@ -359,17 +367,38 @@ impl Wal {
         }
     }
 
-    /// Adds a written entry to the index: a repeated index replaces the entries from there on,
-    /// an index at or below the purge point is ignored, and a gap is refused.
+    /// Adds a replayed entry to the index: a repeated index replaces the entries from there
+    /// on, an index at or below the purge point is ignored, and a gap after an entry is
+    /// refused. The first entry may start past the purge point replayed so far: the segments
+    /// before it were deleted because of a purge whose record comes later (the check that no
+    /// gap is left is made once everything is replayed, in [`Self::check_start`]).
     fn place(&mut self, loc: Loc) -> Result<(), String> {
         let index = loc.log_id.index;
-        self.check_next(index)?;
         if self.purged.is_some_and(|p| index <= p.index) {
             return Ok(());
+        }
+        if let Some(last) = self.entries.back() {
+            if index > last.log_id.index + 1 {
+                return Err(format!(
+                    "entry {index} would leave a hole after {}",
+                    last.log_id.index
+                ));
+            }
         }
         self.forget_from(index);
         self.entries.push_back(loc);
         Ok(())
+    }
+
+    /// After replay: the live entries start right after the purge point.
+    fn check_start(&self) -> Result<(), String> {
+        match (self.entries.front(), self.purged) {
+            (Some(first), Some(p)) if first.log_id.index != p.index + 1 => Err(format!(
+                "the log starts at entry {} but is purged only up to {}",
+                first.log_id.index, p.index
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Whether an entry at `index` may be written next: no gap after the last entry (or after
