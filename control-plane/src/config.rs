@@ -48,6 +48,10 @@ pub struct Args {
     /// (plus 0-20% by replica id, so replicas take turns) [default: 10000].
     #[arg(long, env = "DLLM_SNAPSHOT_LOGS")]
     pub snapshot_logs: Option<u64>,
+    /// Size at which the Raft log starts a new segment file, in KiB [default: 32768]. Old
+    /// segments are deleted once a snapshot's purge leaves no live entry in them.
+    #[arg(long, env = "DLLM_LOG_SEGMENT_KIB")]
+    pub log_segment_kib: Option<u64>,
     /// Most client writes the leader packs into one log entry (group commit) [default: 256].
     /// 1 turns group commit off: every write is its own entry.
     #[arg(long, env = "DLLM_MAX_WRITES_PER_ENTRY")]
@@ -91,6 +95,7 @@ struct FileConfig {
     election_timeout_min_ms: Option<u64>,
     election_timeout_max_ms: Option<u64>,
     snapshot_logs: Option<u64>,
+    log_segment_kib: Option<u64>,
     max_writes_per_entry: Option<usize>,
     request_timeout_ms: Option<u64>,
     shutdown_timeout_ms: Option<u64>,
@@ -120,6 +125,8 @@ pub struct Config {
     pub election_timeout: (Duration, Duration),
     /// Snapshot every this many entries.
     pub snapshot_logs: u64,
+    /// Raft log segment size in bytes.
+    pub log_segment_bytes: u64,
     /// Group commit: most client writes in one log entry.
     pub max_writes_per_entry: usize,
     /// Client request budget.
@@ -296,6 +303,16 @@ impl Args {
         if snapshot_logs == 0 {
             return Err(invalid("snapshot-logs", "must be > 0"));
         }
+        let log_segment_kib = self
+            .log_segment_kib
+            .or(file.log_segment_kib)
+            .unwrap_or(32 * 1024);
+        if !(4..=1024 * 1024).contains(&log_segment_kib) {
+            return Err(invalid(
+                "log-segment-kib",
+                "must be between 4 and 1048576 (1 GiB)",
+            ));
+        }
         let max_writes_per_entry = self
             .max_writes_per_entry
             .or(file.max_writes_per_entry)
@@ -357,6 +374,7 @@ impl Args {
             heartbeat_interval,
             election_timeout: (emin, emax),
             snapshot_logs,
+            log_segment_bytes: log_segment_kib * 1024,
             max_writes_per_entry,
             request_timeout: ms(
                 "request-timeout-ms",
@@ -473,6 +491,13 @@ mod tests {
                     ..base()
                 },
                 "--election-timeout-min-ms",
+            ),
+            (
+                Args {
+                    log_segment_kib: Some(1),
+                    ..base()
+                },
+                "--log-segment-kib",
             ),
         ];
         for (args, flag) in cases {

@@ -53,18 +53,21 @@ impl<T> SledTypeConfig for T where
 {
 }
 
-/// Tunables of the sled database.
+/// Tunables of the store.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
     /// Upper bound of sled's page cache, in bytes. sled's default (1 GiB) is far more than a
     /// control plane needs; a small cache keeps each replica's memory use modest.
     pub cache_capacity_bytes: u64,
+    /// Size at which the Raft log starts a new segment file.
+    pub log_segment_bytes: u64,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             cache_capacity_bytes: 32 * 1024 * 1024,
+            log_segment_bytes: wal::SEGMENT_BYTES,
         }
     }
 }
@@ -107,7 +110,7 @@ where
         })?;
     let log_dir = dir.join(LOG_DIR);
     log_store::migrate_from_sled(&db, &log_dir, S::upgrade_legacy_entry)?;
-    let log = LogStore::open(&log_dir, wal::SEGMENT_BYTES)?;
+    let log = LogStore::open(&log_dir, options.log_segment_bytes)?;
     let sm = SledStateMachine::open(db, dir.join(SNAPSHOT_FILE))?;
     Ok((log, sm))
 }

@@ -46,6 +46,10 @@ const RECOVERY_BOUND: Duration = Duration::from_secs(30);
 /// The request budget of every replica, below the client's deadline (flags added to
 /// [`crate::FAST_LIVENESS`]).
 const REQUEST_BUDGET: &[&str] = &["--request-timeout-ms", "2000"];
+/// Snapshots, purges and log segment files turn over every few hundred entries, so kills and
+/// restarts land on every stage of them (replay across segments, deleted segments, a purge
+/// point newer than a segment's header).
+const STORAGE_CHURN: &[&str] = &["--snapshot-logs", "300", "--log-segment-kib", "64"];
 
 /// A fault the nemesis can inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -379,6 +383,7 @@ impl Run {
             .arg(&data)
             .args(crate::FAST_LIVENESS)
             .args(REQUEST_BUDGET)
+            .args(STORAGE_CHURN)
             .env("RUST_LOG", "info,openraft=warn");
         if r.founding {
             cmd.args(["--initial-cluster", &self.initial_cluster]);
