@@ -119,7 +119,7 @@ impl Replica {
         if !with_log {
             return Some(snapshot);
         }
-        let mut reader = self.log_reader().await;
+        let mut reader = self.log_reader();
         let last_log_id = reader.get_log_state().await.ok()?.last_log_id;
         Some(Snapshot {
             view: VoterView {

@@ -243,12 +243,7 @@ impl Detector {
             if let Some(t) = self.tracked.get_mut(&id) {
                 t.queued = false;
             }
-            match nodes.get(&id) {
-                Some(node) => out.extend(self.check(node, now, counting_from)),
-                None => {
-                    self.tracked.remove(&id);
-                }
-            }
+            out.extend(self.check_id(nodes, &id, now, counting_from));
         }
         while self.due.peek().is_some_and(|Reverse((at, _))| *at <= now) {
             let Some(Reverse((at, id))) = self.due.pop() else {
@@ -258,14 +253,26 @@ impl Detector {
                 Some(t) if t.check_at == Some(at) => t.check_at = None,
                 _ => continue,
             }
-            match nodes.get(&id) {
-                Some(node) => out.extend(self.check(node, now, counting_from)),
-                None => {
-                    self.tracked.remove(&id);
-                }
-            }
+            out.extend(self.check_id(nodes, &id, now, counting_from));
         }
         out
+    }
+
+    /// Looks at the node `id`, or forgets it when it is no longer in the state.
+    fn check_id(
+        &mut self,
+        nodes: &imbl::OrdMap<String, Node>,
+        id: &str,
+        now: Instant,
+        counting_from: Instant,
+    ) -> Option<StatusChange> {
+        match nodes.get(id) {
+            Some(node) => self.check(node, now, counting_from),
+            None => {
+                self.tracked.remove(id);
+                None
+            }
+        }
     }
 
     /// Looks at one node: the transition it needs, if any, and when to look again.

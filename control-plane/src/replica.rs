@@ -458,7 +458,7 @@ impl Replica {
     }
 
     /// A reader of this replica's Raft log.
-    pub(crate) async fn log_reader(&self) -> LogStore {
+    pub(crate) fn log_reader(&self) -> LogStore {
         self.log_store.clone()
     }
 
