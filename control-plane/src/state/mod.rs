@@ -308,14 +308,7 @@ impl ClusterState {
 
     fn register(&mut self, spec: NodeSpec, now_ms: i64) -> Outcome {
         self.node_changes.push(&spec.node_id);
-        // Looked up before `get_mut`: that copies the path to the key when the map is shared
-        // with a snapshot, even when the key is not there (a new node, the common case).
-        let existing = if self.nodes.contains_key(&spec.node_id) {
-            self.nodes.get_mut(&spec.node_id)
-        } else {
-            None
-        };
-        match existing {
+        match self.nodes.get_mut(&spec.node_id) {
             Some(node) => {
                 node.address = spec.address;
                 node.port = spec.port;
