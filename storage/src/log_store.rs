@@ -61,19 +61,36 @@ fn sync_loop<C: SledTypeConfig>(wal: Arc<Mutex<Wal>>, jobs: mpsc::Receiver<Job<C
         batch.extend(jobs.try_iter());
         // Every job's writes happened before it was queued, so before this look at which file
         // is the newest; syncing that one covers them all.
-        let (file, failed) = {
+        // What may be deleted is decided now, before the sync: only what the purges and
+        // truncations written so far made dead, since the sync covers exactly those.
+        let collect = batch.iter().any(|job| matches!(job, Job::Collect));
+        let (file, failed, dead_below) = {
             let wal = lock(&wal);
-            (wal.active_file(), wal.failed())
+            (wal.active_file(), wal.failed(), wal.dead_below())
         };
-        let result = match failed {
+        let mut result = match failed {
             Some(e) => Err(e),
             None => file.sync_data().map_err(|e| e.to_string()),
         };
-        if let Err(e) = &result {
-            lock(&wal).fail(e);
+        {
+            let mut wal = lock(&wal);
+            match &result {
+                Err(e) => wal.fail(e),
+                // A roll may have failed to sync this same file meanwhile; the kernel reports
+                // such an error once, so this sync may have said Ok for lost pages.
+                Ok(()) => {
+                    if let Some(e) = wal.failed() {
+                        result = Err(e);
+                    }
+                }
+            }
         }
-        if result.is_ok() && batch.iter().any(|job| matches!(job, Job::Collect)) {
-            let dead = lock(&wal).take_dead();
+        if result.is_ok() && collect {
+            let (dead, dir) = {
+                let mut wal = lock(&wal);
+                (wal.take_dead(dead_below), wal.dir().to_path_buf())
+            };
+            let removed = !dead.is_empty();
             for path in dead {
                 match std::fs::remove_file(&path) {
                     Ok(()) => {
@@ -82,6 +99,13 @@ fn sync_loop<C: SledTypeConfig>(wal: Arc<Mutex<Wal>>, jobs: mpsc::Receiver<Job<C
                     Err(e) => {
                         tracing::warn!(path = %path.display(), error = %e, "cannot remove a purged log segment")
                     }
+                }
+            }
+            // Not needed for safety (replay handles a segment that comes back), but keeps the
+            // deletions in order on filesystems that would not.
+            if removed {
+                if let Err(e) = wal::sync_dir(&dir) {
+                    tracing::warn!(error = %e, "cannot sync the log directory after removing segments");
                 }
             }
         }

@@ -27,8 +27,15 @@
 //! - Segments are deleted only when no live entry lies in them, oldest first, after the purge
 //!   record that made them dead is durable; a crash in between leaves a suffix of segments that
 //!   replays to the same log.
-//! - On open, a record cut short at the end of the newest segment (a write torn by a crash, so
-//!   never acknowledged) is cut off. Damage anywhere else is an error, never a silent reset.
+//! - Segments are deleted only below a limit taken before a sync, so only what purges and
+//!   truncations covered by that sync made dead goes; a sync that reports success after the
+//!   log failed elsewhere (a roll's sync of the same file) still fails its waiters.
+//! - On open, the unsynced tail of the newest segment that a crash tore (a record cut short,
+//!   garbage that ends the file, or a record with a never-written, all-zero sector from pages
+//!   written back out of order) is cut off and the cut synced; none of it was acknowledged.
+//!   Damage anywhere else is an error, never a silent reset. Writing then goes on in a fresh
+//!   segment with a whole, synced head, so a head torn by a crash is never the one that holds
+//!   the vote when older segments are deleted.
 
 use std::{
     collections::VecDeque,
@@ -188,6 +195,8 @@ pub(crate) struct Wal {
     committed: Option<LogId<u64>>,
     purged: Option<LogId<u64>>,
     segment_bytes: u64,
+    /// Where the newest segment's head (magic, vote, committed, purge point) ends.
+    head_end: u64,
     /// Set when a write or sync failed: after a failed `fdatasync` the kernel may have dropped
     /// the dirty pages, so nothing written since the last good sync can be trusted.
     failed: Option<String>,
@@ -231,6 +240,7 @@ impl Wal {
             committed: None,
             purged: None,
             segment_bytes,
+            head_end: 0,
             failed: None,
         };
         if ids.is_empty() {
@@ -263,6 +273,10 @@ impl Wal {
                 what,
             });
         }
+        // Writing goes on in a new segment whose head is whole and durable: the newest one
+        // may have been cut inside its head by a crash, and then the vote and the purge point
+        // live only in older segments, which a later purge may delete.
+        wal.roll().map_err(io_err)?;
         Ok(wal)
     }
 
@@ -279,11 +293,13 @@ impl Wal {
             offset,
             what,
         };
-        let torn_magic = MAGIC.starts_with(&bytes) || bytes.iter().all(|b| *b == 0);
-        if bytes.len() < MAGIC.len() && newest && torn_magic {
+        let all_zero = bytes.iter().all(|b| *b == 0);
+        let torn_magic = (bytes.len() < MAGIC.len() && MAGIC.starts_with(&bytes)) || all_zero;
+        if newest && torn_magic {
             // Created, but the crash came before its first bytes were durable.
             file.set_len(0)
                 .and_then(|()| file.write_all_at(MAGIC, 0))
+                .and_then(|()| file.sync_all())
                 .map_err(|source| OpenError::Log {
                     path: path.clone(),
                     source,
@@ -303,12 +319,16 @@ impl Wal {
                     at += HEADER as usize + body.len();
                 }
                 Err(what) => {
-                    // A crash can tear only the last write of the newest segment: a record
-                    // that runs past the end, garbage that is the file's last bytes, or zeros.
+                    // A crash tears only what was written after the last sync, at the end of
+                    // the newest segment: a record that runs past the end, garbage that is the
+                    // file's last bytes, or a record with a sector of zeros in it (pages of
+                    // the unsynced tail written back out of order leave never-written sectors
+                    // reading as zeros, possibly before records that did reach the disk; all
+                    // of that tail was unacknowledged).
                     let torn = newest
                         && (what == Torn::Short
                             || what == Torn::BadLast
-                            || bytes[at..].iter().all(|b| *b == 0));
+                            || has_zero_sector(&bytes, at));
                     if !torn {
                         return Err(damaged(at as u64, format!("{what:?} record")));
                     }
@@ -318,10 +338,14 @@ impl Wal {
                         dropped_bytes = bytes.len() - at,
                         "cutting off a record torn by a crash at the end of the log"
                     );
-                    file.set_len(at as u64).map_err(|source| OpenError::Log {
-                        path: path.clone(),
-                        source,
-                    })?;
+                    // Durable before anything is written after it: once a newer segment
+                    // exists, damage here would no longer count as a torn tail.
+                    file.set_len(at as u64)
+                        .and_then(|()| file.sync_all())
+                        .map_err(|source| OpenError::Log {
+                            path: path.clone(),
+                            source,
+                        })?;
                     break;
                 }
             }
@@ -467,6 +491,21 @@ impl Wal {
         self.failed.clone()
     }
 
+    /// Starts a new segment: everything in the old one is made durable before the new one
+    /// exists. A failure here leaves the log unusable until a restart (which rolls again).
+    fn roll(&mut self) -> io::Result<()> {
+        if let Err(e) = self.active().file.sync_data() {
+            self.fail(&e.to_string());
+            return Err(e);
+        }
+        let id = self.active().id + 1;
+        if let Err(e) = self.create_segment(id) {
+            self.fail(&e.to_string());
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// Creates segment `id` with the current vote, committed id and purge point at its start,
     /// and makes both the file and its directory entry durable.
     fn create_segment(&mut self, id: u64) -> io::Result<()> {
@@ -493,6 +532,7 @@ impl Wal {
             file: Arc::new(file),
         });
         self.end = head.len() as u64;
+        self.head_end = self.end;
         Ok(())
     }
 
@@ -500,14 +540,8 @@ impl Wal {
     /// newest is full. Readable at once; durable after the next sync.
     fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.check_failed()?;
-        if self.end > MAGIC.len() as u64 && self.end + bytes.len() as u64 > self.segment_bytes {
-            // Everything in the old segment is durable before the new one exists.
-            if let Err(e) = self.active().file.sync_data() {
-                self.fail(&e.to_string());
-                return Err(e);
-            }
-            let id = self.active().id + 1;
-            self.create_segment(id)?;
+        if self.end > self.head_end && self.end + bytes.len() as u64 > self.segment_bytes {
+            self.roll()?;
         }
         let file = &self.active().file;
         if let Err(e) = file.write_all_at(bytes, self.end) {
@@ -582,15 +616,25 @@ impl Wal {
         Ok(())
     }
 
-    /// Takes out the segments, oldest first, that hold no live entry (never the newest). Call
-    /// only after a sync that covers the purge that made them dead.
-    pub(crate) fn take_dead(&mut self) -> Vec<PathBuf> {
-        let live_from = self.entries.front().map_or(self.active().id, |l| l.segment);
+    /// The id below which no segment holds a live entry now (never the newest segment). Taken
+    /// before a sync, so the purge or truncation that made them dead is covered by it.
+    pub(crate) fn dead_below(&self) -> u64 {
+        self.entries.front().map_or(self.active().id, |l| l.segment)
+    }
+
+    /// Takes out the segments, oldest first, with ids below `limit` (from [`Self::dead_below`]
+    /// before a sync that has since completed), never the newest.
+    pub(crate) fn take_dead(&mut self, limit: u64) -> Vec<PathBuf> {
         let mut dead = Vec::new();
-        while self.segments.len() > 1 && self.segments[0].id < live_from {
+        while self.segments.len() > 1 && self.segments[0].id < limit {
             dead.extend(self.segments.pop_front().map(|s| s.path));
         }
         dead
+    }
+
+    /// The log's directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Syncs the newest segment (enough for everything written, see the module docs).
@@ -661,6 +705,30 @@ impl Wal {
     pub(crate) fn segment_count(&self) -> usize {
         self.segments.len()
     }
+}
+
+/// Whether the record starting at `at` (or, when its header is bad, the next 4 KiB) holds a
+/// 512-byte sector, aligned in the file, that is all zeros.
+fn has_zero_sector(bytes: &[u8], at: usize) -> bool {
+    let end = match parse_len(&bytes[at..]) {
+        Some(len) => at + 12 + len,
+        None => at + 4096,
+    }
+    .min(bytes.len());
+    let first = at / 512 * 512;
+    (first..end).step_by(512).any(|sector| {
+        let from = sector.max(at);
+        let to = (sector + 512).min(end);
+        from < to && bytes[from..to].iter().all(|b| *b == 0)
+    })
+}
+
+/// The record length in a header whose length check holds.
+fn parse_len(bytes: &[u8]) -> Option<usize> {
+    let len = u32::from_le_bytes(bytes.get(0..4)?.try_into().ok()?);
+    let check = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?);
+    (crc32fast::hash(&len.to_le_bytes()) == check && len > 0 && len <= MAX_RECORD)
+        .then_some(len as usize)
 }
 
 /// Why a record does not parse.

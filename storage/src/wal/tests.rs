@@ -133,7 +133,7 @@ fn purged_segments_are_deleted_and_state_survives_them() {
         assert!(wal.segment_count() > 5, "{} segments", wal.segment_count());
         wal.purge(id(1, 350)).expect("purge");
         wal.sync().expect("sync");
-        let dead = wal.take_dead();
+        let dead = wal.take_dead(wal.dead_below());
         assert!(!dead.is_empty());
         for path in dead {
             std::fs::remove_file(path).expect("remove");
@@ -187,24 +187,90 @@ fn a_torn_tail_is_cut_off() {
     drop(wal);
     let wal = Wal::open(dir.path(), 1 << 20).expect("reopen");
     assert_eq!(read_all(&wal), expected(&[(1, 1..=22)]));
+    drop(wal);
 
     // Zeros after the last record (a file extended but never written) are a torn tail too.
-    let mut zeros = std::fs::read(&path).expect("read");
+    let newest = segments(dir.path()).pop().expect("a segment");
+    let mut zeros = std::fs::read(&newest).expect("read");
     zeros.extend_from_slice(&[0; 100]);
-    std::fs::write(&path, &zeros).expect("extend");
+    std::fs::write(&newest, &zeros).expect("extend");
     let wal = Wal::open(dir.path(), 1 << 20).expect("zeros reopen");
     assert_eq!(read_all(&wal), expected(&[(1, 1..=22)]));
     drop(wal);
 
-    // A crash while a new segment's first bytes were written leaves part of its magic.
-    let next = dir.path().join(format!("{:020}.seg", 2));
+    // Unsynced pages written back out of order: a record with a never-written (zero) sector,
+    // and a whole record after it that did reach the disk. All of it was unacknowledged.
+    let newest = segments(dir.path()).pop().expect("a segment");
+    let mut out_of_order = std::fs::read(&newest).expect("read");
+    let mut batch = Batch::default();
+    for i in 23..=40 {
+        let e = entry(1, i);
+        batch.push(e.0, &e).expect("encode");
+    }
+    let at = out_of_order.len();
+    out_of_order.extend_from_slice(&batch.buf);
+    let sector = (at / 512 + 1) * 512;
+    assert!(
+        sector + 512 < out_of_order.len() - 100,
+        "a whole sector inside the batch"
+    );
+    out_of_order[sector..sector + 512].fill(0);
+    std::fs::write(&newest, &out_of_order).expect("write");
+    let wal = Wal::open(dir.path(), 1 << 20).expect("an out-of-order torn tail reopens");
+    // The whole records before the zero sector stay (intact, if unacknowledged); the log is
+    // cut at the record that holds it, and everything after is gone.
+    let kept = read_all(&wal).len() as u64;
+    assert!((22..40).contains(&kept), "kept {kept}");
+    assert_eq!(read_all(&wal), expected(&[(1, 1..=kept)]));
+    drop(wal);
+
+    // A crash while a new segment's first bytes were written leaves part of its magic; the
+    // next open writes on in a fresh segment with a whole head.
+    let last_id = segments(dir.path()).len() as u64 + 10;
+    let next = dir.path().join(format!("{last_id:020}.seg"));
     std::fs::write(&next, &MAGIC[..3]).expect("a torn new segment");
     let mut wal = Wal::open(dir.path(), 1 << 20).expect("a torn new segment reopens");
-    assert_eq!(read_all(&wal), expected(&[(1, 1..=22)]));
-    append(&mut wal, 1, [23]);
+    assert_eq!(read_all(&wal), expected(&[(1, 1..=kept)]));
+    append(&mut wal, 1, [kept + 1]);
     drop(wal);
     let wal = Wal::open(dir.path(), 1 << 20).expect("reopen");
-    assert_eq!(read_all(&wal), expected(&[(1, 1..=23)]));
+    assert_eq!(read_all(&wal), expected(&[(1, 1..=kept + 1)]));
+}
+
+/// A crash inside a new segment's head leaves the vote only in older segments; the next open
+/// starts a segment with a whole head, so purging and deleting the older ones keeps the vote.
+#[test]
+fn a_torn_segment_head_does_not_lose_the_vote() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let vote = Vote::new(5, 3);
+    {
+        let mut wal = Wal::open(dir.path(), 4096).expect("open");
+        wal.save_vote(&vote).expect("vote");
+        append(&mut wal, 1, 1..=10);
+        wal.sync().expect("sync");
+    }
+    // The crash came while segment 2's head was being written: only its magic is there.
+    std::fs::write(dir.path().join(format!("{:020}.seg", 2)), MAGIC).expect("torn head");
+    {
+        let mut wal = Wal::open(dir.path(), 4096).expect("reopen");
+        // Few enough to stay in the segment written after the reopen.
+        for i in 11..=20 {
+            append(&mut wal, 1, [i]);
+        }
+        wal.purge(id(1, 15)).expect("purge");
+        wal.sync().expect("sync");
+        let limit = wal.dead_below();
+        for path in wal.take_dead(limit) {
+            std::fs::remove_file(path).expect("remove");
+        }
+    }
+    assert!(
+        !dir.path().join(format!("{:020}.seg", 1)).exists(),
+        "the segment with the vote record is gone"
+    );
+    let wal = Wal::open(dir.path(), 4096).expect("reopen");
+    assert_eq!(wal.vote(), Some(vote));
+    assert_eq!(read_all(&wal), expected(&[(1, 16..=20)]));
 }
 
 /// Damage that a crash cannot cause (a bad record with good ones after it, a bad older
