@@ -7,6 +7,11 @@ use dllm_control_plane::{config::Args, server};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc instead of glibc's malloc: replica CPU per write 7% lower at 64 clients on the
+/// benchmark VM (allocation-heavy request handling), same RSS (BENCHMARKS.md, item 10).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Cancels `token` on the first SIGINT or SIGTERM.
 fn cancel_on_signal(token: CancellationToken) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
