@@ -46,6 +46,16 @@ fn expected(parts: &[(u64, std::ops::RangeInclusive<u64>)]) -> Vec<(LogId<u64>, 
         .collect()
 }
 
+/// What the sync thread does after a sync that covers a purge: deletes the dead segments.
+/// Returns how many went.
+fn remove_dead(wal: &mut Wal) -> usize {
+    let dead = wal.take_dead(wal.dead_below());
+    for path in &dead {
+        std::fs::remove_file(path).expect("remove");
+    }
+    dead.len()
+}
+
 fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .expect("list")
@@ -133,11 +143,7 @@ fn purged_segments_are_deleted_and_state_survives_them() {
         assert!(wal.segment_count() > 5, "{} segments", wal.segment_count());
         wal.purge(id(1, 350)).expect("purge");
         wal.sync().expect("sync");
-        let dead = wal.take_dead(wal.dead_below());
-        assert!(!dead.is_empty());
-        for path in dead {
-            std::fs::remove_file(path).expect("remove");
-        }
+        assert!(remove_dead(&mut wal) > 0);
         assert_eq!(read_all(&wal), expected(&[(1, 351..=400)]));
     }
     let first_left = segments(dir.path()).first().cloned().expect("a segment");
@@ -259,10 +265,7 @@ fn a_torn_segment_head_does_not_lose_the_vote() {
         }
         wal.purge(id(1, 15)).expect("purge");
         wal.sync().expect("sync");
-        let limit = wal.dead_below();
-        for path in wal.take_dead(limit) {
-            std::fs::remove_file(path).expect("remove");
-        }
+        remove_dead(&mut wal);
     }
     assert!(
         !dir.path().join(format!("{:020}.seg", 1)).exists(),
