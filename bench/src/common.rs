@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
+use dllm_proto::client::{connect, Channel};
 use dllm_proto::pb::{self, admin_service_client::AdminServiceClient};
 use dllm_tests::Cluster;
-use tonic::transport::Channel;
 
 /// Extra flags every replica gets (`dllm-bench --replica-arg ...`), e.g. Raft timings.
 pub static REPLICA_ARGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
@@ -33,14 +33,17 @@ pub fn start_cluster_with(extra: &[&str]) -> Cluster {
     Cluster::start(3, &args)
 }
 
-/// A lazily connected channel to `addr`.
+/// A lazily connected channel to `addr`, made like every dllm client's (one DATA frame per
+/// request); the etcd runs use the same.
 pub fn channel(addr: &str) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
-        .expect("host:port")
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(10))
-        .tcp_nodelay(true)
-        .connect_lazy()
+    connect(
+        tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .expect("host:port")
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(10))
+            .tcp_nodelay(true)
+            .connect_lazy(),
+    )
 }
 
 /// A registration for a simulated 8-GPU worker; the answer skips the member list.

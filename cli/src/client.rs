@@ -3,11 +3,12 @@
 
 use std::{future::Future, time::Duration};
 
+use dllm_proto::client::Channel;
 use dllm_proto::pb::{
     admin_service_client::AdminServiceClient, discovery_service_client::DiscoveryServiceClient,
     node_service_client::NodeServiceClient, tui_service_client::TuiServiceClient,
 };
-use tonic::{codec::CompressionEncoding, transport::Channel};
+use tonic::codec::CompressionEncoding;
 
 /// The default endpoints: the cluster `dllm dev` starts.
 pub const DEFAULT_ENDPOINTS: &str = "127.0.0.1:8080,127.0.0.1:8081,127.0.0.1:8082";
@@ -46,13 +47,15 @@ pub enum CallError {
 /// # Errors
 /// When the endpoint is malformed or does not accept a connection within 2 s.
 pub async fn connect(endpoint: &str) -> Result<Clients, String> {
-    let channel = Channel::from_shared(format!("http://{endpoint}"))
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(15))
-        .connect()
-        .await
-        .map_err(|e| format!("cannot connect ({e})"))?;
+    let channel = dllm_proto::client::connect(
+        tonic::transport::Channel::from_shared(format!("http://{endpoint}"))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(15))
+            .connect()
+            .await
+            .map_err(|e| format!("cannot connect ({e})"))?,
+    );
     let gz = CompressionEncoding::Gzip;
     Ok(Clients {
         node: NodeServiceClient::new(channel.clone()).accept_compressed(gz),

@@ -8,6 +8,7 @@ use std::{
     time::Duration,
 };
 
+use dllm_proto::client::{connect, Channel};
 use dllm_proto::raft::{raft_service_client::RaftServiceClient, RaftPayload};
 use openraft::{
     error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable},
@@ -19,7 +20,7 @@ use openraft::{
     BasicNode,
 };
 use serde::{de::DeserializeOwned, Serialize};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use crate::raft_types::TypeConfig;
 
@@ -62,16 +63,18 @@ impl Peers {
         let channel = match channels.get(addr) {
             Some(c) => c.clone(),
             None => {
-                let channel = Endpoint::from_shared(format!("http://{addr}"))
-                    .map_err(|e| PeerError::Failed {
-                        addr: addr.to_string(),
-                        reason: e.to_string(),
-                    })?
-                    .connect_timeout(Duration::from_millis(500))
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(5))
-                    .keep_alive_timeout(Duration::from_secs(5))
-                    .connect_lazy();
+                let channel = connect(
+                    Endpoint::from_shared(format!("http://{addr}"))
+                        .map_err(|e| PeerError::Failed {
+                            addr: addr.to_string(),
+                            reason: e.to_string(),
+                        })?
+                        .connect_timeout(Duration::from_millis(500))
+                        .tcp_nodelay(true)
+                        .http2_keep_alive_interval(Duration::from_secs(5))
+                        .keep_alive_timeout(Duration::from_secs(5))
+                        .connect_lazy(),
+                );
                 channels.insert(addr.to_string(), channel.clone());
                 channel
             }

@@ -17,6 +17,7 @@ use std::{
     time::Duration,
 };
 
+use dllm_proto::client::Channel;
 use dllm_proto::{
     pb,
     raft::{raft_service_client::RaftServiceClient, RaftPayload},
@@ -28,7 +29,6 @@ use openraft::{
 use prost::Message;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::time::Instant;
-use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use crate::{

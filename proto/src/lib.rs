@@ -4,6 +4,7 @@
 //!   DiscoveryService, TUIService and the additive AdminService.
 //! - [`raft`]: internal replica-to-replica traffic of `raft.proto`
 //!   (package `distributed_llm.raft`), bincode payloads framed by gRPC.
+//! - [`client`]: the client side of the transport, shared by every dllm binary.
 //! - [`metrics`]: the stable metric names of `GetMetrics`/`StreamMetrics` and how a usage
 //!   sample renders into them; part of the contract like the messages.
 //! - [`FILE_DESCRIPTOR_SET`]: both files' descriptors, for gRPC server reflection.
@@ -11,6 +12,7 @@
 //! This crate stays thin: conversion into validated domain types happens in the crates
 //! that own those types.
 
+pub mod client;
 pub mod metrics;
 
 /// Generated code for `node.proto`.

@@ -8,10 +8,11 @@ use std::{
     time::Duration,
 };
 
+use dllm_proto::client::{connect, Channel};
 use dllm_proto::pb::{self, discovery_service_client::DiscoveryServiceClient};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
-use tonic::{codec::CompressionEncoding, transport::Channel, Code};
+use tonic::{codec::CompressionEncoding, Code};
 use tracing::{info, warn};
 
 use crate::{config::Config, resources::Probe};
@@ -134,11 +135,13 @@ impl Seeds {
     fn client(&mut self) -> DiscoveryServiceClient<Channel> {
         let addr = &self.addrs[self.current];
         let channel = self.channels[self.current].get_or_insert_with(|| {
-            Channel::from_shared(format!("http://{addr}"))
-                .expect("seed addresses are validated as host:port")
-                .connect_timeout(Duration::from_secs(1))
-                .timeout(CALL_TIMEOUT)
-                .connect_lazy()
+            connect(
+                tonic::transport::Channel::from_shared(format!("http://{addr}"))
+                    .expect("seed addresses are validated as host:port")
+                    .connect_timeout(Duration::from_secs(1))
+                    .timeout(CALL_TIMEOUT)
+                    .connect_lazy(),
+            )
         });
         // Requests are small (a heartbeat is a few hundred bytes): compressing them would cost
         // more CPU on both ends than it saves. Answers (peer lists) may come compressed.
