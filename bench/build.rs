@@ -1,4 +1,5 @@
-//! Generates a client for the one etcd RPC the comparison needs (KV.Put).
+//! Generates a client for the one etcd RPC the comparison needs (KV.Put) and for finding its leader
+//! (Maintenance.Status).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;

@@ -1,6 +1,7 @@
 //! `writes`: C concurrent clients, each registering distinct node ids (every op a committed
-//! Raft write) through the three replicas in turn, for a fixed duration; optionally the same
-//! against a 3-member etcd cluster with a Put of the same NodeInfo.
+//! Raft write) through the three replicas in turn (a single client: through the leader, then
+//! through a follower), for a fixed duration; optionally the same against a 3-member etcd
+//! cluster with a Put of the same NodeInfo.
 
 use std::{
     future::Future,
@@ -15,7 +16,9 @@ use serde_json::{json, Value};
 
 use crate::{
     common::{channel, node_info, registration},
-    etcd_pb::{kv_client::KvClient, PutRequest},
+    etcd_pb::{
+        kv_client::KvClient, maintenance_client::MaintenanceClient, PutRequest, StatusRequest,
+    },
     stats::{round, Latencies},
 };
 
@@ -207,9 +210,71 @@ pub async fn etcd(endpoints: &[String], clients: usize, duration: Duration, tag:
     .await
 }
 
-fn print_row(system: &str, clients: usize, r: &Run, extra: &str) {
+/// Which members a run's clients go through.
+#[derive(Clone, Copy, PartialEq)]
+enum Via {
+    /// Client c through member c mod 3.
+    All,
+    /// Through the leader only.
+    Leader,
+    /// Through one follower only (its writes take one more hop, in etcd as in dllm).
+    Follower,
+}
+
+impl Via {
+    fn name(self) -> &'static str {
+        match self {
+            Via::All => "all",
+            Via::Leader => "leader",
+            Via::Follower => "follower",
+        }
+    }
+
+    /// `endpoints` narrowed to this choice, given the leader's position among them.
+    fn pick(self, endpoints: &[String], leader: usize) -> Vec<String> {
+        match self {
+            Via::All => endpoints.to_vec(),
+            Via::Leader => vec![endpoints[leader].clone()],
+            Via::Follower => vec![endpoints[(leader + 1) % endpoints.len()].clone()],
+        }
+    }
+}
+
+/// The runs for `client_counts`: a single client's latency depends on whether its member leads
+/// (a follower forwards each write), so one client runs twice, through the leader and through
+/// a follower; more clients are spread over all members.
+fn plan(client_counts: &[usize]) -> Vec<(usize, Via)> {
+    client_counts
+        .iter()
+        .flat_map(|&c| {
+            if c == 1 {
+                vec![(1, Via::Leader), (1, Via::Follower)]
+            } else {
+                vec![(c, Via::All)]
+            }
+        })
+        .collect()
+}
+
+/// The position of etcd's leader among `endpoints`.
+async fn etcd_leader(endpoints: &[String]) -> anyhow::Result<usize> {
+    for (i, e) in endpoints.iter().enumerate() {
+        let status = MaintenanceClient::new(channel(e))
+            .status(StatusRequest {})
+            .await?
+            .into_inner();
+        let me = status.header.map(|h| h.member_id);
+        if me == Some(status.leader) {
+            return Ok(i);
+        }
+    }
+    anyhow::bail!("no etcd member says it leads")
+}
+
+fn print_row(system: &str, clients: usize, via: Via, r: &Run, extra: &str) {
     println!(
-        "{system:<8} {clients:>8} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2}{extra}",
+        "{system:<8} {clients:>8} {:>9} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2}{extra}",
+        via.name(),
         r.rate(),
         r.latencies.quantile_ms(0.5),
         r.latencies.quantile_ms(0.9),
@@ -227,17 +292,19 @@ pub async fn run(
 ) -> anyhow::Result<Value> {
     println!("writes ({}s per run)", duration.as_secs_f64());
     println!(
-        "{:<8} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9}",
-        "system", "clients", "ops/s", "p50 ms", "p90 ms", "p99 ms", "max ms"
+        "{:<8} {:>8} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "system", "clients", "via", "ops/s", "p50 ms", "p90 ms", "p99 ms", "max ms"
     );
+    let plan = plan(client_counts);
     let mut dllm_runs = Vec::new();
     {
         let cluster = crate::common::start_cluster();
-        crate::common::leader(&cluster).await;
         let addrs: Vec<String> = (1..=3).map(|id| cluster.addr(id)).collect();
-        for &c in client_counts {
-            let d = dllm(&addrs, c, duration, &format!("c{c}")).await;
-            print_row("dllm", c, &d, "");
+        for &(c, via) in &plan {
+            let (leader, _) = crate::common::leader(&cluster).await;
+            let through = via.pick(&addrs, (leader - 1) as usize);
+            let d = dllm(&through, c, duration, &format!("c{c}-{}", via.name())).await;
+            print_row("dllm", c, via, &d, "");
             anyhow::ensure!(
                 d.ops > 0,
                 "no dllm write was acknowledged ({} errors)",
@@ -249,23 +316,25 @@ pub async fn run(
     let mut etcd_runs = Vec::new();
     if let Some(binary) = etcd_binary {
         let e = start_etcd(binary).await?;
-        for (i, &c) in client_counts.iter().enumerate() {
-            let r = etcd(&e.endpoints, c, duration, &format!("c{c}")).await;
+        for (i, &(c, via)) in plan.iter().enumerate() {
+            let leader = etcd_leader(&e.endpoints).await?;
+            let through = via.pick(&e.endpoints, leader);
+            let r = etcd(&through, c, duration, &format!("c{c}-{}", via.name())).await;
             anyhow::ensure!(
                 r.ops > 0,
                 "no etcd put was acknowledged ({} errors)",
                 r.errors
             );
             let ratio = dllm_runs[i].rate() / r.rate();
-            print_row("etcd", c, &r, &format!("   dllm/etcd {ratio:.2}x"));
+            print_row("etcd", c, via, &r, &format!("   dllm/etcd {ratio:.2}x"));
             etcd_runs.push(r);
         }
     }
-    let rows: Vec<Value> = client_counts
+    let rows: Vec<Value> = plan
         .iter()
         .enumerate()
-        .map(|(i, c)| {
-            let mut row = json!({"clients": c, "dllm": dllm_runs[i].json()});
+        .map(|(i, (c, via))| {
+            let mut row = json!({"clients": c, "via": via.name(), "dllm": dllm_runs[i].json()});
             if let Some(r) = etcd_runs.get(i) {
                 row["etcd"] = r.json();
                 row["throughput_ratio"] = json!(round(dllm_runs[i].rate() / r.rate()));
