@@ -46,6 +46,10 @@ enum Scenario {
         /// Seconds per run.
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
+        /// Rounds: each runs every client count once per system, alternating which system
+        /// goes first; rows add up all rounds.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
         /// Run the same load against a 3-member etcd cluster (Debian's etcd-server).
         #[arg(long)]
         compare_etcd: bool,
@@ -102,12 +106,14 @@ async fn run(scenario: Scenario) -> anyhow::Result<Value> {
         Scenario::Writes {
             clients,
             seconds,
+            rounds,
             compare_etcd,
             etcd,
         } => {
             scenarios::writes::run(
                 &clients,
                 Duration::from_secs_f64(seconds),
+                rounds,
                 compare_etcd.then_some(etcd.as_str()),
             )
             .await?
@@ -123,7 +129,7 @@ async fn run(scenario: Scenario) -> anyhow::Result<Value> {
                 .exists()
                 .then_some("/usr/bin/etcd");
             json!([
-                scenarios::writes::run(&[4], Duration::from_secs(1), etcd).await?,
+                scenarios::writes::run(&[1, 4], Duration::from_secs(1), 2, etcd).await?,
                 scenarios::heartbeats::run(200, Duration::from_secs(3)).await?,
                 scenarios::failover::run(1).await?,
                 scenarios::recovery::run(500).await?,

@@ -283,51 +283,88 @@ fn print_row(system: &str, clients: usize, via: Via, r: &Run, extra: &str) {
     );
 }
 
-/// The scenario: each client count against dllm, then (when asked) against etcd. Only one
-/// system runs at a time, so they do not share the CPUs.
+impl Run {
+    /// Adds another run of the same load (a later round).
+    fn merge(&mut self, other: Run) {
+        self.ops += other.ops;
+        self.errors += other.errors;
+        self.secs += other.secs;
+        self.latencies.extend(other.latencies);
+    }
+}
+
+/// The scenario. With etcd, both clusters are up for the whole round and each load runs
+/// against one system and then, right after, against the other, so a pair is measured minutes
+/// closer together than when all of one system's runs came first (this VM's speed drifts by
+/// tens of percent over minutes). Each of `rounds` rounds runs every load once per system,
+/// alternating which system goes first (dllm, etcd; etcd, dllm; ...); a row reports all of a
+/// load's rounds together. Only one system is loaded at a time, so they do not share the CPUs.
 pub async fn run(
     client_counts: &[usize],
     duration: Duration,
+    rounds: usize,
     etcd_binary: Option<&str>,
 ) -> anyhow::Result<Value> {
-    println!("writes ({}s per run)", duration.as_secs_f64());
+    println!(
+        "writes ({}s per run, {rounds} round(s))",
+        duration.as_secs_f64()
+    );
     println!(
         "{:<8} {:>8} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9}",
         "system", "clients", "via", "ops/s", "p50 ms", "p90 ms", "p99 ms", "max ms"
     );
     let plan = plan(client_counts);
-    let mut dllm_runs = Vec::new();
-    {
+    let mut dllm_runs: Vec<Option<Run>> = plan.iter().map(|_| None).collect();
+    let mut etcd_runs: Vec<Option<Run>> = plan.iter().map(|_| None).collect();
+    for round in 0..rounds.max(1) {
+        // Fresh clusters every round, so each round starts like the first: the nodes a
+        // round registers never heartbeat, and the failure detector's work on them (unhealthy
+        // after 15 s, offline after 50 s) would otherwise fall on the next round's runs.
         let cluster = crate::common::start_cluster();
         let addrs: Vec<String> = (1..=3).map(|id| cluster.addr(id)).collect();
-        for &(c, via) in &plan {
-            let (leader, _) = crate::common::leader(&cluster).await;
-            let through = via.pick(&addrs, (leader - 1) as usize);
-            let d = dllm(&through, c, duration, &format!("c{c}-{}", via.name())).await;
-            print_row("dllm", c, via, &d, "");
-            anyhow::ensure!(
-                d.ops > 0,
-                "no dllm write was acknowledged ({} errors)",
-                d.errors
-            );
-            dllm_runs.push(d);
+        crate::common::leader(&cluster).await;
+        let etcd_cluster = match etcd_binary {
+            Some(binary) => Some(start_etcd(binary).await?),
+            None => None,
+        };
+        for (i, &(c, via)) in plan.iter().enumerate() {
+            let tag = format!("r{round}-c{c}-{}", via.name());
+            for system in if round % 2 == 0 { [0, 1] } else { [1, 0] } {
+                let (run, slot) = match (system, &etcd_cluster) {
+                    (0, _) => {
+                        let (leader, _) = crate::common::leader(&cluster).await;
+                        let through = via.pick(&addrs, (leader - 1) as usize);
+                        (dllm(&through, c, duration, &tag).await, &mut dllm_runs[i])
+                    }
+                    (_, Some(e)) => {
+                        let leader = etcd_leader(&e.endpoints).await?;
+                        let through = via.pick(&e.endpoints, leader);
+                        (etcd(&through, c, duration, &tag).await, &mut etcd_runs[i])
+                    }
+                    (_, None) => continue,
+                };
+                anyhow::ensure!(
+                    run.ops > 0,
+                    "no {} write was acknowledged ({} errors)",
+                    if system == 0 { "dllm" } else { "etcd" },
+                    run.errors
+                );
+                match slot {
+                    Some(total) => total.merge(run),
+                    None => *slot = Some(run),
+                }
+            }
         }
     }
-    let mut etcd_runs = Vec::new();
-    if let Some(binary) = etcd_binary {
-        let e = start_etcd(binary).await?;
-        for (i, &(c, via)) in plan.iter().enumerate() {
-            let leader = etcd_leader(&e.endpoints).await?;
-            let through = via.pick(&e.endpoints, leader);
-            let r = etcd(&through, c, duration, &format!("c{c}-{}", via.name())).await;
-            anyhow::ensure!(
-                r.ops > 0,
-                "no etcd put was acknowledged ({} errors)",
-                r.errors
-            );
+    let dllm_runs: Vec<Run> = dllm_runs.into_iter().flatten().collect();
+    let etcd_runs: Vec<Run> = etcd_runs.into_iter().flatten().collect();
+    for (i, &(c, via)) in plan.iter().enumerate() {
+        print_row("dllm", c, via, &dllm_runs[i], "");
+    }
+    for (i, &(c, via)) in plan.iter().enumerate() {
+        if let Some(r) = etcd_runs.get(i) {
             let ratio = dllm_runs[i].rate() / r.rate();
-            print_row("etcd", c, via, &r, &format!("   dllm/etcd {ratio:.2}x"));
-            etcd_runs.push(r);
+            print_row("etcd", c, via, r, &format!("   dllm/etcd {ratio:.2}x"));
         }
     }
     let rows: Vec<Value> = plan
@@ -342,5 +379,8 @@ pub async fn run(
             row
         })
         .collect();
-    Ok(json!({"scenario": "writes", "duration_s": duration.as_secs_f64(), "runs": rows}))
+    Ok(
+        json!({"scenario": "writes", "duration_s": duration.as_secs_f64(), "rounds": rounds.max(1),
+              "runs": rows}),
+    )
 }
