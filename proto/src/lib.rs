@@ -5,6 +5,7 @@
 //! - [`raft`]: internal replica-to-replica traffic of `raft.proto`
 //!   (package `distributed_llm.raft`), bincode payloads framed by gRPC.
 //! - [`client`]: the client side of the transport, shared by every dllm binary.
+//! - [`server`]: the server side: when answers go compressed.
 //! - [`metrics`]: the stable metric names of `GetMetrics`/`StreamMetrics` and how a usage
 //!   sample renders into them; part of the contract like the messages.
 //! - [`FILE_DESCRIPTOR_SET`]: both files' descriptors, for gRPC server reflection.
@@ -14,6 +15,7 @@
 
 pub mod client;
 pub mod metrics;
+pub mod server;
 
 /// Generated code for `node.proto`.
 pub mod pb {

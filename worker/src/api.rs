@@ -1,5 +1,6 @@
 //! The worker's NodeService: itself, its last view of its peers, and live metrics.
 
+use dllm_proto::server::answer;
 use std::time::Duration;
 
 use dllm_proto::{metrics, pb};
@@ -82,7 +83,7 @@ impl NodeService for WorkerNodeApi {
     ) -> Result<Response<pb::NodeInfoResponse>, Status> {
         self.check_self(&request.into_inner().node_id)?;
         let node = self.me();
-        Ok(Response::new(pb::NodeInfoResponse {
+        Ok(answer(pb::NodeInfoResponse {
             message: format!("node {} is {}", node.node_id, node.status),
             node: Some(node),
             success: true,
@@ -99,7 +100,7 @@ impl NodeService for WorkerNodeApi {
             peers.push(self.me());
             peers.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         }
-        Ok(Response::new(pb::PeersResponse {
+        Ok(answer(pb::PeersResponse {
             total_count: peers.len() as i32,
             peers,
         }))
@@ -113,7 +114,7 @@ impl NodeService for WorkerNodeApi {
         self.check_self(&req.node_id)?;
         Self::check_names(&req.metric_names)?;
         let (metrics, timestamp) = self.metrics_now(&req.metric_names);
-        Ok(Response::new(pb::MetricsResponse {
+        Ok(answer(pb::MetricsResponse {
             metrics,
             timestamp,
             success: true,

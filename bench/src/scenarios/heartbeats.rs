@@ -161,7 +161,9 @@ pub async fn run(workers: usize, duration: Duration) -> anyhow::Result<Value> {
                 if mine.is_empty() {
                     return;
                 }
-                let client = DiscoveryServiceClient::new(chan);
+                // Like the worker's client (worker/src/agent.rs): answers may come compressed.
+                let client = DiscoveryServiceClient::new(chan)
+                    .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
                 // Spread this sender's workers evenly over the interval, and the senders over
                 // the first interval.
                 let gap = interval / mine.len() as u32;

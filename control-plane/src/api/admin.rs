@@ -1,5 +1,6 @@
 //! `distributed_llm.AdminService`: the control plane's own replicas.
 
+use dllm_proto::server::answer;
 use std::sync::Arc;
 
 use dllm_proto::pb::{self, admin_service_server::AdminService};
@@ -38,7 +39,7 @@ impl AdminService for AdminApi {
         &self,
         _request: Request<pb::ReplicaStatusRequest>,
     ) -> Result<Response<pb::ReplicaStatusResponse>, Status> {
-        Ok(Response::new(self.replica.status()))
+        Ok(answer(self.replica.status()))
     }
 
     async fn add_replica(
@@ -48,7 +49,7 @@ impl AdminService for AdminApi {
         let req = request.into_inner();
         let change = add_change(req.id, &req.address)?;
         self.replica.change_membership(change).await?;
-        Ok(Response::new(self.replica.status()))
+        Ok(answer(self.replica.status()))
     }
 
     async fn remove_replica(
@@ -62,6 +63,6 @@ impl AdminService for AdminApi {
         self.replica
             .change_membership(MembershipChange::Remove { id })
             .await?;
-        Ok(Response::new(self.replica.status()))
+        Ok(answer(self.replica.status()))
     }
 }

@@ -1,5 +1,6 @@
 //! `distributed_llm.DiscoveryService`: joining, leaving and discovering nodes.
 
+use dllm_proto::server::answer;
 use std::{collections::HashSet, sync::Arc};
 
 use dllm_proto::pb::{self, discovery_service_server::DiscoveryService};
@@ -47,7 +48,7 @@ impl DiscoveryService for DiscoveryApi {
                     .collect()
             })
             .await?;
-        Ok(Response::new(pb::DiscoveryResponse {
+        Ok(answer(pb::DiscoveryResponse {
             message: format!("{} node(s) discovered", nodes.len()),
             discovered_nodes: nodes,
             success: true,
@@ -72,7 +73,7 @@ impl DiscoveryService for DiscoveryApi {
             // Planted bug: acknowledge the registration before it is committed.
             let replica = self.replica.clone();
             tokio::spawn(async move { replica.write(command).await });
-            return Ok(Response::new(pb::ClusterJoinResponse {
+            return Ok(answer(pb::ClusterJoinResponse {
                 success: true,
                 message: "registered".to_string(),
                 existing_nodes: Vec::new(),
@@ -96,7 +97,7 @@ impl DiscoveryService for DiscoveryApi {
                     .collect()
             })
         };
-        Ok(Response::new(pb::ClusterJoinResponse {
+        Ok(answer(pb::ClusterJoinResponse {
             success: true,
             message: message.to_string(),
             existing_nodes,
@@ -124,7 +125,7 @@ impl DiscoveryService for DiscoveryApi {
             _ => format!("node {node_id} left ({})", req.reason),
         };
         tracing::info!(%node_id, reason = %req.reason, "node left the cluster");
-        Ok(Response::new(pb::ClusterLeaveResponse {
+        Ok(answer(pb::ClusterLeaveResponse {
             success: true,
             message,
         }))
@@ -150,7 +151,7 @@ impl DiscoveryService for DiscoveryApi {
                 metrics: Some(convert::cluster_metrics(s, &free)),
             })
             .await?;
-        Ok(Response::new(info))
+        Ok(answer(info))
     }
 
     async fn heartbeat(
@@ -161,6 +162,6 @@ impl DiscoveryService for DiscoveryApi {
         convert::heartbeat(&req)?;
         // Any replica takes heartbeats (followers forward them to the leader in batches), so
         // workers stay on the replica they reached and spread the load over the replicas.
-        Ok(Response::new(self.replica.heartbeat(req).await?))
+        Ok(answer(self.replica.heartbeat(req).await?))
     }
 }

@@ -1,6 +1,7 @@
 //! `distributed_llm.NodeService` on a control-plane replica: nodes as the replicated state
 //! holds them, metrics from each node's last heartbeat (kept by the leader).
 
+use dllm_proto::server::answer;
 use std::sync::Arc;
 
 use dllm_proto::{metrics, pb};
@@ -87,7 +88,7 @@ impl NodeService for NodeApi {
             .replica
             .read(|s| find(s, &node_id).map(convert::node_info))
             .await??;
-        Ok(Response::new(pb::NodeInfoResponse {
+        Ok(answer(pb::NodeInfoResponse {
             message: format!("node {} is {}", node.node_id, node.status),
             node: Some(node),
             success: true,
@@ -109,7 +110,7 @@ impl NodeService for NodeApi {
                     .collect()
             })
             .await?;
-        Ok(Response::new(pb::PeersResponse {
+        Ok(answer(pb::PeersResponse {
             total_count: peers.len() as i32,
             peers,
         }))
@@ -123,7 +124,7 @@ impl NodeService for NodeApi {
         let node_id = convert::node_id("node_id", &req.node_id)?;
         metric_names(&req.metric_names)?;
         let (metrics, timestamp) = node_metrics(&self.replica, &node_id, &req.metric_names).await?;
-        Ok(Response::new(pb::MetricsResponse {
+        Ok(answer(pb::MetricsResponse {
             metrics,
             timestamp,
             success: true,

@@ -1,5 +1,6 @@
 //! `distributed_llm.TUIService`: what the terminal UI and the `dllm` command show and run.
 
+use dllm_proto::server::answer;
 use std::sync::Arc;
 
 use dllm_proto::pb::{self, tui_service_server::TuiService};
@@ -62,7 +63,7 @@ impl TuiService for TuiApi {
                     .then(|| convert::cluster_metrics(s, &free)),
             })
             .await?;
-        Ok(Response::new(response))
+        Ok(answer(response))
     }
 
     async fn get_model_list(
@@ -78,7 +79,7 @@ impl TuiService for TuiApi {
             .replica
             .read(|s| s.models.values().map(convert::model_info).collect())
             .await?;
-        Ok(Response::new(pb::ModelListResponse { models }))
+        Ok(answer(pb::ModelListResponse { models }))
     }
 
     type StreamUpdatesStream = ReceiverStream<Result<pb::ClusterUpdate, Status>>;
@@ -161,7 +162,7 @@ impl TuiService for TuiApi {
                 Err(e) => (String::new(), e.to_string(), 1),
             },
         };
-        Ok(Response::new(pb::CommandResponse {
+        Ok(answer(pb::CommandResponse {
             success: exit_code == 0,
             output,
             error,
