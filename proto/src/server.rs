@@ -28,7 +28,9 @@ mod tests {
     use crate::pb;
 
     fn compression_disabled<T>(response: &tonic::Response<T>) -> bool {
-        response.extensions().get::<SingleMessageCompressionOverride>()
+        response
+            .extensions()
+            .get::<SingleMessageCompressionOverride>()
             == Some(&SingleMessageCompressionOverride::Disable)
     }
 
