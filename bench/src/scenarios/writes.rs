@@ -40,6 +40,14 @@ impl Run {
         self.ops as f64 / self.secs
     }
 
+    /// Adds another run of the same load (a later round).
+    fn merge(&mut self, other: Run) {
+        self.ops += other.ops;
+        self.errors += other.errors;
+        self.secs += other.secs;
+        self.latencies.extend(other.latencies);
+    }
+
     /// As JSON.
     pub fn json(&self) -> Value {
         json!({"ops": self.ops, "errors": self.errors, "seconds": round(self.secs),
@@ -281,16 +289,6 @@ fn print_row(system: &str, clients: usize, via: Via, r: &Run, extra: &str) {
         r.latencies.quantile_ms(0.99),
         r.latencies.quantile_ms(1.0)
     );
-}
-
-impl Run {
-    /// Adds another run of the same load (a later round).
-    fn merge(&mut self, other: Run) {
-        self.ops += other.ops;
-        self.errors += other.errors;
-        self.secs += other.secs;
-        self.latencies.extend(other.latencies);
-    }
 }
 
 /// The scenario. With etcd, both clusters are up for the whole round and each load runs
