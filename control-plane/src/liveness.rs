@@ -21,7 +21,7 @@ use std::{
 use dllm_proto::pb;
 use tokio::time::Instant;
 
-use crate::state::{Node, NodeChanges, NodeStatus, StatusChange};
+use crate::state::{Node, NodeChanges, NodeMap, NodeStatus, StatusChange};
 
 /// Failure detector thresholds.
 #[derive(Clone, Copy, Debug)]
@@ -200,7 +200,7 @@ impl Detector {
     /// `nodes` is the replicated state's node map and `changes` its change feed.
     pub fn sweep(
         &mut self,
-        nodes: &imbl::OrdMap<String, Node>,
+        nodes: &NodeMap,
         changes: &NodeChanges,
         now: Instant,
     ) -> Vec<StatusChange> {
@@ -261,7 +261,7 @@ impl Detector {
     /// Looks at the node `id`, or forgets it when it is no longer in the state.
     fn check_id(
         &mut self,
-        nodes: &imbl::OrdMap<String, Node>,
+        nodes: &NodeMap,
         id: &str,
         now: Instant,
         counting_from: Instant,

@@ -31,8 +31,8 @@ impl Capacity {
     fn of(state: &ClusterState, except: Option<&str>) -> Self {
         let used = usage_by_node(state, except);
         let nodes = state
-            .nodes
-            .values()
+            .nodes_by_id()
+            .into_iter()
             .filter(|n| n.status == NodeStatus::Healthy)
             .map(|n| {
                 let (layers, mb) = used.get(&n.node_id).copied().unwrap_or_default();

@@ -320,7 +320,7 @@ pub async fn run(replica: &Replica, cmd: Cmd) -> Result<String, ApiError> {
         }
         Cmd::Nodes => {
             let nodes = replica
-                .read(|s| s.nodes.values().cloned().collect::<Vec<_>>())
+                .read(|s| s.nodes_by_id().into_iter().cloned().collect::<Vec<_>>())
                 .await?;
             let mut rows = vec![["NODE", "STATUS", "ADDRESS", "GPUS", "MEMORY_MB", "LAYERS"]
                 .map(String::from)

@@ -146,7 +146,11 @@ impl DiscoveryService for DiscoveryApi {
             .replica
             .read(|s| pb::ClusterInfoResponse {
                 cluster_id: s.cluster_id.clone().unwrap_or_default(),
-                nodes: s.nodes.values().map(convert::node_info).collect(),
+                nodes: s
+                    .nodes_by_id()
+                    .into_iter()
+                    .map(convert::node_info)
+                    .collect(),
                 models: s.models.values().map(convert::model_info).collect(),
                 metrics: Some(convert::cluster_metrics(s, &free)),
             })

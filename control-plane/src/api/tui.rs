@@ -53,8 +53,8 @@ impl TuiService for TuiApi {
             .replica
             .read(|s| pb::NodeListResponse {
                 nodes: s
-                    .nodes
-                    .values()
+                    .nodes_by_id()
+                    .into_iter()
                     .filter(|n| filter.matches(n))
                     .map(convert::node_info)
                     .collect(),
@@ -128,7 +128,11 @@ impl TuiService for TuiApi {
                                 };
                                 match t.as_str() {
                                     "nodes" => {
-                                        u.nodes = s.nodes.values().map(convert::node_info).collect()
+                                        u.nodes = s
+                                            .nodes_by_id()
+                                            .into_iter()
+                                            .map(convert::node_info)
+                                            .collect()
                                     }
                                     "models" => {
                                         u.models =

@@ -34,7 +34,7 @@ fn node(status: NodeStatus, generation: u64) -> Node {
 /// The replicated side as apply keeps it: the node map and its change feed.
 #[derive(Default)]
 struct World {
-    nodes: imbl::OrdMap<String, Node>,
+    nodes: crate::state::NodeMap,
     feed: NodeChanges,
 }
 

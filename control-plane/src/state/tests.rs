@@ -360,3 +360,34 @@ fn legacy_entries_are_upgraded() {
     assert!(matches!(new.payload, EntryPayload::Membership(_)));
     assert!(legacy::upgrade_entry(b"not an entry").is_err());
 }
+
+/// Nodes live in a hash map; whatever lists them gets them by id, as they were listed when
+/// the map was ordered (stable output for operators and scripts).
+#[test]
+fn nodes_are_listed_by_id() {
+    let mut state = ClusterState::default();
+    let ids: Vec<String> = (0..200)
+        .map(|i| format!("node-{:03}", (i * 7919) % 200))
+        .collect();
+    for id in &ids {
+        state.apply(Command::RegisterNode {
+            spec: spec(id, 1000),
+            now_ms: 1,
+        });
+    }
+    state.apply(Command::LeaveNode {
+        node_id: "node-100".into(),
+        now_ms: 2,
+    });
+    let mut sorted = ids.clone();
+    sorted.sort();
+    let listed: Vec<&str> = state
+        .nodes_by_id()
+        .iter()
+        .map(|n| n.node_id.as_str())
+        .collect();
+    assert_eq!(listed, sorted);
+    sorted.retain(|id| id != "node-100");
+    let members: Vec<&str> = state.members().map(|n| n.node_id.as_str()).collect();
+    assert_eq!(members, sorted);
+}
