@@ -22,6 +22,9 @@
 //! - An append is acknowledged only after an `fdatasync` of the newest segment that began
 //!   after the append's `pwrite`. Before a new segment is created the old one is synced, so a
 //!   sync of the newest segment covers everything written before it.
+//! - The newest segment's file is allocated ahead of its records (zeros that are not a
+//!   record); a closed segment is cut to its last record before the sync that closes it, so
+//!   only the newest segment ever ends in such zeros, and replay cuts them off there.
 //! - A new segment starts with the current vote, committed id and purge point, and the
 //!   directory is synced after it is created, so deleting older segments never loses state.
 //! - Segments are deleted only when no live entry lies in them, oldest first, after the purge

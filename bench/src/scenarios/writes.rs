@@ -314,6 +314,9 @@ pub async fn run(
     let plan = plan(client_counts);
     let mut dllm_runs: Vec<Option<Run>> = plan.iter().map(|_| None).collect();
     let mut etcd_runs: Vec<Option<Run>> = plan.iter().map(|_| None).collect();
+    // Each round's own numbers per load and system: a pair measured minutes apart says more
+    // about the systems than the sums, whose drift these show.
+    let mut rounds_of: Vec<[Vec<Value>; 2]> = plan.iter().map(|_| [vec![], vec![]]).collect();
     for round in 0..rounds.max(1) {
         // Fresh clusters every round, so each round starts like the first: the nodes a
         // round registers never heartbeat, and the failure detector's work on them (unhealthy
@@ -347,6 +350,11 @@ pub async fn run(
                     if system == 0 { "dllm" } else { "etcd" },
                     run.errors
                 );
+                rounds_of[i][system.min(1)].push(
+                    json!({"ops_per_sec": crate::stats::round(run.rate()),
+                    "p50_ms": crate::stats::round(run.latencies.quantile_ms(0.5)),
+                    "p99_ms": crate::stats::round(run.latencies.quantile_ms(0.99))}),
+                );
                 match slot {
                     Some(total) => total.merge(run),
                     None => *slot = Some(run),
@@ -365,13 +373,35 @@ pub async fn run(
             print_row("etcd", c, via, r, &format!("   dllm/etcd {ratio:.2}x"));
         }
     }
+    if rounds > 1 && etcd_runs.len() == plan.len() {
+        println!("per round (dllm/etcd ops/s, dllm p50 / etcd p50 ms):");
+        for (i, &(c, via)) in plan.iter().enumerate() {
+            let [d, e] = &rounds_of[i];
+            let pairs: Vec<String> = d
+                .iter()
+                .zip(e)
+                .map(|(d, e)| {
+                    format!(
+                        "{:.2}x {:.2}/{:.2}",
+                        d["ops_per_sec"].as_f64().unwrap_or(0.0)
+                            / e["ops_per_sec"].as_f64().unwrap_or(1.0),
+                        d["p50_ms"].as_f64().unwrap_or(0.0),
+                        e["p50_ms"].as_f64().unwrap_or(0.0)
+                    )
+                })
+                .collect();
+            println!("  {c:>4} {:<8} {}", via.name(), pairs.join("   "));
+        }
+    }
     let rows: Vec<Value> = plan
         .iter()
         .enumerate()
         .map(|(i, (c, via))| {
             let mut row = json!({"clients": c, "via": via.name(), "dllm": dllm_runs[i].json()});
+            row["dllm"]["rounds"] = json!(rounds_of[i][0]);
             if let Some(r) = etcd_runs.get(i) {
                 row["etcd"] = r.json();
+                row["etcd"]["rounds"] = json!(rounds_of[i][1]);
                 row["throughput_ratio"] = json!(round(dllm_runs[i].rate() / r.rate()));
             }
             row
