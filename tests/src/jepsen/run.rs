@@ -1339,12 +1339,11 @@ impl Run {
             let id = self.procs.lock().await.workers[i].node_id.clone();
             let slot = rng.gen_range(1..=SLOTS);
             let r = self.command(slot, "drain", std::slice::from_ref(&id)).await;
-            let drained = matches!(&r, Ok(r) if r.exit_code == 0);
             self.history
                 .nemesis("drain", format!("drain {id}: {}", describe_command(&r)));
-            if !drained {
-                return;
-            }
+            // Undone whatever the answer: a drain that failed for want of a reply (a lagging
+            // replica, a partition) may still have committed, and undrain of a node that is
+            // not draining is accepted as done.
             self.procs.lock().await.workers[i].drained = true;
             tokio::time::sleep(hold).await;
             self.undrain(i).await;
