@@ -310,12 +310,7 @@ pub fn cluster_metrics(
     free_memory_mb: &std::collections::BTreeMap<String, i64>,
 ) -> pb::ClusterMetrics {
     let mut m = pb::ClusterMetrics::default();
-    // Sums only: no need for the sorted members().
-    for node in state
-        .nodes
-        .values()
-        .filter(|n| n.status != NodeStatus::Left)
-    {
+    for node in state.members_unordered() {
         m.total_nodes += 1;
         m.total_memory_mb += node.resources.memory_mb;
         m.total_gpus += node.resources.gpus.len() as i32;

@@ -259,8 +259,7 @@ pub fn render(replica: &Replica, rpc: &RpcMetrics) -> String {
             .iter()
             .map(|st| (*st, s.nodes.values().filter(|n| n.status == *st).count()))
             .collect();
-        // Sums only: no need for the sorted members().
-        let members = || s.nodes.values().filter(|n| n.status != NodeStatus::Left);
+        let members = || s.members_unordered();
         let allocated: i64 = members().map(|n| i64::from(n.used_layers)).sum();
         let total: i64 = members().map(|n| i64::from(n.resources.max_layers)).sum();
         let models: Vec<(String, bool)> = s

@@ -333,37 +333,32 @@ impl Wal {
                         .map_err(|what| damaged(at as u64, what))?;
                     at += HEADER as usize + body.len();
                 }
-                Err(_) if newest && bytes[at..].iter().all(|b| *b == 0) => {
-                    // Space allocated ahead of the records and never written (or written and
-                    // lost with the unsynced tail: unacknowledged either way).
-                    file.set_len(at as u64)
-                        .and_then(|()| file.sync_all())
-                        .map_err(|source| OpenError::Log {
-                            path: path.clone(),
-                            source,
-                        })?;
-                    break;
-                }
                 Err(what) => {
+                    // Space allocated ahead of the records and never written (or written and
+                    // lost with the unsynced tail: unacknowledged either way) is cut quietly.
+                    let unwritten = newest && bytes[at..].iter().all(|b| *b == 0);
                     // A crash tears only what was written after the last sync, at the end of
                     // the newest segment: a record that runs past the end, garbage that is the
                     // file's last bytes, or a record with a sector of zeros in it (pages of
                     // the unsynced tail written back out of order leave never-written sectors
                     // reading as zeros, possibly before records that did reach the disk; all
                     // of that tail was unacknowledged).
-                    let torn = newest
-                        && (what == Torn::Short
-                            || what == Torn::BadLast
-                            || has_zero_sector(&bytes, at));
+                    let torn = unwritten
+                        || newest
+                            && (what == Torn::Short
+                                || what == Torn::BadLast
+                                || has_zero_sector(&bytes, at));
                     if !torn {
                         return Err(damaged(at as u64, format!("{what:?} record")));
                     }
-                    tracing::warn!(
-                        path = %path.display(),
-                        offset = at,
-                        dropped_bytes = bytes.len() - at,
-                        "cutting off a record torn by a crash at the end of the log"
-                    );
+                    if !unwritten {
+                        tracing::warn!(
+                            path = %path.display(),
+                            offset = at,
+                            dropped_bytes = bytes.len() - at,
+                            "cutting off a record torn by a crash at the end of the log"
+                        );
+                    }
                     // Durable before anything is written after it: once a newer segment
                     // exists, damage here would no longer count as a torn tail.
                     file.set_len(at as u64)

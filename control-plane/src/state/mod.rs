@@ -385,6 +385,11 @@ impl ClusterState {
             .filter(|n| n.status != NodeStatus::Left)
     }
 
+    /// Members in no particular order, for sums and counts (no sort).
+    pub fn members_unordered(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values().filter(|n| n.status != NodeStatus::Left)
+    }
+
     /// Every node, including those that left, by node id.
     pub fn nodes_by_id(&self) -> Vec<&Node> {
         let mut nodes: Vec<&Node> = self.nodes.values().collect();

@@ -390,4 +390,5 @@ fn nodes_are_listed_by_id() {
     sorted.retain(|id| id != "node-100");
     let members: Vec<&str> = state.members().map(|n| n.node_id.as_str()).collect();
     assert_eq!(members, sorted);
+    assert_eq!(state.members_unordered().count(), sorted.len());
 }
