@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use dllm_tests::{binary, free_port, init_tracing, wait_for, Cluster};
+use dllm_tests::{binary, init_tracing, wait_for, Cluster};
 use tracing::info;
 
 fn dllm(endpoints: &str, args: &[&str]) -> std::process::Output {
@@ -19,13 +19,21 @@ fn dllm(endpoints: &str, args: &[&str]) -> std::process::Output {
         .expect("run dllm")
 }
 
-/// A base port with 120 free ports above it (dev uses BASE.., BASE+10.., BASE+100..).
+/// A base port with 120 free ports above it (dev uses BASE.., BASE+10.., BASE+100..), all
+/// below the kernel's ephemeral range: a port in that range can be taken at any moment by an
+/// outgoing connection or a `bind(0)` of a test running beside this one (CI saw `dllm dev`
+/// refuse a base from `free_port()` that way).
 fn free_base() -> u16 {
+    use rand::Rng;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (lo, hi) = (10_000u16, ephemeral_low.saturating_sub(130).max(10_200));
+    let mut rng = rand::thread_rng();
     loop {
-        let base = free_port();
-        if base < 60000
-            && (0..120).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
-        {
+        let base = rng.gen_range(lo..hi);
+        if (0..120).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return base;
         }
     }
@@ -54,6 +62,16 @@ async fn dev_cluster_and_operator_commands() {
             let _ = tx.send(line);
         }
     });
+    // stderr is read on its own thread so a failed start can say why, and so dev never blocks
+    // on a full pipe.
+    let stderr = dev.stderr.take().expect("stderr");
+    let stderr_lines = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
     let mut printed = Vec::new();
     let up = loop {
         match rx.recv_timeout(Duration::from_secs(90)) {
@@ -67,7 +85,12 @@ async fn dev_cluster_and_operator_commands() {
             Err(_) => break false,
         }
     };
-    assert!(up, "dllm dev did not come up: {printed:?}");
+    if !up {
+        let _ = dev.kill();
+        let status = dev.wait();
+        let stderr = stderr_lines.join().unwrap_or_default();
+        panic!("dllm dev did not come up ({status:?}): stdout {printed:?}\nstderr:\n{stderr}");
+    }
     let printed = printed.join("\n");
     assert!(
         printed.contains("demo model: model demo-70b added and placed"),
@@ -108,9 +131,9 @@ async fn dev_cluster_and_operator_commands() {
         nix::sys::signal::Signal::SIGINT,
     )
     .expect("SIGINT");
-    let out = dev.wait_with_output().expect("dllm dev exits");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let status = dev.wait().expect("dllm dev exits");
+    let stderr = stderr_lines.join().expect("stderr reader");
+    assert!(status.success(), "{stderr}");
     assert!(
         stderr.contains(&format!("data and logs are in {}", data.path().display())),
         "{stderr}"
