@@ -324,6 +324,20 @@ impl Wal {
         if !bytes.starts_with(MAGIC) {
             return Err(damaged(0, "not a dllm log segment".into()));
         }
+        // Where the written bytes of the newest segment end: it is allocated ahead of its
+        // records, so its file runs on in zeros that were never written. A record that fails
+        // to parse is judged against this end, as if the file stopped there (as it did before
+        // space was allocated ahead): otherwise every bad record near the end would have
+        // those zeros "in it" or "after it" and pass for a torn one, and damage to records
+        // that were synced would be cut off quietly instead of refused.
+        let written_end = if newest {
+            bytes
+                .iter()
+                .rposition(|b| *b != 0)
+                .map_or(0, |last| last + 1)
+        } else {
+            bytes.len()
+        };
         let mut at = MAGIC.len();
         while at < bytes.len() {
             match parse(&bytes[at..]) {
@@ -338,16 +352,22 @@ impl Wal {
                     // lost with the unsynced tail: unacknowledged either way) is cut quietly.
                     let unwritten = newest && bytes[at..].iter().all(|b| *b == 0);
                     // A crash tears only what was written after the last sync, at the end of
-                    // the newest segment: a record that runs past the end, garbage that is the
-                    // file's last bytes, or a record with a sector of zeros in it (pages of
-                    // the unsynced tail written back out of order leave never-written sectors
-                    // reading as zeros, possibly before records that did reach the disk; all
-                    // of that tail was unacknowledged).
+                    // the newest segment: a record that runs past the written end, garbage
+                    // that is the last written bytes, or a record with a sector of zeros in it
+                    // (pages of the unsynced tail written back out of order leave
+                    // never-written sectors reading as zeros, possibly before records that did
+                    // reach the disk; all of that tail was unacknowledged).
+                    let written = &bytes[..written_end.max(at)];
+                    let in_written = match parse(&written[at..]) {
+                        Err(what) => what,
+                        // Cannot happen (fewer bytes do not mend a record); judge it as bad.
+                        Ok(_) => Torn::Bad,
+                    };
                     let torn = unwritten
                         || newest
-                            && (what == Torn::Short
-                                || what == Torn::BadLast
-                                || has_zero_sector(&bytes, at));
+                            && (in_written == Torn::Short
+                                || in_written == Torn::BadLast
+                                || has_zero_sector(written, at));
                     if !torn {
                         return Err(damaged(at as u64, format!("{what:?} record")));
                     }
@@ -587,6 +607,10 @@ impl Wal {
                 self.allocated = target;
                 Ok(())
             }
+            // A disk too full to allocate ahead may still take this append: write it into
+            // the file as it is (the write fails on its own if it does not fit), and try to
+            // allocate again with the next one.
+            Err(Errno::ENOSPC) if target > upto => Ok(()),
             Err(Errno::EOPNOTSUPP | Errno::ENOSYS) => {
                 tracing::info!(dir = %self.dir.display(), "the filesystem cannot preallocate; log files grow with each append");
                 self.preallocate = false;

@@ -280,6 +280,66 @@ fn space_allocated_ahead_is_not_log() {
     assert_eq!(read_all(&wal), expected(&[(1, 1..=400)]));
 }
 
+/// The zeros allocated ahead of the newest segment's records are not a torn tail for the
+/// records before them: a bad record near the end of what was written, with whole records
+/// after it (damage, not a crash), is refused, as it is in a segment that ends with its records.
+#[test]
+fn damage_before_space_allocated_ahead_is_an_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let segment_bytes = 64 << 10;
+    let mut wal = Wal::open(dir.path(), segment_bytes).expect("open");
+    for i in 1..=30 {
+        append(&mut wal, 1, [i]);
+    }
+    wal.sync().expect("sync");
+    let newest = segments(dir.path()).pop().expect("a segment");
+    // A crash: nothing trims the file, so the allocated zeros stay after the records.
+    std::mem::forget(wal);
+    let original = std::fs::read(&newest).expect("read");
+    let written_end = original.iter().rposition(|b| *b != 0).expect("records") + 1;
+    assert!(
+        original.len() > written_end + 4096,
+        "allocated ahead: {} bytes of {}",
+        written_end,
+        original.len()
+    );
+    // The header of the third record from the end: whole, synced records follow it.
+    let mut starts = Vec::new();
+    let mut at = MAGIC.len();
+    while let Ok((_, body)) = super::parse(&original[at..]) {
+        starts.push(at);
+        at += super::HEADER as usize + body.len();
+    }
+    assert_eq!(
+        at, written_end,
+        "the records end where the written bytes do"
+    );
+    let damaged_at = starts[starts.len() - 3];
+    for (what, flip_at) in [("length", damaged_at), ("checksum", damaged_at + 8)] {
+        let mut damaged = original.clone();
+        damaged[flip_at] ^= 0x5A;
+        std::fs::write(&newest, &damaged).expect("damage");
+        match Wal::open(dir.path(), segment_bytes) {
+            Err(OpenError::LogDamaged { path, offset, .. }) => {
+                assert_eq!(
+                    (path, offset),
+                    (newest.clone(), damaged_at as u64),
+                    "{what}"
+                )
+            }
+            Err(other) => panic!("{what}: wrong error: {other}"),
+            Ok(wal) => panic!(
+                "{what}: a damaged log opened with {} of 30 entries",
+                read_all(&wal).len()
+            ),
+        }
+    }
+    // Undamaged, the same file opens with every entry.
+    std::fs::write(&newest, &original).expect("restore");
+    let wal = Wal::open(dir.path(), segment_bytes).expect("reopen");
+    assert_eq!(read_all(&wal), expected(&[(1, 1..=30)]));
+}
+
 /// A crash inside a new segment's head leaves the vote only in older segments; the next open
 /// starts a segment with a whole head, so purging and deleting the older ones keeps the vote.
 #[test]
