@@ -5,7 +5,7 @@
 //!   unhealthy (offline, draining and left nodes hold none after repair);
 //! - a node that gains layers stays within its `max_layers` and its layer memory.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::{ClusterState, ModelSpec, NodeStatus, Range};
 
@@ -26,9 +26,11 @@ pub fn usage_by_node(state: &ClusterState, except: Option<&str>) -> HashMap<Stri
     usage
 }
 
-/// Layers per node in `ranges`.
-pub fn layers_by_node(ranges: &[Range]) -> HashMap<&str, i64> {
-    let mut by_node: HashMap<&str, i64> = HashMap::new();
+/// Layers per node in `ranges`, by node id. Ordered: [`check_placement`] reports the first
+/// node that breaks an invariant, and its sentence goes into the replicated state (a pending
+/// reason, a skipped change), so every replica must meet the nodes in the same order.
+pub fn layers_by_node(ranges: &[Range]) -> BTreeMap<&str, i64> {
+    let mut by_node: BTreeMap<&str, i64> = BTreeMap::new();
     for r in ranges {
         *by_node.entry(r.node_id.as_str()).or_default() += i64::from(r.len());
     }

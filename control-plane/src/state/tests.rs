@@ -392,3 +392,58 @@ fn nodes_are_listed_by_id() {
     assert_eq!(members, sorted);
     assert_eq!(state.members_unordered().count(), sorted.len());
 }
+
+/// A stale plan that breaks an invariant on several nodes is refused with the same sentence
+/// on every replica: the sentence is kept in the replicated state (the model's pending
+/// reason), so which node it names must not depend on a hash map's per-process order.
+#[test]
+fn a_refused_placement_names_the_same_node_everywhere() {
+    let mut base = ClusterState::default();
+    let ids: Vec<String> = (0..8).map(|i| format!("n{i}")).collect();
+    for id in &ids {
+        base.apply(Command::RegisterNode {
+            spec: spec(id, 1000),
+            now_ms: 1,
+        });
+    }
+    // Every node is draining, so every range breaks the "gains only on healthy" rule.
+    for id in &ids {
+        base.apply(Command::SetDrain {
+            node_id: id.clone(),
+            drain: true,
+        });
+    }
+    let model = ModelSpec {
+        id: "m".into(),
+        name: "m".into(),
+        version: "1".into(),
+        layer_count: 8,
+        file_path: String::new(),
+        size_bytes: 8 << 20,
+    };
+    // The ranges in an order other than by id, as a planner could list them.
+    let ranges: Vec<Range> = [5, 2, 7, 0, 3, 6, 1, 4]
+        .iter()
+        .enumerate()
+        .map(|(layer, n)| Range {
+            node_id: format!("n{n}"),
+            first: layer as i32,
+            last: layer as i32,
+        })
+        .collect();
+    let mut reasons = std::collections::BTreeSet::new();
+    for _ in 0..50 {
+        let mut state = base.clone();
+        state.apply(Command::AddModel {
+            spec: model.clone(),
+            placement: Placement::Placed(ranges.clone()),
+        });
+        match &state.models["m"].placement {
+            Placement::Pending(reason) => reasons.insert(reason.clone()),
+            placed => panic!("a plan onto draining nodes was applied: {placed:?}"),
+        };
+    }
+    assert_eq!(reasons.len(), 1, "different reasons: {reasons:?}");
+    let reason = reasons.pop_first().expect("one reason");
+    assert!(reason.contains("node n0 "), "names the lowest id: {reason}");
+}
