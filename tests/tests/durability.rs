@@ -167,3 +167,45 @@ async fn lagging_follower_catches_up_by_snapshot() {
     .await;
     check(addr).await;
 }
+
+/// A one-replica cluster commits only on its own flush (the leader is the whole quorum), which
+/// the leader reports to Raft after the write, not before it replicates (vendor/openraft,
+/// DLLM-PATCH.md): writes are still answered, and every acknowledged one survives a SIGKILL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_commits_on_its_own_flush_and_keeps_it_through_sigkill() {
+    init_tracing();
+    let mut cluster = Cluster::start(1, &[]);
+    cluster.wait_leader(&[1]).await;
+    let mut c = clients(&cluster.addr(1)).await;
+    let mut acked = Vec::new();
+    info!("--- writes on the lone leader");
+    for i in 0..50 {
+        let id = format!("solo-{i}");
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            c.discovery.register_with_cluster(join_request(&id, 1)),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "write {i} not answered: a lone leader must commit on its own flush\n{}",
+                cluster.logs()
+            )
+        })
+        .expect("register");
+        acked.push(id);
+    }
+    info!("--- SIGKILL and restart");
+    cluster.replica(1).kill();
+    cluster.restart(1);
+    let have = member_ids(&cluster.wait_up(1).await).await;
+    for want in &acked {
+        assert!(have.contains(want), "lost acknowledged {want}");
+    }
+    info!("--- and it takes writes again");
+    let mut c = clients(&cluster.addr(1)).await;
+    c.discovery
+        .register_with_cluster(join_request("solo-after", 1))
+        .await
+        .expect("register after restart");
+}

@@ -42,6 +42,17 @@ where C: RaftTypeConfig
     /// Result of executing a command sent from state machine worker.
     StateMachine { command_result: sm::CommandResult<C> },
 
+    /// dllm patch: a leader's own entries, appended without waiting, are flushed (or the
+    /// flush failed).
+    LocalLogFlushed {
+        /// The vote the entries were written under.
+        vote: Vote<C::NodeId>,
+        /// The last of them.
+        log_id: crate::LogId<C::NodeId>,
+        /// Whether the flush succeeded.
+        result: Result<(), anyerror::AnyError>,
+    },
+
     /// A tick event to wake up RaftCore to check timeout etc.
     Tick {
         /// ith tick
@@ -84,6 +95,9 @@ where C: RaftTypeConfig
             }
             Self::StateMachine { command_result } => {
                 format!("StateMachine command done: {:?}", command_result)
+            }
+            Self::LocalLogFlushed { vote, log_id, result } => {
+                format!("LocalLogFlushed: vote: {}, log_id: {}, ok: {}", vote, log_id, result.is_ok())
             }
             Self::Tick { i } => {
                 format!("Tick {}", i)

@@ -730,6 +730,42 @@ where
         Ok(())
     }
 
+    /// dllm patch: submits a leader's entries to the log store and returns without waiting
+    /// for them to be flushed; the flush is reported to the core as
+    /// [`Notify::LocalLogFlushed`], which then counts them as this leader's own progress.
+    pub(crate) async fn append_to_log_in_background<I>(
+        &mut self,
+        entries: I,
+        vote: Vote<C::NodeId>,
+        last_log_id: LogId<C::NodeId>,
+    ) -> Result<(), StorageError<C::NodeId>>
+    where
+        I: IntoIterator<Item = C::Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let (tx, rx) = C::AsyncRuntime::oneshot();
+        let log_io_id = LogIOId::new(vote.clone(), Some(last_log_id.clone()));
+        let callback = LogFlushed::new(log_io_id, tx);
+        self.log_store.append(entries, callback).await?;
+
+        let tx_notify = self.tx_notify.clone();
+        // False positive lint warning(`non-binding `let` on a future`): https://github.com/rust-lang/rust-clippy/issues/9932
+        #[allow(clippy::let_underscore_future)]
+        let _ = C::AsyncRuntime::spawn(async move {
+            let result = match rx.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(AnyError::error(e)),
+                Err(e) => Err(AnyError::error(e)),
+            };
+            let _ = tx_notify.send(Notify::LocalLogFlushed {
+                vote,
+                log_id: last_log_id,
+                result,
+            });
+        });
+        Ok(())
+    }
+
     #[tracing::instrument(level = "debug", skip_all)]
     pub(crate) async fn apply_to_state_machine(
         &mut self,
@@ -1374,6 +1410,20 @@ where
                 }
             }
 
+            Notify::LocalLogFlushed { vote, log_id, result } => {
+                if let Err(e) = result {
+                    tracing::error!("leader log flush failed upto {}: {}", log_id, e);
+                    return Err(Fatal::from(StorageError::from(StorageIOError::write_logs(e))));
+                }
+                // Count the flushed entries as this leader's own only while it still leads with
+                // the vote it wrote them under; a later leader of this node has its own.
+                if &vote == self.engine.state.vote_ref() {
+                    if let Ok(mut lh) = self.engine.leader_handler() {
+                        lh.replication_handler().update_local_progress(Some(log_id));
+                    }
+                }
+            }
+
             Notify::StateMachine { command_result } => {
                 tracing::debug!("sm::StateMachine command result: {:?}", command_result);
 
@@ -1636,6 +1686,17 @@ where
             Command::AppendInputEntries { vote, entries } => {
                 let last_log_id = entries.last().unwrap().get_log_id().clone();
                 tracing::debug!("AppendInputEntries: {}", DisplaySlice::<_>(&entries),);
+
+                // dllm patch: a leader does not wait for its own log flush before it
+                // replicates (Raft dissertation, 10.2.1: the leader writes its log in parallel
+                // with replicating it). Its own progress is counted only once the store reports
+                // the entries durable (`Notify::LocalLogFlushed`), so an entry commits only when
+                // a quorum holds it on disk, possibly a quorum of followers. Followers still
+                // wait for their flush before they answer AppendEntries.
+                if self.engine.leader_handler().is_ok() && &vote == self.engine.state.vote_ref() {
+                    self.append_to_log_in_background(entries, vote, last_log_id).await?;
+                    return Ok(None);
+                }
 
                 self.append_to_log(entries, vote, last_log_id.clone()).await?;
 
