@@ -209,3 +209,111 @@ async fn one_replica_commits_on_its_own_flush_and_keeps_it_through_sigkill() {
         .await
         .expect("register after restart");
 }
+
+/// A leader replicates before its own flush returns, so a crash (power lost, not a SIGKILL,
+/// which leaves the page cache) can leave it with a log that ends before entries that a
+/// quorum of followers holds and that were acknowledged. Recreated here: the leader's last
+/// five entries (and its record of their commit) are cut from its stopped store. When it
+/// restarts it must not resume leading under its old vote, which would give new writes the
+/// log ids of entries the followers already hold with other payloads: every replica ends with
+/// every acknowledged write, before and after, and the same state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_lost_its_unflushed_tail_does_not_reuse_its_log_ids() {
+    use dllm_control_plane::{raft_types::TypeConfig, state::ClusterState};
+    use openraft::storage::{RaftLogReader, RaftLogStorage};
+
+    init_tracing();
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_leader(&[1, 2, 3]).await;
+    let mut acked = Vec::new();
+    info!("--- 20 writes through leader {leader}, applied everywhere");
+    let mut c = clients(&cluster.addr(leader)).await;
+    for i in 0..20 {
+        let id = format!("before-{i}");
+        c.discovery
+            .register_with_cluster(join_request(&id, 1))
+            .await
+            .expect("register");
+        acked.push(id);
+    }
+    let addrs: Vec<String> = (1..=3).map(|id| cluster.addr(id)).collect();
+    wait_for(
+        "every replica to apply the same index",
+        Duration::from_secs(20),
+        || {
+            let addrs = addrs.clone();
+            async move {
+                let mut applied = std::collections::BTreeSet::new();
+                for addr in &addrs {
+                    applied.insert(replica_status(addr).await.ok()?.applied_index?);
+                }
+                (applied.len() == 1).then_some(())
+            }
+        },
+    )
+    .await;
+    info!("--- stop every replica; cut the last 5 entries from leader {leader}'s log");
+    for id in 1..=3 {
+        assert!(
+            cluster.replica(id).terminate().success(),
+            "replica {id} stops cleanly"
+        );
+    }
+    {
+        let dir = cluster.dir().join(format!("cp{leader}")).join("raft");
+        let (mut log, _sm) = dllm_storage::open::<TypeConfig, ClusterState>(
+            &dir,
+            &dllm_storage::StoreOptions::default(),
+        )
+        .expect("open the stopped leader's store");
+        let vote = log.read_vote().await.expect("vote").expect("a vote");
+        assert!(
+            vote.is_committed() && vote.leader_id().voted_for() == Some(leader),
+            "the stopped leader's saved vote is its own leadership: {vote}"
+        );
+        let last = log
+            .get_log_state()
+            .await
+            .expect("log state")
+            .last_log_id
+            .expect("entries");
+        let cut_from = last.index - 4;
+        let entries = log
+            .try_get_log_entries(cut_from - 1..=cut_from)
+            .await
+            .expect("read entries");
+        assert_eq!(entries.len(), 2, "entries {}..={cut_from}", cut_from - 1);
+        // What survives a lost tail is a prefix: the record of their commit went with them.
+        log.save_committed(Some(entries[0].log_id))
+            .await
+            .expect("committed");
+        log.truncate(entries[1].log_id).await.expect("truncate");
+        log.flush().await.expect("flush");
+    }
+    info!("--- restart all; writes after");
+    for id in 1..=3 {
+        cluster.restart(id);
+    }
+    let new_leader = cluster.wait_leader(&[1, 2, 3]).await;
+    let mut c = clients(&cluster.addr(new_leader)).await;
+    for i in 0..10 {
+        let id = format!("after-{i}");
+        c.discovery
+            .register_with_cluster(join_request(&id, 1))
+            .await
+            .unwrap_or_else(|e| panic!("register after restart: {e}\n{}", cluster.logs()));
+        acked.push(id);
+    }
+    info!("--- every replica has every acknowledged write");
+    let want: std::collections::HashSet<String> = acked.iter().cloned().collect();
+    for id in 1..=3 {
+        let addr = cluster.wait_up(id).await;
+        let have = member_ids(&addr).await;
+        let missing: Vec<&String> = want.difference(&have).collect();
+        assert!(
+            missing.is_empty(),
+            "replica {id} (leader before: {leader}, after: {new_leader}) lacks acknowledged {missing:?}\n{}",
+            cluster.logs()
+        );
+    }
+}

@@ -1417,8 +1417,8 @@ where
                 }
                 // Count the flushed entries as this leader's own only while it still leads with
                 // the vote it wrote them under; a later leader of this node has its own.
-                if &vote == self.engine.state.vote_ref() {
-                    if let Ok(mut lh) = self.engine.leader_handler() {
+                if let Ok(mut lh) = self.engine.leader_handler() {
+                    if lh.leader.vote == vote {
                         lh.replication_handler().update_local_progress(Some(log_id));
                     }
                 }
@@ -1693,7 +1693,7 @@ where
                 // the entries durable (`Notify::LocalLogFlushed`), so an entry commits only when
                 // a quorum holds it on disk, possibly a quorum of followers. Followers still
                 // wait for their flush before they answer AppendEntries.
-                if self.engine.leader_handler().is_ok() && &vote == self.engine.state.vote_ref() {
+                if self.engine.leader_handler().is_ok_and(|lh| lh.leader.vote == vote) {
                     self.append_to_log_in_background(entries, vote, last_log_id).await?;
                     return Ok(None);
                 }

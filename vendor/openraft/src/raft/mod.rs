@@ -264,6 +264,25 @@ where C: RaftTypeConfig
 
         let eng_config = EngineConfig::new::<C::AsyncRuntime>(id.clone(), config.as_ref());
 
+        // dllm patch (DLLM-PATCH.md): a leader replicates entries before its own flush
+        // returns, so after a crash its log may end before entries a follower holds under the
+        // same vote. Resuming leadership under that vote (as unpatched 0.9 does) would then
+        // number new entries with the log ids of those, and a follower that already holds an
+        // id keeps its own payload: two entries under one log id. So a node whose saved vote
+        // is a committed one for itself restarts as a candidate would: it moves to the next
+        // term, voting for itself (not committed), and has to win an election.
+        if let Some(vote) = log_store.read_vote().await? {
+            if vote.is_committed() && vote.leader_id().voted_for().as_ref() == Some(&id) {
+                let next = Vote::new(vote.leader_id().get_term() + 1, id.clone());
+                tracing::info!(
+                    "restarting after leading under {}: not resuming that leadership; vote {}",
+                    vote,
+                    next
+                );
+                log_store.save_vote(&next).await?;
+            }
+        }
+
         let state = {
             let mut helper = StorageHelper::new(&mut log_store, &mut state_machine);
             helper.get_initial_state().await?
