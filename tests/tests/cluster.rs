@@ -2,7 +2,9 @@
 //! reads on every replica, failover, restarts, membership changes and the reference's calls.
 
 use dllm_proto::pb;
-use dllm_tests::{clients, init_tracing, join_request, member_ids, Cluster};
+use dllm_tests::{
+    clients, init_tracing, join_request, member_ids, replica_status, wait_for, Cluster,
+};
 use tonic::Code;
 use tracing::info;
 
@@ -524,6 +526,70 @@ async fn leader_kill_loses_nothing_acknowledged() {
         for want in &acked {
             assert!(have.contains(want), "replica {id} lost acknowledged {want}");
         }
+    }
+}
+
+/// A leader that crashes and comes back after another replica was elected rejoins as a
+/// follower: the new leader keeps leading, in the same term. Checked with the old leader the
+/// one with the highest id, so the vote its restart saves (it must not resume leading, see
+/// vendor/openraft/DLLM-PATCH.md) has to stay below the new leader's although its id is
+/// greater.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_old_leader_does_not_depose_the_new_one() {
+    init_tracing();
+    let mut cluster = Cluster::start(3, &[]);
+    let mut leader = cluster.wait_leader(&[1, 2, 3]).await;
+    info!("--- fail leaders over until replica 3 leads");
+    for _ in 0..30 {
+        if leader == 3 {
+            break;
+        }
+        cluster.replica(leader).kill();
+        let next = cluster.wait_leader(&others(&[1, 2, 3], leader)).await;
+        cluster.restart(leader);
+        cluster.wait_up(leader).await;
+        leader = cluster.wait_leader(&[1, 2, 3]).await;
+        assert_eq!(leader, next, "a restarted replica took over from {next}");
+    }
+    assert_eq!(leader, 3, "replica 3 never led in 30 failovers");
+
+    info!("--- kill leader 3; a lower id takes over");
+    cluster.replica(3).kill();
+    let new_leader = cluster.wait_leader(&[1, 2]).await;
+    let term = replica_status(&cluster.addr(new_leader))
+        .await
+        .expect("status")
+        .term;
+    info!("--- restart 3: it follows {new_leader} in term {term}");
+    cluster.restart(3);
+    let addr = cluster.wait_up(3).await;
+    wait_for(
+        "replica 3 to follow the new leader",
+        std::time::Duration::from_secs(30),
+        || {
+            let addr = addr.clone();
+            async move {
+                let s = replica_status(&addr).await.ok()?;
+                (s.leader_id == new_leader).then_some(())
+            }
+        },
+    )
+    .await;
+    let mut c = clients(&addr).await;
+    for i in 0..10 {
+        c.discovery
+            .register_with_cluster(join_request(&format!("after-restart-{i}"), 1))
+            .await
+            .unwrap_or_else(|e| panic!("write through replica 3: {e}\n{}", cluster.logs()));
+    }
+    for id in 1..=3 {
+        let s = replica_status(&cluster.addr(id)).await.expect("status");
+        assert_eq!(
+            (s.leader_id, s.term),
+            (new_leader, term),
+            "replica {id}: the leader and term after replica 3 came back\n{}",
+            cluster.logs()
+        );
     }
 }
 

@@ -269,11 +269,16 @@ where C: RaftTypeConfig
         // same vote. Resuming leadership under that vote (as unpatched 0.9 does) would then
         // number new entries with the log ids of those, and a follower that already holds an
         // id keeps its own payload: two entries under one log id. So a node whose saved vote
-        // is a committed one for itself restarts as a candidate would: it moves to the next
-        // term, voting for itself (not committed), and has to win an election.
+        // is a committed one for itself restarts with that vote uncommitted, as a candidate
+        // that voted for itself in that term and was not elected: it is not leader and has to
+        // win an election in a later term. (The same downgrade upstream makes when a vote
+        // response carries a node's own old leadership; no vote lies between the two, so it
+        // grants nothing new, and it stays below any leader elected after it, which a later
+        // term's vote for itself would not: that would depose a leader with a lower id.)
         if let Some(vote) = log_store.read_vote().await? {
             if vote.is_committed() && vote.leader_id().voted_for().as_ref() == Some(&id) {
-                let next = Vote::new(vote.leader_id().get_term() + 1, id.clone());
+                let mut next = vote.clone();
+                next.committed = false;
                 tracing::info!(
                     "restarting after leading under {}: not resuming that leadership; vote {}",
                     vote,
