@@ -60,7 +60,9 @@ fn sync_loop<C: SledTypeConfig>(wal: Arc<Mutex<Wal>>, jobs: mpsc::Receiver<Job<C
         batch.push(job);
         batch.extend(jobs.try_iter());
         // Every job's writes happened before it was queued, so before this look at which file
-        // is the newest; syncing that one covers them all.
+        // is the newest; syncing that one covers them all. The vendored openraft relies on
+        // that order (vendor/openraft/DLLM-PATCH.md): a vote or truncation made durable here
+        // makes every append before it durable too, and callbacks complete in queue order.
         // What may be deleted is decided now, before the sync: only what the purges and
         // truncations written so far made dead, since the sync covers exactly those.
         let collect = batch.iter().any(|job| matches!(job, Job::Collect));
