@@ -498,6 +498,32 @@ pub async fn member_ids(addr: &str) -> std::collections::HashSet<String> {
         .collect()
 }
 
+/// Registers a one-GPU node named `{prefix}{i}` for each `i` in `range` through `c`, in order,
+/// each within the request budget; returns the names, every one acknowledged. A refusal or a
+/// hang panics with `cluster`'s logs.
+pub async fn register_all(
+    c: &mut Clients,
+    cluster: &Cluster,
+    prefix: &str,
+    range: std::ops::Range<usize>,
+) -> Vec<String> {
+    let mut acked = Vec::new();
+    for i in range {
+        let id = format!("{prefix}{i}");
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            c.discovery.register_with_cluster(join_request(&id, 1)),
+        )
+        .await
+        {
+            Ok(Ok(_)) => acked.push(id),
+            Ok(Err(e)) => panic!("register {id}: {e}\n{}", cluster.logs()),
+            Err(_) => panic!("register {id}: no answer in 10 s\n{}", cluster.logs()),
+        }
+    }
+    acked
+}
+
 /// A registration for a simulated worker.
 pub fn join_request(node_id: &str, gpus: usize) -> pb::ClusterJoinRequest {
     pb::ClusterJoinRequest {

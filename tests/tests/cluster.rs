@@ -3,7 +3,8 @@
 
 use dllm_proto::pb;
 use dllm_tests::{
-    clients, init_tracing, join_request, member_ids, replica_status, wait_for, Cluster,
+    clients, init_tracing, join_request, member_ids, register_all, replica_status, wait_for,
+    Cluster,
 };
 use tonic::Code;
 use tracing::info;
@@ -493,31 +494,16 @@ async fn leader_kill_loses_nothing_acknowledged() {
     let mut cluster = Cluster::start(3, &[]);
     let leader = cluster.wait_leader(&[1, 2, 3]).await;
     let survivors = others(&[1, 2, 3], leader);
-    let mut acked = Vec::new();
 
     info!("--- writes through a follower, then kill leader {leader}");
     let mut c = clients(&cluster.addr(survivors[0])).await;
-    for i in 0..20 {
-        let id = format!("before-{i}");
-        c.discovery
-            .register_with_cluster(join_request(&id, 1))
-            .await
-            .expect("register");
-        acked.push(id);
-    }
+    let mut acked = register_all(&mut c, &cluster, "before-", 0..20).await;
     cluster.replica(leader).kill();
 
     info!("--- a new leader among {survivors:?} takes writes");
     let new_leader = cluster.wait_leader(&survivors).await;
     assert_ne!(new_leader, leader);
-    for i in 0..20 {
-        let id = format!("after-{i}");
-        c.discovery
-            .register_with_cluster(join_request(&id, 1))
-            .await
-            .unwrap_or_else(|e| panic!("register after failover: {e}\n{}", cluster.logs()));
-        acked.push(id);
-    }
+    acked.extend(register_all(&mut c, &cluster, "after-", 0..20).await);
 
     info!("--- the old leader comes back and has everything");
     cluster.restart(leader);
@@ -576,12 +562,7 @@ async fn a_restarted_old_leader_does_not_depose_the_new_one() {
     )
     .await;
     let mut c = clients(&addr).await;
-    for i in 0..10 {
-        c.discovery
-            .register_with_cluster(join_request(&format!("after-restart-{i}"), 1))
-            .await
-            .unwrap_or_else(|e| panic!("write through replica 3: {e}\n{}", cluster.logs()));
-    }
+    register_all(&mut c, &cluster, "after-restart-", 0..10).await;
     for id in 1..=3 {
         let s = replica_status(&cluster.addr(id)).await.expect("status");
         assert_eq!(

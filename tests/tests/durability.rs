@@ -11,7 +11,8 @@ use std::{
 
 use dllm_proto::pb;
 use dllm_tests::{
-    clients, init_tracing, join_request, member_ids, replica_status, wait_for, Cluster,
+    clients, init_tracing, join_request, member_ids, register_all, replica_status, wait_for,
+    Cluster,
 };
 use tracing::info;
 
@@ -177,24 +178,8 @@ async fn one_replica_commits_on_its_own_flush_and_keeps_it_through_sigkill() {
     let mut cluster = Cluster::start(1, &[]);
     cluster.wait_leader(&[1]).await;
     let mut c = clients(&cluster.addr(1)).await;
-    let mut acked = Vec::new();
-    info!("--- writes on the lone leader");
-    for i in 0..50 {
-        let id = format!("solo-{i}");
-        tokio::time::timeout(
-            Duration::from_secs(10),
-            c.discovery.register_with_cluster(join_request(&id, 1)),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "write {i} not answered: a lone leader must commit on its own flush\n{}",
-                cluster.logs()
-            )
-        })
-        .expect("register");
-        acked.push(id);
-    }
+    info!("--- writes on the lone leader (each must commit on its own flush)");
+    let acked = register_all(&mut c, &cluster, "solo-", 0..50).await;
     info!("--- SIGKILL and restart");
     cluster.replica(1).kill();
     cluster.restart(1);
@@ -225,17 +210,9 @@ async fn a_leader_that_lost_its_unflushed_tail_does_not_reuse_its_log_ids() {
     init_tracing();
     let mut cluster = Cluster::start(3, &[]);
     let leader = cluster.wait_leader(&[1, 2, 3]).await;
-    let mut acked = Vec::new();
     info!("--- 20 writes through leader {leader}, applied everywhere");
     let mut c = clients(&cluster.addr(leader)).await;
-    for i in 0..20 {
-        let id = format!("before-{i}");
-        c.discovery
-            .register_with_cluster(join_request(&id, 1))
-            .await
-            .expect("register");
-        acked.push(id);
-    }
+    let mut acked = register_all(&mut c, &cluster, "before-", 0..20).await;
     let addrs: Vec<String> = (1..=3).map(|id| cluster.addr(id)).collect();
     wait_for(
         "every replica to apply the same index",
@@ -296,14 +273,7 @@ async fn a_leader_that_lost_its_unflushed_tail_does_not_reuse_its_log_ids() {
     }
     let new_leader = cluster.wait_leader(&[1, 2, 3]).await;
     let mut c = clients(&cluster.addr(new_leader)).await;
-    for i in 0..10 {
-        let id = format!("after-{i}");
-        c.discovery
-            .register_with_cluster(join_request(&id, 1))
-            .await
-            .unwrap_or_else(|e| panic!("register after restart: {e}\n{}", cluster.logs()));
-        acked.push(id);
-    }
+    acked.extend(register_all(&mut c, &cluster, "after-", 0..10).await);
     info!("--- every replica has every acknowledged write");
     let want: std::collections::HashSet<String> = acked.iter().cloned().collect();
     for id in 1..=3 {
