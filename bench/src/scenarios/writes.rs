@@ -32,6 +32,23 @@ pub struct Run {
     pub secs: f64,
     /// Latencies of acknowledged operations.
     pub latencies: Latencies,
+    /// Raft log entries the leader committed during the run (dllm only): with group commit,
+    /// many writes share one entry, one replication round and one fsync per replica.
+    pub entries: Option<u64>,
+    /// CPU time (user + system) the system's three server processes used during the run.
+    pub server_cpu_secs: Option<f64>,
+}
+
+/// CPU seconds used so far by all of `pids`.
+fn cpu_of(pids: &[u32]) -> f64 {
+    pids.iter().map(|&p| crate::procfs::cpu_seconds(p)).sum()
+}
+
+impl Etcd {
+    /// The members' process ids.
+    pub fn pids(&self) -> Vec<u32> {
+        self.members.iter().filter_map(ChildProcess::pid).collect()
+    }
 }
 
 impl Run {
@@ -46,12 +63,35 @@ impl Run {
         self.errors += other.errors;
         self.secs += other.secs;
         self.latencies.extend(other.latencies);
+        self.entries = match (self.entries, other.entries) {
+            (Some(a), Some(b)) => Some(a + b),
+            _ => None,
+        };
+        self.server_cpu_secs = match (self.server_cpu_secs, other.server_cpu_secs) {
+            (Some(a), Some(b)) => Some(a + b),
+            _ => None,
+        };
+    }
+
+    /// Server CPU milliseconds per 1,000 acknowledged writes: what a write costs the three
+    /// servers together, a steadier measure than ops/s on a VM whose speed drifts.
+    pub fn cpu_ms_per_1000(&self) -> Option<f64> {
+        let cpu = self.server_cpu_secs?;
+        (self.ops > 0).then(|| cpu * 1e6 / self.ops as f64)
     }
 
     /// As JSON.
     pub fn json(&self) -> Value {
-        json!({"ops": self.ops, "errors": self.errors, "seconds": round(self.secs),
-               "ops_per_sec": round(self.rate()), "latency": self.latencies.summary()})
+        let mut v = json!({"ops": self.ops, "errors": self.errors, "seconds": round(self.secs),
+               "ops_per_sec": round(self.rate()), "latency": self.latencies.summary()});
+        if let Some(entries) = self.entries {
+            v["raft_entries"] = json!(entries);
+            v["writes_per_entry"] = json!(round(self.ops as f64 / entries.max(1) as f64));
+        }
+        if let Some(cpu) = self.cpu_ms_per_1000() {
+            v["server_cpu_ms_per_1000_writes"] = json!(round(cpu));
+        }
+        v
     }
 }
 
@@ -87,6 +127,8 @@ where
         errors: 0,
         secs: 0.0,
         latencies: Latencies::default(),
+        entries: None,
+        server_cpu_secs: None,
     };
     for t in tasks {
         let (lat, errors) = t.await.expect("client task");
@@ -120,7 +162,7 @@ pub async fn dllm(addrs: &[String], clients: usize, duration: Duration, tag: &st
 pub struct Etcd {
     /// Client endpoints.
     pub endpoints: Vec<String>,
-    _members: Vec<ChildProcess>,
+    members: Vec<ChildProcess>,
     _dir: tempfile::TempDir,
 }
 
@@ -190,7 +232,7 @@ pub async fn start_etcd(binary: &str) -> anyhow::Result<Etcd> {
     }
     Ok(Etcd {
         endpoints,
-        _members: members,
+        members,
         _dir: dir,
     })
 }
@@ -279,6 +321,13 @@ async fn etcd_leader(endpoints: &[String]) -> anyhow::Result<usize> {
     anyhow::bail!("no etcd member says it leads")
 }
 
+/// The servers' CPU per 1,000 writes, as a column.
+fn cpu_column(r: &Run) -> String {
+    r.cpu_ms_per_1000()
+        .map(|c| format!(" {c:>7.0}"))
+        .unwrap_or_default()
+}
+
 fn print_row(system: &str, clients: usize, via: Via, r: &Run, extra: &str) {
     println!(
         "{system:<8} {clients:>8} {:>9} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2}{extra}",
@@ -308,9 +357,10 @@ pub async fn run(
         duration.as_secs_f64()
     );
     println!(
-        "{:<8} {:>8} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9}",
-        "system", "clients", "via", "ops/s", "p50 ms", "p90 ms", "p99 ms", "max ms"
+        "{:<8} {:>8} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7}",
+        "system", "clients", "via", "ops/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "cpu/1k"
     );
+    println!("(cpu/1k: CPU ms of the three servers together per 1,000 acknowledged writes)");
     let plan = plan(client_counts);
     let mut dllm_runs: Vec<Option<Run>> = plan.iter().map(|_| None).collect();
     let mut etcd_runs: Vec<Option<Run>> = plan.iter().map(|_| None).collect();
@@ -335,12 +385,32 @@ pub async fn run(
                     (0, _) => {
                         let (leader, _) = crate::common::leader(&cluster).await;
                         let through = via.pick(&addrs, (leader - 1) as usize);
-                        (dllm(&through, c, duration, &tag).await, &mut dllm_runs[i])
+                        let leader_addr = &addrs[(leader - 1) as usize];
+                        let committed = || async {
+                            crate::common::status(leader_addr)
+                                .await
+                                .and_then(|s| s.commit_index)
+                        };
+                        let pids: Vec<u32> =
+                            cluster.replicas.values().filter_map(|r| r.pid()).collect();
+                        let before = committed().await;
+                        let cpu = cpu_of(&pids);
+                        let mut run = dllm(&through, c, duration, &tag).await;
+                        run.server_cpu_secs = Some(cpu_of(&pids) - cpu);
+                        run.entries = match (before, committed().await) {
+                            (Some(b), Some(a)) => Some(a.saturating_sub(b)),
+                            _ => None,
+                        };
+                        (run, &mut dllm_runs[i])
                     }
                     (_, Some(e)) => {
                         let leader = etcd_leader(&e.endpoints).await?;
                         let through = via.pick(&e.endpoints, leader);
-                        (etcd(&through, c, duration, &tag).await, &mut etcd_runs[i])
+                        let pids = e.pids();
+                        let cpu = cpu_of(&pids);
+                        let mut run = etcd(&through, c, duration, &tag).await;
+                        run.server_cpu_secs = Some(cpu_of(&pids) - cpu);
+                        (run, &mut etcd_runs[i])
                     }
                     (_, None) => continue,
                 };
@@ -365,12 +435,18 @@ pub async fn run(
     let dllm_runs: Vec<Run> = dllm_runs.into_iter().flatten().collect();
     let etcd_runs: Vec<Run> = etcd_runs.into_iter().flatten().collect();
     for (i, &(c, via)) in plan.iter().enumerate() {
-        print_row("dllm", c, via, &dllm_runs[i], "");
+        let r = &dllm_runs[i];
+        let mut extra = cpu_column(r);
+        if let Some(e) = r.entries {
+            extra += &format!("   {:.1} writes/entry", r.ops as f64 / e.max(1) as f64);
+        }
+        print_row("dllm", c, via, r, &extra);
     }
     for (i, &(c, via)) in plan.iter().enumerate() {
         if let Some(r) = etcd_runs.get(i) {
             let ratio = dllm_runs[i].rate() / r.rate();
-            print_row("etcd", c, via, r, &format!("   dllm/etcd {ratio:.2}x"));
+            let extra = format!("{}   dllm/etcd {ratio:.2}x", cpu_column(r));
+            print_row("etcd", c, via, r, &extra);
         }
     }
     if rounds > 1 && etcd_runs.len() == plan.len() {
