@@ -77,7 +77,7 @@ struct Tracked {
 #[derive(Debug)]
 pub struct Detector {
     config: LivenessConfig,
-    tracked: HashMap<String, Tracked>,
+    tracked: foldhash::HashMap<String, Tracked>,
     leader_since: Option<Instant>,
     /// The feed and the position in it this detector has read up to.
     cursor: Option<(NodeChanges, u64)>,
@@ -90,6 +90,55 @@ pub struct Detector {
     looked: u64,
     /// Looks at every node so far.
     scans: u64,
+    /// Bumped whenever leadership starts or ends: a sweep begun in another term stops.
+    term: u64,
+}
+
+/// One sweep in progress. [`Detector::begin_sweep`] gathers what it is to look at from the
+/// detector's own queues and the change feed; [`Detector::look`] then looks at those nodes a
+/// chunk at a time, each chunk under its own short read of the state, so apply (which needs
+/// the state's write lock) never waits for a whole sweep, and heartbeats (which need the
+/// detector) never wait for more than a chunk. A node that changes between chunks is in the
+/// feed for the next sweep.
+#[derive(Debug)]
+pub struct Sweep {
+    term: u64,
+    now: Instant,
+    counting_from: Instant,
+    /// A copy of the node map (O(1): the map is persistent) when this sweep looks at every
+    /// node; [`Detector::scan_every`] walks it without holding up apply.
+    every: Option<NodeMap>,
+    /// The nodes to look at by id, and how many have been.
+    ids: Vec<String>,
+    next: usize,
+    changes: Vec<StatusChange>,
+}
+
+impl Sweep {
+    /// Whether every node of this sweep has been looked at (or its term ended).
+    pub fn done(&self) -> bool {
+        self.every.is_none() && self.next >= self.ids.len()
+    }
+
+    /// How many nodes by id this sweep is to look at (besides a look at every node).
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether it has no node by id to look at.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// The transitions found so far.
+    pub fn found(&self) -> &[StatusChange] {
+        &self.changes
+    }
+
+    /// The transitions found.
+    pub fn into_changes(self) -> Vec<StatusChange> {
+        self.changes
+    }
 }
 
 impl Detector {
@@ -97,13 +146,14 @@ impl Detector {
     pub fn new(config: LivenessConfig) -> Self {
         Self {
             config,
-            tracked: HashMap::new(),
+            tracked: Default::default(),
             leader_since: None,
             cursor: None,
             due: BinaryHeap::new(),
             recheck: Vec::new(),
             looked: 0,
             scans: 0,
+            term: 0,
         }
     }
 
@@ -136,6 +186,7 @@ impl Detector {
     }
 
     fn forget_all(&mut self) {
+        self.term += 1;
         self.tracked.clear();
         self.cursor = None;
         self.due.clear();
@@ -143,7 +194,7 @@ impl Detector {
     }
 
     fn track<'a>(
-        tracked: &'a mut HashMap<String, Tracked>,
+        tracked: &'a mut foldhash::HashMap<String, Tracked>,
         node: &Node,
         now: Instant,
     ) -> &'a mut Tracked {
@@ -196,29 +247,43 @@ impl Detector {
         }
     }
 
-    /// Finds the nodes whose silence crossed a threshold, or that were heard from again.
-    /// `nodes` is the replicated state's node map and `changes` its change feed.
+    /// Finds the nodes whose silence crossed a threshold, or that were heard from again:
+    /// a whole sweep at once ([`Detector::begin_sweep`], then every look). `nodes` is the
+    /// replicated state's node map and `changes` its change feed.
     pub fn sweep(
         &mut self,
         nodes: &NodeMap,
         changes: &NodeChanges,
         now: Instant,
     ) -> Vec<StatusChange> {
-        let Some(since) = self.leader_since else {
+        let Some(mut sweep) = self.begin_sweep(nodes, changes, now) else {
             return Vec::new();
         };
-        let counting_from = since + self.config.failover_grace;
-        let mut out = Vec::new();
-        let mut look = std::mem::take(&mut self.recheck);
+        self.scan_every(&mut sweep);
+        self.look(&mut sweep, nodes, usize::MAX);
+        sweep.into_changes()
+    }
+
+    /// Starts a sweep, when leading: the nodes queued for another look, those the change
+    /// feed names since the last sweep, and those whose next threshold has passed; or, on a
+    /// term's first sweep or one that fell behind the feed, every node (a copy of `nodes`).
+    pub fn begin_sweep(
+        &mut self,
+        nodes: &NodeMap,
+        changes: &NodeChanges,
+        now: Instant,
+    ) -> Option<Sweep> {
+        let since = self.leader_since?;
+        let mut ids = std::mem::take(&mut self.recheck);
         let news = self
             .cursor
             .as_ref()
             .filter(|(feed, _)| feed.same(changes))
             .and_then(|(_, read)| changes.since(*read));
-        let read = match news {
-            Some((ids, end)) => {
-                look.extend(ids);
-                end
+        let (read, every) = match news {
+            Some((new, end)) => {
+                ids.extend(new);
+                (end, None)
             }
             None => {
                 // First sweep of this term, a new feed, or too far behind: every node.
@@ -228,23 +293,10 @@ impl Detector {
                     end,
                     "failure detector: looking at every node"
                 );
-                self.scans += 1;
-                for node in nodes.values() {
-                    out.extend(self.check(node, now, counting_from));
-                }
-                // What this look did not reach is gone from the state, or left.
-                let scan = self.scans;
-                self.tracked.retain(|_, t| t.scan == scan);
-                end
+                (end, Some(nodes.clone()))
             }
         };
         self.cursor = Some((changes.clone(), read));
-        for id in look {
-            if let Some(t) = self.tracked.get_mut(&id) {
-                t.queued = false;
-            }
-            out.extend(self.check_id(nodes, &id, now, counting_from));
-        }
         while self.due.peek().is_some_and(|Reverse((at, _))| *at <= now) {
             let Some(Reverse((at, id))) = self.due.pop() else {
                 break;
@@ -253,9 +305,55 @@ impl Detector {
                 Some(t) if t.check_at == Some(at) => t.check_at = None,
                 _ => continue,
             }
-            out.extend(self.check_id(nodes, &id, now, counting_from));
+            ids.push(id);
         }
-        out
+        Some(Sweep {
+            term: self.term,
+            now,
+            counting_from: since + self.config.failover_grace,
+            every,
+            ids,
+            next: 0,
+            changes: Vec::new(),
+        })
+    }
+
+    /// The look at every node a sweep may start with, on its own copy of the node map; it
+    /// also forgets what that look did not reach (gone from the state, or left).
+    pub fn scan_every(&mut self, sweep: &mut Sweep) {
+        let Some(nodes) = sweep.every.take() else {
+            return;
+        };
+        if sweep.term != self.term {
+            return;
+        }
+        self.scans += 1;
+        for node in nodes.values() {
+            sweep
+                .changes
+                .extend(self.check(node, sweep.now, sweep.counting_from));
+        }
+        let scan = self.scans;
+        self.tracked.retain(|_, t| t.scan == scan);
+    }
+
+    /// Looks at up to `max` more of the sweep's nodes by id, as `nodes` has them now. A sweep
+    /// whose term has ended (leadership moved meanwhile) looks at nothing more.
+    pub fn look(&mut self, sweep: &mut Sweep, nodes: &NodeMap, max: usize) {
+        if sweep.term != self.term {
+            sweep.next = sweep.ids.len();
+            return;
+        }
+        let end = sweep.ids.len().min(sweep.next.saturating_add(max));
+        for i in sweep.next..end {
+            let id = &sweep.ids[i];
+            if let Some(t) = self.tracked.get_mut(id) {
+                t.queued = false;
+            }
+            let change = self.check_id(nodes, id, sweep.now, sweep.counting_from);
+            sweep.changes.extend(change);
+        }
+        sweep.next = end;
     }
 
     /// Looks at the node `id`, or forgets it when it is no longer in the state.

@@ -29,7 +29,7 @@ use openraft::{
 use prost::Message;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     config::Config,
@@ -47,6 +47,9 @@ use crate::{
 
 /// Budget of a replica membership change: adding a replica waits for it to catch up.
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Nodes a failure-detector sweep looks at per read of the state (about 0.5 ms of looks).
+const SWEEP_CHUNK: usize = 256;
 
 /// A running replica. Cheap to share behind an `Arc`.
 pub struct Replica {
@@ -922,13 +925,33 @@ impl Replica {
         }
     }
 
-    /// Commits the status transitions the failure detector finds, as one entry.
+    /// Commits the status transitions the failure detector finds, as one entry. The sweep
+    /// reads the state a chunk of nodes at a time ([`SWEEP_CHUNK`]): tens of thousands of
+    /// looks under one read lock held apply, and so every write, for tens of milliseconds.
     async fn sweep_statuses(&self) {
         {
+            let started = std::time::Instant::now();
             let now = tokio::time::Instant::now();
-            let changes: Vec<StatusChange> = self
+            let Some(mut sweep) = self
                 .state
-                .read(|s| self.detector().sweep(&s.nodes, &s.node_changes, now));
+                .read(|s| self.detector().begin_sweep(&s.nodes, &s.node_changes, now))
+            else {
+                return;
+            };
+            let looking_at = sweep.len();
+            self.detector().scan_every(&mut sweep);
+            while !sweep.done() {
+                self.state
+                    .read(|s| self.detector().look(&mut sweep, &s.nodes, SWEEP_CHUNK));
+                tokio::task::yield_now().await;
+            }
+            let changes = sweep.into_changes();
+            debug!(
+                nodes = looking_at,
+                changes = changes.len(),
+                elapsed = ?started.elapsed(),
+                "failure detector sweep"
+            );
             if changes.is_empty() {
                 return;
             }

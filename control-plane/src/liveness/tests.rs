@@ -366,3 +366,112 @@ async fn an_overtaken_proposal_is_proposed_again() {
         (NodeStatus::Healthy, NodeStatus::Unhealthy)
     );
 }
+
+/// The transitions one sweep finds, taken a chunk of `chunk` nodes at a time, sorted by id.
+fn sweep_in_chunks(d: &mut Detector, w: &World, chunk: usize) -> Vec<(String, &'static str)> {
+    let Some(mut sweep) = d.begin_sweep(&w.nodes, &w.feed, Instant::now()) else {
+        return vec![];
+    };
+    d.scan_every(&mut sweep);
+    while !sweep.done() {
+        d.look(&mut sweep, &w.nodes, chunk);
+    }
+    let mut found: Vec<_> = sweep
+        .into_changes()
+        .into_iter()
+        .map(|c| (c.node_id, c.to.as_str()))
+        .collect();
+    found.sort();
+    found
+}
+
+/// A sweep taken a few nodes at a time (as the replica does, releasing the state between
+/// chunks) finds what a whole sweep finds: on a term's first look at every node, on the
+/// feed's news, and on the nodes whose threshold passed.
+#[tokio::test(start_paused = true)]
+async fn a_sweep_in_chunks_finds_what_a_whole_sweep_finds() {
+    let (mut whole, mut chunked) = (Detector::new(config()), Detector::new(config()));
+    whole.become_leader(Instant::now());
+    chunked.become_leader(Instant::now());
+    let mut w = World::default();
+    for i in 0..20 {
+        w.set(&named(&format!("old{i:02}"), NodeStatus::Healthy));
+    }
+    assert!(sweep_in_chunks(&mut whole, &w, usize::MAX).is_empty());
+    assert!(sweep_in_chunks(&mut chunked, &w, 3).is_empty());
+    advance(3.0).await;
+    for i in 0..20 {
+        w.set(&named(&format!("new{i:02}"), NodeStatus::Healthy));
+    }
+    // The first nodes go silent past the threshold (grace 2 s + 3 s); the new ones not yet.
+    advance(2.5).await;
+    let expected = sweep_in_chunks(&mut whole, &w, usize::MAX);
+    assert_eq!(expected.len(), 20, "{expected:?}");
+    assert!(expected
+        .iter()
+        .all(|(id, to)| id.starts_with("old") && *to == "unhealthy"));
+    assert_eq!(sweep_in_chunks(&mut chunked, &w, 3), expected);
+    advance(3.0).await;
+    let expected = sweep_in_chunks(&mut whole, &w, usize::MAX);
+    assert_eq!(expected.len(), 20, "the new ones now: {expected:?}");
+    assert_eq!(sweep_in_chunks(&mut chunked, &w, 3), expected);
+}
+
+/// A node that changes between two chunks of a sweep is judged as it is when its chunk is
+/// looked at: re-registered meanwhile (a new generation), its clock starts again and nothing
+/// is proposed for it.
+#[tokio::test(start_paused = true)]
+async fn a_chunk_judges_the_state_as_it_is_then() {
+    let mut d = Detector::new(config());
+    d.become_leader(Instant::now());
+    let mut w = World::default();
+    for id in ["a", "b"] {
+        w.set(&named(id, NodeStatus::Healthy));
+    }
+    w.sweep(&mut d);
+    advance(5.5).await;
+    let mut sweep = d
+        .begin_sweep(&w.nodes, &w.feed, Instant::now())
+        .expect("leading");
+    assert_eq!(sweep.len(), 2, "both nodes' thresholds passed");
+    d.look(&mut sweep, &w.nodes, 1);
+    assert!(!sweep.done());
+    // Apply runs between the chunks: the node not looked at yet is re-registered.
+    assert_eq!(sweep.found().len(), 1);
+    let next = if sweep.found()[0].node_id == "a" {
+        "b"
+    } else {
+        "a"
+    };
+    let mut again = named(next, NodeStatus::Healthy);
+    again.generation = 2;
+    w.set(&again);
+    d.look(&mut sweep, &w.nodes, 1);
+    assert!(sweep.done());
+    let changes = sweep.into_changes();
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_ne!(changes[0].node_id, next);
+}
+
+/// A sweep begun before leadership moved looks at nothing more: its term's soft state is
+/// gone, and what it would find belongs to the next term's first sweep.
+#[tokio::test(start_paused = true)]
+async fn a_sweep_from_an_earlier_term_stops() {
+    let mut d = Detector::new(config());
+    d.become_leader(Instant::now());
+    let w = World::with(&named("a", NodeStatus::Healthy));
+    w.sweep(&mut d);
+    advance(5.5).await;
+    let mut sweep = d
+        .begin_sweep(&w.nodes, &w.feed, Instant::now())
+        .expect("leading");
+    assert_eq!(sweep.len(), 1);
+    d.step_down();
+    d.become_leader(Instant::now());
+    let looked = d.looked();
+    d.look(&mut sweep, &w.nodes, usize::MAX);
+    assert!(sweep.done());
+    assert_eq!(d.looked(), looked, "the stale sweep looked at a node");
+    assert!(sweep.into_changes().is_empty());
+    assert!(d.begin_sweep(&w.nodes, &w.feed, Instant::now()).is_some());
+}

@@ -23,11 +23,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::raft_types::TypeConfig;
 
+/// imbl's persistent hash map with foldhash instead of SipHash (imbl's default): every
+/// registration, heartbeat, failure-detector look and retried request hashes a key, and
+/// nothing depends on the order (a process's seed is random either way).
+pub type PersistentMap<K, V> =
+    imbl::GenericHashMap<K, V, foldhash::fast::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
+
 /// The nodes by id. A hash map, not an ordered one: registrations and the failure detector
 /// look nodes up by id all the time, and with 100,000+ ids an ordered map's dozen or so string
 /// comparisons per lookup (each chasing a pointer to the key) cost ~6% of a replica's CPU in
 /// the writes benchmark; listing, which sorts, is rare.
-pub type NodeMap = imbl::HashMap<String, Node>;
+pub type NodeMap = PersistentMap<String, Node>;
 
 /// The authoritative state of the cluster as of some log index.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -131,7 +137,7 @@ pub struct RecentRequests {
     // Persistent collections (encoded like `VecDeque` and `HashMap`): copying them for a
     // snapshot is O(1).
     order: imbl::Vector<u128>,
-    outcomes: imbl::HashMap<u128, Outcome>,
+    outcomes: PersistentMap<u128, Outcome>,
 }
 
 impl RecentRequests {
