@@ -37,6 +37,9 @@ pub struct Run {
     pub entries: Option<u64>,
     /// CPU time (user + system) the system's three server processes used during the run.
     pub server_cpu_secs: Option<f64>,
+    /// CPU time the load generator (this process) used during the run: it shares the
+    /// machine, so what a write costs it is also a limit on ops/s.
+    pub client_cpu_secs: f64,
 }
 
 /// CPU seconds used so far by all of `pids`.
@@ -67,6 +70,7 @@ impl Run {
             (Some(a), Some(b)) => Some(a + b),
             _ => None,
         };
+        self.client_cpu_secs += other.client_cpu_secs;
         self.server_cpu_secs = match (self.server_cpu_secs, other.server_cpu_secs) {
             (Some(a), Some(b)) => Some(a + b),
             _ => None,
@@ -91,6 +95,10 @@ impl Run {
         if let Some(cpu) = self.cpu_ms_per_1000() {
             v["server_cpu_ms_per_1000_writes"] = json!(round(cpu));
         }
+        if self.ops > 0 {
+            v["load_generator_cpu_ms_per_1000_writes"] =
+                json!(round(self.client_cpu_secs * 1e6 / self.ops as f64));
+        }
         v
     }
 }
@@ -102,6 +110,7 @@ where
     Fut: Future<Output = Result<(), String>> + Send,
 {
     let op = Arc::new(op);
+    let cpu = crate::procfs::cpu_seconds(std::process::id());
     let start = Instant::now();
     let deadline = start + duration;
     let tasks: Vec<_> = (0..clients)
@@ -129,6 +138,7 @@ where
         latencies: Latencies::default(),
         entries: None,
         server_cpu_secs: None,
+        client_cpu_secs: 0.0,
     };
     for t in tasks {
         let (lat, errors) = t.await.expect("client task");
@@ -137,6 +147,7 @@ where
         run.latencies.extend(lat);
     }
     run.secs = start.elapsed().as_secs_f64();
+    run.client_cpu_secs = crate::procfs::cpu_seconds(std::process::id()) - cpu;
     run
 }
 
