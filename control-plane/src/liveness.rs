@@ -95,19 +95,25 @@ pub struct Detector {
 }
 
 /// One sweep in progress. [`Detector::begin_sweep`] gathers what it is to look at from the
-/// detector's own queues and the change feed; [`Detector::look`] then looks at those nodes a
-/// chunk at a time, each chunk under its own short read of the state, so apply (which needs
-/// the state's write lock) never waits for a whole sweep, and heartbeats (which need the
-/// detector) never wait for more than a chunk. A node that changes between chunks is in the
-/// feed for the next sweep.
+/// detector's own queues and the change feed (or, for a look at every node, an O(1) copy of
+/// the node map, whose ids [`Sweep::list_every`] lists without any lock held);
+/// [`Detector::look`] then looks at those nodes a chunk at a time, each chunk under its own
+/// short read of the state, so apply (which needs the state's write lock) never waits for a
+/// whole sweep, and heartbeats (which need the detector) never wait for more than a chunk.
+/// A node that changes between chunks is in the feed for the next sweep.
+/// [`Detector::finish`] hands over what was found, or nothing if the term ended meanwhile.
+///
+/// A sweep is not cancel-safe: [`Detector::begin_sweep`] takes the nodes whose time came
+/// off the detector's queue, so its looks must run (the replica's sweeper is a plain task).
 #[derive(Debug)]
 pub struct Sweep {
     term: u64,
     now: Instant,
     counting_from: Instant,
-    /// A copy of the node map (O(1): the map is persistent) when this sweep looks at every
-    /// node; [`Detector::scan_every`] walks it without holding up apply.
+    /// A copy of the node map when this sweep looks at every node, until its ids are listed.
     every: Option<NodeMap>,
+    /// Which look at every node this sweep is, if it is one.
+    scan: Option<u64>,
     /// The nodes to look at by id, and how many have been.
     ids: Vec<String>,
     next: usize,
@@ -120,7 +126,16 @@ impl Sweep {
         self.every.is_none() && self.next >= self.ids.len()
     }
 
-    /// How many nodes by id this sweep is to look at (besides a look at every node).
+    /// Adds every node of the copy taken for a look at every node to the nodes to look at.
+    /// O(nodes): call it with no lock held. [`Detector::look`] does it if it was not done.
+    pub fn list_every(&mut self) {
+        if let Some(nodes) = self.every.take() {
+            self.ids.reserve(nodes.len());
+            self.ids.extend(nodes.keys().cloned());
+        }
+    }
+
+    /// How many nodes by id this sweep is to look at.
     pub fn len(&self) -> usize {
         self.ids.len()
     }
@@ -133,11 +148,6 @@ impl Sweep {
     /// The transitions found so far.
     pub fn found(&self) -> &[StatusChange] {
         &self.changes
-    }
-
-    /// The transitions found.
-    pub fn into_changes(self) -> Vec<StatusChange> {
-        self.changes
     }
 }
 
@@ -193,10 +203,13 @@ impl Detector {
         self.recheck.clear();
     }
 
+    /// This detector's record of `node`, made if there is none (`scans`: the current look at
+    /// every node, which a record made during it survives).
     fn track<'a>(
         tracked: &'a mut foldhash::HashMap<String, Tracked>,
         node: &Node,
         now: Instant,
+        scans: u64,
     ) -> &'a mut Tracked {
         // Look up before inserting: `entry` would allocate a copy of the id on every call,
         // and this runs for every heartbeat.
@@ -211,7 +224,7 @@ impl Detector {
                     pending: None,
                     check_at: None,
                     queued: false,
-                    scan: 0,
+                    scan: scans,
                 },
             );
         }
@@ -235,7 +248,7 @@ impl Detector {
         now: Instant,
         now_ms: i64,
     ) {
-        let t = Self::track(&mut self.tracked, node, now);
+        let t = Self::track(&mut self.tracked, node, now, self.scans);
         t.last_contact = now;
         t.last_contact_ms = Some(now_ms);
         if usage.is_some() {
@@ -259,9 +272,8 @@ impl Detector {
         let Some(mut sweep) = self.begin_sweep(nodes, changes, now) else {
             return Vec::new();
         };
-        self.scan_every(&mut sweep);
         self.look(&mut sweep, nodes, usize::MAX);
-        sweep.into_changes()
+        self.finish(sweep)
     }
 
     /// Starts a sweep, when leading: the nodes queued for another look, those the change
@@ -293,6 +305,7 @@ impl Detector {
                     end,
                     "failure detector: looking at every node"
                 );
+                self.scans += 1;
                 (end, Some(nodes.clone()))
             }
         };
@@ -311,6 +324,7 @@ impl Detector {
             term: self.term,
             now,
             counting_from: since + self.config.failover_grace,
+            scan: every.is_some().then_some(self.scans),
             every,
             ids,
             next: 0,
@@ -318,28 +332,25 @@ impl Detector {
         })
     }
 
-    /// The look at every node a sweep may start with, on its own copy of the node map; it
-    /// also forgets what that look did not reach (gone from the state, or left).
-    pub fn scan_every(&mut self, sweep: &mut Sweep) {
-        let Some(nodes) = sweep.every.take() else {
-            return;
-        };
+    /// The transitions a sweep found, once it is done; nothing if its term ended meanwhile
+    /// (another term's detector starts afresh, and its grace period must hold). A look at
+    /// every node also forgets the nodes it did not reach: gone from the state, or left.
+    pub fn finish(&mut self, sweep: Sweep) -> Vec<StatusChange> {
         if sweep.term != self.term {
-            return;
+            return Vec::new();
         }
-        self.scans += 1;
-        for node in nodes.values() {
-            sweep
-                .changes
-                .extend(self.check(node, sweep.now, sweep.counting_from));
+        if let Some(scan) = sweep.scan {
+            // Looked at in this scan, or first seen since it began (a heartbeat of a node
+            // registered after the copy was taken).
+            self.tracked.retain(|_, t| t.scan >= scan);
         }
-        let scan = self.scans;
-        self.tracked.retain(|_, t| t.scan == scan);
+        sweep.changes
     }
 
     /// Looks at up to `max` more of the sweep's nodes by id, as `nodes` has them now. A sweep
     /// whose term has ended (leadership moved meanwhile) looks at nothing more.
     pub fn look(&mut self, sweep: &mut Sweep, nodes: &NodeMap, max: usize) {
+        sweep.list_every();
         if sweep.term != self.term {
             sweep.next = sweep.ids.len();
             return;
@@ -381,7 +392,7 @@ impl Detector {
         }
         self.looked += 1;
         let config = self.config;
-        let t = Self::track(&mut self.tracked, node, now);
+        let t = Self::track(&mut self.tracked, node, now, self.scans);
         t.scan = self.scans;
         if t.pending.is_some_and(|(from, _)| from != node.status) {
             t.pending = None;

@@ -926,8 +926,9 @@ impl Replica {
     }
 
     /// Commits the status transitions the failure detector finds, as one entry. The sweep
-    /// reads the state a chunk of nodes at a time ([`SWEEP_CHUNK`]): tens of thousands of
-    /// looks under one read lock held apply, and so every write, for tens of milliseconds.
+    /// reads the state a chunk of nodes at a time ([`SWEEP_CHUNK`]), a look at every node
+    /// included: tens of thousands of looks under one read lock held apply, and so every
+    /// write, for tens of milliseconds. A sweep whose term ended meanwhile proposes nothing.
     async fn sweep_statuses(&self) {
         {
             let started = std::time::Instant::now();
@@ -938,14 +939,14 @@ impl Replica {
             else {
                 return;
             };
+            sweep.list_every();
             let looking_at = sweep.len();
-            self.detector().scan_every(&mut sweep);
             while !sweep.done() {
                 self.state
                     .read(|s| self.detector().look(&mut sweep, &s.nodes, SWEEP_CHUNK));
                 tokio::task::yield_now().await;
             }
-            let changes = sweep.into_changes();
+            let changes = self.detector().finish(sweep);
             debug!(
                 nodes = looking_at,
                 changes = changes.len(),

@@ -372,12 +372,12 @@ fn sweep_in_chunks(d: &mut Detector, w: &World, chunk: usize) -> Vec<(String, &'
     let Some(mut sweep) = d.begin_sweep(&w.nodes, &w.feed, Instant::now()) else {
         return vec![];
     };
-    d.scan_every(&mut sweep);
+    sweep.list_every();
     while !sweep.done() {
         d.look(&mut sweep, &w.nodes, chunk);
     }
-    let mut found: Vec<_> = sweep
-        .into_changes()
+    let mut found: Vec<_> = d
+        .finish(sweep)
         .into_iter()
         .map(|c| (c.node_id, c.to.as_str()))
         .collect();
@@ -397,8 +397,10 @@ async fn a_sweep_in_chunks_finds_what_a_whole_sweep_finds() {
     for i in 0..20 {
         w.set(&named(&format!("old{i:02}"), NodeStatus::Healthy));
     }
+    // A term's first sweep looks at every node.
     assert!(sweep_in_chunks(&mut whole, &w, usize::MAX).is_empty());
     assert!(sweep_in_chunks(&mut chunked, &w, 3).is_empty());
+    assert_eq!(chunked.looked(), 20);
     advance(3.0).await;
     for i in 0..20 {
         w.set(&named(&format!("new{i:02}"), NodeStatus::Healthy));
@@ -448,30 +450,85 @@ async fn a_chunk_judges_the_state_as_it_is_then() {
     w.set(&again);
     d.look(&mut sweep, &w.nodes, 1);
     assert!(sweep.done());
-    let changes = sweep.into_changes();
+    let changes = d.finish(sweep);
     assert_eq!(changes.len(), 1, "{changes:?}");
     assert_ne!(changes[0].node_id, next);
 }
 
-/// A sweep begun before leadership moved looks at nothing more: its term's soft state is
-/// gone, and what it would find belongs to the next term's first sweep.
+/// A sweep begun before leadership moved looks at nothing more and proposes nothing, not
+/// even what it found before: that term's soft state is gone, and the next term's grace
+/// period must hold.
 #[tokio::test(start_paused = true)]
-async fn a_sweep_from_an_earlier_term_stops() {
+async fn a_sweep_from_an_earlier_term_proposes_nothing() {
     let mut d = Detector::new(config());
     d.become_leader(Instant::now());
-    let w = World::with(&named("a", NodeStatus::Healthy));
+    let mut w = World::default();
+    for id in ["a", "b"] {
+        w.set(&named(id, NodeStatus::Healthy));
+    }
     w.sweep(&mut d);
     advance(5.5).await;
     let mut sweep = d
         .begin_sweep(&w.nodes, &w.feed, Instant::now())
         .expect("leading");
-    assert_eq!(sweep.len(), 1);
+    d.look(&mut sweep, &w.nodes, 1);
+    assert_eq!(sweep.found().len(), 1, "the first chunk found a transition");
     d.step_down();
     d.become_leader(Instant::now());
     let looked = d.looked();
     d.look(&mut sweep, &w.nodes, usize::MAX);
     assert!(sweep.done());
     assert_eq!(d.looked(), looked, "the stale sweep looked at a node");
-    assert!(sweep.into_changes().is_empty());
+    assert!(d.finish(sweep).is_empty(), "a stale sweep proposed");
     assert!(d.begin_sweep(&w.nodes, &w.feed, Instant::now()).is_some());
+}
+
+/// A look at every node, taken in chunks, keeps what heartbeats taught the detector
+/// meanwhile about a node registered after the look's copy of the map was taken.
+#[tokio::test(start_paused = true)]
+async fn a_look_at_every_node_keeps_what_heartbeats_said_meanwhile() {
+    let mut d = Detector::new(config());
+    d.become_leader(Instant::now());
+    let mut w = World::default();
+    for id in ["a", "b", "c"] {
+        w.set(&named(id, NodeStatus::Healthy));
+    }
+    let mut sweep = d
+        .begin_sweep(&w.nodes, &w.feed, Instant::now())
+        .expect("leading");
+    sweep.list_every();
+    d.look(&mut sweep, &w.nodes, 1);
+    let late = named("late", NodeStatus::Healthy);
+    w.set(&late);
+    let usage = pb::NodeUsage {
+        memory_total_mb: 10,
+        ..Default::default()
+    };
+    d.heartbeat(&late, Some(usage), Instant::now(), 1);
+    while !sweep.done() {
+        d.look(&mut sweep, &w.nodes, 1);
+    }
+    d.finish(sweep);
+    assert!(
+        d.usage("late").is_some(),
+        "the late node's heartbeat was forgotten"
+    );
+    // And a node gone from the state is forgotten by the next look at every node.
+    w.nodes.remove("a");
+    d.step_down();
+    d.become_leader(Instant::now());
+    d.heartbeat(&named("a", NodeStatus::Healthy), None, Instant::now(), 2);
+    let before = d.tracked.len();
+    let mut sweep = d
+        .begin_sweep(&w.nodes, &w.feed, Instant::now())
+        .expect("leading");
+    while !sweep.done() {
+        d.look(&mut sweep, &w.nodes, 2);
+    }
+    d.finish(sweep);
+    assert_eq!(before, 1);
+    assert!(
+        !d.tracked.contains_key("a"),
+        "a node gone from the state is still tracked"
+    );
 }
