@@ -419,11 +419,9 @@ async fn a_sweep_in_chunks_finds_what_a_whole_sweep_finds() {
     assert_eq!(sweep_in_chunks(&mut chunked, &w, 3), expected);
 }
 
-/// A node that changes between two chunks of a sweep is judged as it is when its chunk is
-/// looked at: re-registered meanwhile (a new generation), its clock starts again and nothing
-/// is proposed for it.
-#[tokio::test(start_paused = true)]
-async fn a_chunk_judges_the_state_as_it_is_then() {
+/// A leader's detector with nodes `a` and `b` both silent past the threshold, and a sweep of
+/// them begun and one node into its looks.
+async fn a_sweep_one_chunk_in() -> (Detector, World, Sweep) {
     let mut d = Detector::new(config());
     d.become_leader(Instant::now());
     let mut w = World::default();
@@ -438,8 +436,17 @@ async fn a_chunk_judges_the_state_as_it_is_then() {
     assert_eq!(sweep.len(), 2, "both nodes' thresholds passed");
     d.look(&mut sweep, &w.nodes, 1);
     assert!(!sweep.done());
+    assert_eq!(sweep.found().len(), 1, "the first chunk found a transition");
+    (d, w, sweep)
+}
+
+/// A node that changes between two chunks of a sweep is judged as it is when its chunk is
+/// looked at: re-registered meanwhile (a new generation), its clock starts again and nothing
+/// is proposed for it.
+#[tokio::test(start_paused = true)]
+async fn a_chunk_judges_the_state_as_it_is_then() {
+    let (mut d, mut w, mut sweep) = a_sweep_one_chunk_in().await;
     // Apply runs between the chunks: the node not looked at yet is re-registered.
-    assert_eq!(sweep.found().len(), 1);
     let next = if sweep.found()[0].node_id == "a" {
         "b"
     } else {
@@ -460,19 +467,7 @@ async fn a_chunk_judges_the_state_as_it_is_then() {
 /// period must hold.
 #[tokio::test(start_paused = true)]
 async fn a_sweep_from_an_earlier_term_proposes_nothing() {
-    let mut d = Detector::new(config());
-    d.become_leader(Instant::now());
-    let mut w = World::default();
-    for id in ["a", "b"] {
-        w.set(&named(id, NodeStatus::Healthy));
-    }
-    w.sweep(&mut d);
-    advance(5.5).await;
-    let mut sweep = d
-        .begin_sweep(&w.nodes, &w.feed, Instant::now())
-        .expect("leading");
-    d.look(&mut sweep, &w.nodes, 1);
-    assert_eq!(sweep.found().len(), 1, "the first chunk found a transition");
+    let (mut d, w, mut sweep) = a_sweep_one_chunk_in().await;
     d.step_down();
     d.become_leader(Instant::now());
     let looked = d.looked();
