@@ -66,15 +66,17 @@ impl Run {
         self.errors += other.errors;
         self.secs += other.secs;
         self.latencies.extend(other.latencies);
-        self.entries = match (self.entries, other.entries) {
-            (Some(a), Some(b)) => Some(a + b),
-            _ => None,
-        };
+        self.entries = self.entries.zip(other.entries).map(|(a, b)| a + b);
         self.client_cpu_secs += other.client_cpu_secs;
-        self.server_cpu_secs = match (self.server_cpu_secs, other.server_cpu_secs) {
-            (Some(a), Some(b)) => Some(a + b),
-            _ => None,
-        };
+        self.server_cpu_secs = self
+            .server_cpu_secs
+            .zip(other.server_cpu_secs)
+            .map(|(a, b)| a + b);
+    }
+
+    /// Acknowledged writes per Raft entry committed meanwhile (dllm only).
+    pub fn writes_per_entry(&self) -> Option<f64> {
+        self.entries.map(|e| self.ops as f64 / e.max(1) as f64)
     }
 
     /// Server CPU milliseconds per 1,000 acknowledged writes: what a write costs the three
@@ -88,9 +90,9 @@ impl Run {
     pub fn json(&self) -> Value {
         let mut v = json!({"ops": self.ops, "errors": self.errors, "seconds": round(self.secs),
                "ops_per_sec": round(self.rate()), "latency": self.latencies.summary()});
-        if let Some(entries) = self.entries {
+        if let (Some(entries), Some(per)) = (self.entries, self.writes_per_entry()) {
             v["raft_entries"] = json!(entries);
-            v["writes_per_entry"] = json!(round(self.ops as f64 / entries.max(1) as f64));
+            v["writes_per_entry"] = json!(round(per));
         }
         if let Some(cpu) = self.cpu_ms_per_1000() {
             v["server_cpu_ms_per_1000_writes"] = json!(round(cpu));
@@ -408,10 +410,9 @@ pub async fn run(
                         let cpu = cpu_of(&pids);
                         let mut run = dllm(&through, c, duration, &tag).await;
                         run.server_cpu_secs = Some(cpu_of(&pids) - cpu);
-                        run.entries = match (before, committed().await) {
-                            (Some(b), Some(a)) => Some(a.saturating_sub(b)),
-                            _ => None,
-                        };
+                        run.entries = before
+                            .zip(committed().await)
+                            .map(|(b, a)| a.saturating_sub(b));
                         (run, &mut dllm_runs[i])
                     }
                     (_, Some(e)) => {
@@ -448,8 +449,8 @@ pub async fn run(
     for (i, &(c, via)) in plan.iter().enumerate() {
         let r = &dllm_runs[i];
         let mut extra = cpu_column(r);
-        if let Some(e) = r.entries {
-            extra += &format!("   {:.1} writes/entry", r.ops as f64 / e.max(1) as f64);
+        if let Some(per) = r.writes_per_entry() {
+            extra += &format!("   {per:.1} writes/entry");
         }
         print_row("dllm", c, via, r, &extra);
     }
