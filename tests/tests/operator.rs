@@ -237,19 +237,32 @@ async fn tui_in_tmux() {
         .map(|r| r.id)
         .expect("the TUI names the endpoint it streams from");
     cluster.replica(live).kill();
-    let moved =
+    // Up to a minute: a new stream that gives no update (the survivors still electing, on a
+    // loaded 2-core CI machine) costs the TUI 10 s before it tries the next replica, and the
+    // screen it last showed says why if it never gets there.
+    let last = std::sync::Mutex::new(String::new());
+    let moved = tokio::time::timeout(
+        Duration::from_secs(60),
         wait_for(
             "the TUI to stream from another replica",
-            Duration::from_secs(30),
+            Duration::from_secs(120),
             || {
                 let s = screen(&session);
                 let dead = cluster.addr(live);
+                *last.lock().unwrap() = s.clone();
                 async move {
                     (s.contains("live:") && !s.contains(&format!("live: {dead}"))).then_some(s)
                 }
             },
+        ),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "the TUI did not stream from another replica within 60 s; its screen:\n{}",
+            last.lock().unwrap()
         )
-        .await;
+    });
     assert!(moved.contains("tui-worker"), "{moved}");
 
     tmux(&["send-keys", "-t", &session, "q"]);
