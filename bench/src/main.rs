@@ -22,7 +22,7 @@ use serde_json::{json, Value};
     about = "dllm benchmarks (real processes on loopback)"
 )]
 struct Cli {
-    /// Folder with dllm-control-plane [default: next to dllm-bench].
+    /// Folder with dllm-control-plane [default: $DLLM_BIN_DIR, else next to dllm-bench].
     #[arg(long, global = true)]
     bin_dir: Option<PathBuf>,
     /// Also write the JSON report here.
@@ -148,7 +148,12 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
-    let bin_dir = match cli.bin_dir {
+    // An explicit folder wins, then one already in the environment (an A/B script that sets
+    // DLLM_BIN_DIR must get the binaries it named, not the ones next to this bench).
+    let from_env = std::env::var_os("DLLM_BIN_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from);
+    let bin_dir = match cli.bin_dir.or(from_env) {
         Some(d) => d,
         None => std::env::current_exe()?
             .parent()
