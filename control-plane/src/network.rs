@@ -1,5 +1,6 @@
 //! Raft traffic to other replicas over gRPC: one reused channel per peer address, deadlines
-//! from openraft's RPC options, snapshots in chunks.
+//! from openraft's RPC options, snapshots in chunks, AppendEntries over one long-lived stream
+//! per follower.
 
 use std::{
     collections::HashMap,
@@ -59,6 +60,24 @@ pub enum PeerError {
 impl Peers {
     /// A client for the replica at `addr` (host:port), on the shared channel.
     pub fn client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, PeerError> {
+        Ok(RaftServiceClient::new(self.channel(addr)?)
+            .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES))
+    }
+
+    /// A client for streaming calls to `addr`, on the same connection.
+    fn streaming_client(
+        &self,
+        addr: &str,
+    ) -> Result<RaftServiceClient<tonic::transport::Channel>, PeerError> {
+        Ok(
+            RaftServiceClient::new(self.channel(addr)?.streaming().clone())
+                .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
+        )
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, PeerError> {
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         let channel = match channels.get(addr) {
             Some(c) => c.clone(),
@@ -79,9 +98,7 @@ impl Peers {
                 channel
             }
         };
-        Ok(RaftServiceClient::new(channel)
-            .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES))
+        Ok(channel)
     }
 
     /// Sends a bincode-encoded `req` to `addr` with `call` and decodes the answer.
@@ -125,6 +142,14 @@ impl Peers {
     }
 }
 
+/// openraft's view of a failed call.
+fn rpc_error<E: std::error::Error>(e: PeerError) -> RPCError<u64, BasicNode, E> {
+    match e {
+        PeerError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+        PeerError::Failed { .. } => RPCError::Network(NetworkError::new(&e)),
+    }
+}
+
 /// Makes one [`RaftConn`] per target replica for openraft.
 #[derive(Clone)]
 pub struct Network {
@@ -143,6 +168,29 @@ pub struct RaftConn {
     target: u64,
     addr: String,
     peers: Peers,
+    /// The open AppendEntries stream to the target, if any.
+    stream: Option<AppendStream>,
+    /// The target does not serve the stream (a build without it): unary calls only.
+    unary_only: bool,
+}
+
+/// One `AppendEntriesStream` call: requests go out on `requests`, each answered in order on
+/// `answers`.
+struct AppendStream {
+    requests: tokio::sync::mpsc::Sender<RaftPayload>,
+    answers: tonic::Streaming<RaftPayload>,
+    /// A request was sent and its answer not read yet. openraft drops a call that outlives
+    /// its timeout, so a call that finds this set knows that the next answer on the stream
+    /// belongs to an abandoned request, and opens a new stream instead.
+    awaiting: bool,
+}
+
+/// Why a request on the AppendEntries stream got no answer.
+enum StreamFailure {
+    /// The target has no such method: fall back to unary calls.
+    Unimplemented,
+    /// Any other failure; the stream is dropped and the next request opens another.
+    Peer(PeerError),
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -153,11 +201,83 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.addr.clone(),
             peers: self.peers.clone(),
+            stream: None,
+            unary_only: false,
         }
     }
 }
 
 impl RaftConn {
+    /// Sends `rpc` on the AppendEntries stream (opening it first if needed) and reads its
+    /// answer, within `timeout`. Any failure drops the stream.
+    async fn append_on_stream(
+        &mut self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        timeout: Duration,
+    ) -> Result<Result<AppendEntriesResponse<u64>, RaftError<u64>>, StreamFailure> {
+        let addr = self.addr.clone();
+        let failed = |reason: String| {
+            StreamFailure::Peer(PeerError::Failed {
+                addr: addr.clone(),
+                reason,
+            })
+        };
+        let from_status = |status: tonic::Status| match status.code() {
+            tonic::Code::Unimplemented => StreamFailure::Unimplemented,
+            tonic::Code::Unavailable => StreamFailure::Peer(PeerError::Unreachable {
+                addr: addr.clone(),
+                status,
+            }),
+            _ => failed(status.to_string()),
+        };
+        let data = bincode::serialize(rpc).map_err(|e| failed(e.to_string()))?;
+        if self.stream.as_ref().is_some_and(|s| s.awaiting) {
+            self.stream = None;
+        }
+        let exchange = async {
+            if self.stream.is_none() {
+                let mut client = self
+                    .peers
+                    .streaming_client(&self.addr)
+                    .map_err(StreamFailure::Peer)?;
+                let (requests, outgoing) = tokio::sync::mpsc::channel(1);
+                let answers = client
+                    .append_entries_stream(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+                    .await
+                    .map_err(from_status)?
+                    .into_inner();
+                self.stream = Some(AppendStream {
+                    requests,
+                    answers,
+                    awaiting: false,
+                });
+            }
+            let stream = self.stream.as_mut().expect("opened above");
+            stream.awaiting = true;
+            stream
+                .requests
+                .send(RaftPayload { data })
+                .await
+                .map_err(|_| failed("the stream to the replica closed".into()))?;
+            let answer = stream
+                .answers
+                .message()
+                .await
+                .map_err(from_status)?
+                .ok_or_else(|| failed("the replica ended the stream".into()))?;
+            stream.awaiting = false;
+            bincode::deserialize(&answer.data).map_err(|e| failed(e.to_string()))
+        };
+        let result = match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(failed(format!("no answer within {timeout:?}"))),
+        };
+        if result.is_err() {
+            self.stream = None;
+        }
+        result
+    }
+
     async fn send<Req, Resp, E, F, Fut>(
         &self,
         req: &Req,
@@ -175,10 +295,7 @@ impl RaftConn {
             .peers
             .call(&self.addr, req, option.hard_ttl(), call)
             .await
-            .map_err(|e| match e {
-                PeerError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
-                PeerError::Failed { .. } => RPCError::Network(NetworkError::new(&e)),
-            })?;
+            .map_err(rpc_error)?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -189,6 +306,20 @@ impl RaftNetwork<TypeConfig> for RaftConn {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        if !self.unary_only {
+            match self.append_on_stream(&rpc, option.hard_ttl()).await {
+                Ok(answer) => {
+                    return answer
+                        .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+                }
+                Err(StreamFailure::Peer(e)) => return Err(rpc_error(e)),
+                Err(StreamFailure::Unimplemented) => {
+                    tracing::info!(target = self.target, addr = %self.addr,
+                        "replica does not serve AppendEntriesStream; replicating with unary calls");
+                    self.unary_only = true;
+                }
+            }
+        }
         self.send(&rpc, &option, |mut c, r| async move {
             c.append_entries(r).await
         })
@@ -216,5 +347,236 @@ impl RaftNetwork<TypeConfig> for RaftConn {
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
         self.send(&rpc, &option, |mut c, r| async move { c.vote(r).await })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use dllm_proto::raft::raft_service_server::{RaftService, RaftServiceServer};
+    use openraft::Vote;
+    use tonic::{Request, Response, Status, Streaming};
+
+    use super::*;
+
+    /// A follower that answers every AppendEntries with `HigherVote(the request's vote)`, so
+    /// that a test can tell which request an answer belongs to. On the stream it takes
+    /// `slow_term`'s requests two seconds to answer; `stream: false` is a build without the
+    /// stream.
+    #[derive(Clone)]
+    struct Follower {
+        stream: bool,
+        slow_term: u64,
+        streams_opened: Arc<AtomicUsize>,
+        unary_calls: Arc<AtomicUsize>,
+    }
+
+    fn answer(data: &[u8]) -> Result<RaftPayload, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> =
+            bincode::deserialize(data).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let answer: Result<AppendEntriesResponse<u64>, RaftError<u64>> =
+            Ok(AppendEntriesResponse::HigherVote(rpc.vote));
+        Ok(RaftPayload {
+            data: bincode::serialize(&answer).expect("encode"),
+        })
+    }
+
+    type Answers =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<RaftPayload, Status>> + Send>>;
+
+    fn unused<T>() -> Result<Response<T>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    #[tonic::async_trait]
+    impl RaftService for Follower {
+        async fn append_entries(
+            &self,
+            request: Request<RaftPayload>,
+        ) -> Result<Response<RaftPayload>, Status> {
+            self.unary_calls.fetch_add(1, Ordering::SeqCst);
+            answer(&request.into_inner().data).map(Response::new)
+        }
+
+        type AppendEntriesStreamStream = Answers;
+
+        async fn append_entries_stream(
+            &self,
+            request: Request<Streaming<RaftPayload>>,
+        ) -> Result<Response<Answers>, Status> {
+            if !self.stream {
+                return Err(Status::unimplemented(
+                    "no AppendEntriesStream in this build",
+                ));
+            }
+            self.streams_opened.fetch_add(1, Ordering::SeqCst);
+            let slow_term = self.slow_term;
+            let answers =
+                futures::stream::unfold(request.into_inner(), move |mut incoming| async move {
+                    let payload = incoming.message().await.ok()??;
+                    let rpc: AppendEntriesRequest<TypeConfig> =
+                        bincode::deserialize(&payload.data).ok()?;
+                    if rpc.vote.leader_id().term == slow_term {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                    Some((answer(&payload.data), incoming))
+                });
+            Ok(Response::new(Box::pin(answers)))
+        }
+
+        async fn vote(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+            unused()
+        }
+        async fn install_snapshot(
+            &self,
+            _: Request<RaftPayload>,
+        ) -> Result<Response<RaftPayload>, Status> {
+            unused()
+        }
+        async fn forward_write(
+            &self,
+            _: Request<RaftPayload>,
+        ) -> Result<Response<RaftPayload>, Status> {
+            unused()
+        }
+        async fn read_index(
+            &self,
+            _: Request<RaftPayload>,
+        ) -> Result<Response<RaftPayload>, Status> {
+            unused()
+        }
+        async fn forward_membership(
+            &self,
+            _: Request<RaftPayload>,
+        ) -> Result<Response<RaftPayload>, Status> {
+            unused()
+        }
+        async fn forward_heartbeat(
+            &self,
+            _: Request<RaftPayload>,
+        ) -> Result<Response<RaftPayload>, Status> {
+            unused()
+        }
+        async fn node_usage(
+            &self,
+            _: Request<RaftPayload>,
+        ) -> Result<Response<RaftPayload>, Status> {
+            unused()
+        }
+        async fn pre_vote(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+            unused()
+        }
+    }
+
+    /// Serves `follower` on a loopback port; openraft's connection to it.
+    async fn connect_to(follower: Follower) -> RaftConn {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(RaftServiceServer::new(follower))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        Network::new(Peers::default())
+            .new_client(2, &BasicNode { addr })
+            .await
+    }
+
+    fn follower(stream: bool) -> Follower {
+        Follower {
+            stream,
+            slow_term: 1,
+            streams_opened: Arc::default(),
+            unary_calls: Arc::default(),
+        }
+    }
+
+    fn append(term: u64) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(term, 1),
+            prev_log_id: None,
+            entries: Vec::new(),
+            leader_commit: None,
+        }
+    }
+
+    fn generous() -> RPCOption {
+        RPCOption::new(Duration::from_secs(10))
+    }
+
+    #[tokio::test]
+    async fn a_call_that_openraft_abandoned_does_not_answer_the_next() {
+        let follower = follower(true);
+        let mut conn = connect_to(follower.clone()).await;
+        // openraft drops a replication call that outlives its own deadline; the answer to it
+        // still comes, later, on the same stream.
+        let abandoned = tokio::time::timeout(
+            Duration::from_millis(200),
+            conn.append_entries(append(1), generous()),
+        )
+        .await;
+        assert!(abandoned.is_err(), "the slow call should have been cut off");
+        let answer = conn
+            .append_entries(append(2), generous())
+            .await
+            .expect("answer");
+        assert_eq!(
+            answer,
+            AppendEntriesResponse::HigherVote(Vote::new_committed(2, 1))
+        );
+        assert_eq!(follower.streams_opened.load(Ordering::SeqCst), 2);
+        // The new stream carries the calls after it.
+        let answer = conn
+            .append_entries(append(3), generous())
+            .await
+            .expect("answer");
+        assert_eq!(
+            answer,
+            AppendEntriesResponse::HigherVote(Vote::new_committed(3, 1))
+        );
+        assert_eq!(follower.streams_opened.load(Ordering::SeqCst), 2);
+        assert_eq!(follower.unary_calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_call_past_its_deadline_fails_and_the_next_gets_its_own_answer() {
+        let follower = follower(true);
+        let mut conn = connect_to(follower.clone()).await;
+        let late = conn
+            .append_entries(append(1), RPCOption::new(Duration::from_millis(200)))
+            .await;
+        assert!(matches!(late, Err(RPCError::Network(_))), "{late:?}");
+        let answer = conn
+            .append_entries(append(2), generous())
+            .await
+            .expect("answer");
+        assert_eq!(
+            answer,
+            AppendEntriesResponse::HigherVote(Vote::new_committed(2, 1))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_replica_without_the_stream_gets_unary_calls() {
+        let follower = follower(false);
+        let mut conn = connect_to(follower.clone()).await;
+        for term in 2..5 {
+            let answer = conn
+                .append_entries(append(term), generous())
+                .await
+                .expect("answer");
+            assert_eq!(
+                answer,
+                AppendEntriesResponse::HigherVote(Vote::new_committed(term, 1))
+            );
+        }
+        assert_eq!(follower.unary_calls.load(Ordering::SeqCst), 3);
+        assert!(
+            conn.unary_only,
+            "asks for the stream once, then only unary calls"
+        );
     }
 }

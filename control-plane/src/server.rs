@@ -177,7 +177,7 @@ pub async fn run(
                 .send_compressed(gzip),
         )
         .add_service(
-            RaftServiceServer::new(RaftApi::new(replica.clone()))
+            RaftServiceServer::new(RaftApi::new(replica.clone(), shutdown.clone()))
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
         );

@@ -32,6 +32,14 @@ pub fn connect(channel: tonic::transport::Channel) -> Channel {
     OneFrame { inner: channel }
 }
 
+impl<S> OneFrame<S> {
+    /// The channel underneath, for client-streaming calls: their request body is a stream of
+    /// messages, which [`OneFrame`] would wait to collect to its end.
+    pub fn streaming(&self) -> &S {
+        &self.inner
+    }
+}
+
 /// A gRPC client service that sends each request body in one frame (see the module docs).
 /// Only for calls whose request is a single message (no client streaming), which is every
 /// call of this API.

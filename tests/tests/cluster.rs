@@ -612,6 +612,13 @@ async fn full_restart_keeps_state() {
             status.success(),
             "replica {id} exits 0 on SIGTERM, got {status}"
         );
+        // A follower serves its leader's AppendEntries stream, which never ends on its own:
+        // shutdown must end it rather than wait out the drain timeout.
+        let log = std::fs::read_to_string(&cluster.replica(id).log).unwrap_or_default();
+        assert!(
+            !log.contains("requests still in flight after the drain timeout"),
+            "replica {id} waited out the drain timeout:\n{log}"
+        );
     }
     info!("--- restart every replica");
     for id in 1..=3 {

@@ -1,11 +1,13 @@
 //! `distributed_llm.raft.RaftService`: Raft consensus traffic and the leader's side of
 //! forwarded requests.
 
-use std::sync::Arc;
+use std::{pin::Pin, sync::Arc};
 
 use dllm_proto::raft::{raft_service_server::RaftService, RaftPayload};
+use futures::Stream;
 use serde::{de::DeserializeOwned, Serialize};
-use tonic::{Request, Response, Status};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     forward::{MembershipChange, Tagged, UsageQuery},
@@ -15,12 +17,13 @@ use crate::{
 /// Serves Raft traffic for one replica.
 pub struct RaftApi {
     replica: Arc<Replica>,
+    shutdown: CancellationToken,
 }
 
 impl RaftApi {
-    /// The service over `replica`.
-    pub fn new(replica: Arc<Replica>) -> Self {
-        Self { replica }
+    /// The service over `replica`; AppendEntries streams end when `shutdown` is cancelled.
+    pub fn new(replica: Arc<Replica>, shutdown: CancellationToken) -> Self {
+        Self { replica, shutdown }
     }
 }
 
@@ -35,6 +38,9 @@ fn encode<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
         .map_err(|e| Status::internal(format!("cannot encode the answer: {e}")))
 }
 
+/// The answers of an `AppendEntriesStream`, one per request, in order.
+type AppendAnswers = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl RaftService for RaftApi {
     async fn append_entries(
@@ -42,6 +48,46 @@ impl RaftService for RaftApi {
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         encode(&self.replica.raft.append_entries(decode(request)?).await)
+    }
+
+    type AppendEntriesStreamStream = AppendAnswers;
+
+    async fn append_entries_stream(
+        &self,
+        request: Request<Streaming<RaftPayload>>,
+    ) -> Result<Response<AppendAnswers>, Status> {
+        // One request at a time, answered before the next is read: the answers keep the
+        // requests' order, and the stream ends at the first error (the sender opens another).
+        // A shutting-down replica ends it between requests, so that the server's drain of
+        // in-flight calls does not wait for a stream that would never end on its own.
+        let (replica, shutdown) = (self.replica.clone(), self.shutdown.clone());
+        let answers = futures::stream::unfold(Some(request.into_inner()), move |incoming| {
+            let (replica, shutdown) = (replica.clone(), shutdown.clone());
+            async move {
+                let mut incoming = incoming?;
+                let next = tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return None,
+                    next = incoming.message() => next,
+                };
+                let request = match next {
+                    Ok(Some(payload)) => payload,
+                    Ok(None) => return None,
+                    Err(status) => return Some((Err(status), None)),
+                };
+                let answer = match bincode::deserialize(&request.data) {
+                    Ok(rpc) => bincode::serialize(&replica.raft.append_entries(rpc).await)
+                        .map(|data| RaftPayload { data })
+                        .map_err(|e| Status::internal(format!("cannot encode the answer: {e}"))),
+                    Err(e) => Err(Status::invalid_argument(format!(
+                        "data: undecodable payload: {e}"
+                    ))),
+                };
+                let next = answer.is_ok().then_some(incoming);
+                Some((answer, next))
+            }
+        });
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
