@@ -34,10 +34,37 @@ pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 #[derive(Clone, Default)]
 pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Long-lived streamed calls, by peer address and method (see [`Peers::call_streamed`]).
+    streams: Arc<Mutex<HashMap<(String, &'static str), CallStream>>>,
+}
+
+/// Opens a streamed call on `client`, its request messages taken from the receiver; answers
+/// once the peer has answered the call's headers.
+pub type OpenStream = fn(
+    RaftServiceClient<tonic::transport::Channel>,
+    tokio_stream::wrappers::ReceiverStream<RaftPayload>,
+) -> futures::future::BoxFuture<
+    'static,
+    Result<tonic::Response<tonic::Streaming<RaftPayload>>, tonic::Status>,
+>;
+
+/// A request for a streamed call, and where its answer goes.
+type StreamJob = (
+    RaftPayload,
+    tokio::sync::oneshot::Sender<Result<RaftPayload, StreamFailure>>,
+);
+
+/// A peer's streamed call for one method.
+enum CallStream {
+    /// Served by a task ([`run_call_stream`]) that takes requests here; a closed sender
+    /// means the stream ended and the next request opens another.
+    Open(tokio::sync::mpsc::Sender<StreamJob>),
+    /// The peer answered `UNIMPLEMENTED` (a build without the method): unary calls only.
+    Unimplemented,
 }
 
 /// Why a call to a peer failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum PeerError {
     /// The peer could not be reached (connection refused, reset, no route).
     #[error("replica at {addr} is unreachable: {status}")]
@@ -142,6 +169,161 @@ impl Peers {
     }
 }
 
+impl Peers {
+    /// Like [`Peers::call`], but on one long-lived streamed call per peer and method
+    /// (`method` names it, `open` opens it) that carries every such request, answered in
+    /// order, instead of an HTTP/2 stream, headers and trailers per call. Falls back to the
+    /// unary `call` for a peer that does not serve the stream.
+    ///
+    /// # Errors
+    /// As [`Peers::call`]; a stream that breaks fails the requests on it, and the next
+    /// request opens a new one.
+    pub async fn call_streamed<Req, Resp, F, Fut>(
+        &self,
+        addr: &str,
+        (method, open): (&'static str, OpenStream),
+        req: &Req,
+        timeout: Duration,
+        call: F,
+    ) -> Result<Resp, PeerError>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        F: FnOnce(RaftServiceClient<Channel>, tonic::Request<RaftPayload>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
+    {
+        let failed = |reason: String| PeerError::Failed {
+            addr: addr.to_string(),
+            reason,
+        };
+        let Some(jobs) = self.stream_to(addr, method, open)? else {
+            return self.call(addr, req, timeout, call).await;
+        };
+        let data = bincode::serialize(req).map_err(|e| failed(e.to_string()))?;
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let exchange = async {
+            let ended = || StreamFailure::Peer(failed("the stream to the replica ended".into()));
+            jobs.send((RaftPayload { data }, answer))
+                .await
+                .map_err(|_| ended())?;
+            answered.await.map_err(|_| ended())?
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Err(_) => Err(failed(format!("no answer within {timeout:?}"))),
+            Ok(Ok(payload)) => {
+                bincode::deserialize(&payload.data).map_err(|e| failed(e.to_string()))
+            }
+            Ok(Err(StreamFailure::Peer(e))) => Err(e),
+            Ok(Err(StreamFailure::Unimplemented)) => self.call(addr, req, timeout, call).await,
+        }
+    }
+
+    /// Where requests for `method` to `addr` go, opening the stream if none is open; `None`
+    /// for a peer without it.
+    fn stream_to(
+        &self,
+        addr: &str,
+        method: &'static str,
+        open: OpenStream,
+    ) -> Result<Option<tokio::sync::mpsc::Sender<StreamJob>>, PeerError> {
+        let key = (addr.to_string(), method);
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        match streams.get(&key) {
+            Some(CallStream::Unimplemented) => return Ok(None),
+            Some(CallStream::Open(jobs)) if !jobs.is_closed() => return Ok(Some(jobs.clone())),
+            _ => {}
+        }
+        let client = RaftServiceClient::new(self.channel(addr)?.streaming().clone())
+            .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
+        // Room for every request a forwarder keeps in flight, and then some.
+        let (jobs, queue) = tokio::sync::mpsc::channel(16);
+        streams.insert(key.clone(), CallStream::Open(jobs.clone()));
+        tokio::spawn(run_call_stream(self.clone(), key, open, client, queue));
+        Ok(Some(jobs))
+    }
+}
+
+/// Serves one streamed call: opens it, sends each queued request on it and hands each answer
+/// to the oldest request still waiting for one. Ends, failing every request not answered, when
+/// the stream fails or ends; ends the same way at once if the peer does not serve the method,
+/// marking it so.
+async fn run_call_stream(
+    peers: Peers,
+    key: (String, &'static str),
+    open: OpenStream,
+    client: RaftServiceClient<tonic::transport::Channel>,
+    mut queue: tokio::sync::mpsc::Receiver<StreamJob>,
+) {
+    let addr = key.0.clone();
+    let from_status = |status: tonic::Status| match status.code() {
+        tonic::Code::Unimplemented => StreamFailure::Unimplemented,
+        tonic::Code::Unavailable => StreamFailure::Peer(PeerError::Unreachable {
+            addr: addr.clone(),
+            status,
+        }),
+        _ => StreamFailure::Peer(PeerError::Failed {
+            addr: addr.clone(),
+            reason: status.to_string(),
+        }),
+    };
+    let ended = |reason: &str| {
+        StreamFailure::Peer(PeerError::Failed {
+            addr: addr.clone(),
+            reason: reason.to_string(),
+        })
+    };
+    let (requests, outgoing) = tokio::sync::mpsc::channel(16);
+    let mut waiting = std::collections::VecDeque::new();
+    let failure = match open(
+        client,
+        tokio_stream::wrappers::ReceiverStream::new(outgoing),
+    )
+    .await
+    {
+        Err(status) => from_status(status),
+        Ok(answers) => {
+            let mut answers = answers.into_inner();
+            loop {
+                tokio::select! {
+                    job = queue.recv() => {
+                        let Some((payload, answer)) = job else {
+                            break ended("replica shutting down");
+                        };
+                        if requests.send(payload).await.is_err() {
+                            let _ = answer.send(Err(ended("the stream to the replica ended")));
+                            break ended("the stream to the replica ended");
+                        }
+                        waiting.push_back(answer);
+                    }
+                    message = answers.message() => match message {
+                        Ok(Some(payload)) => match waiting.pop_front() {
+                            // The caller may have given up meanwhile; the order holds.
+                            Some(answer) => { let _ = answer.send(Ok(payload)); }
+                            None => break ended("the replica answered a request never sent"),
+                        },
+                        Ok(None) => break ended("the replica ended the stream"),
+                        Err(status) => break from_status(status),
+                    },
+                }
+            }
+        }
+    };
+    if matches!(failure, StreamFailure::Unimplemented) {
+        tracing::info!(addr = %key.0, method = key.1,
+            "replica does not serve the streamed call; using unary calls");
+        let mut streams = peers.streams.lock().unwrap_or_else(|e| e.into_inner());
+        streams.insert(key, CallStream::Unimplemented);
+    }
+    queue.close();
+    while let Ok((_, answer)) = queue.try_recv() {
+        waiting.push_back(answer);
+    }
+    for answer in waiting {
+        let _ = answer.send(Err(failure.clone()));
+    }
+}
+
 /// openraft's view of a failed call.
 fn rpc_error<E: std::error::Error>(e: PeerError) -> RPCError<u64, BasicNode, E> {
     match e {
@@ -185,7 +367,8 @@ struct AppendStream {
     awaiting: bool,
 }
 
-/// Why a request on the AppendEntries stream got no answer.
+/// Why a request on a stream got no answer.
+#[derive(Clone)]
 enum StreamFailure {
     /// The target has no such method: fall back to unary calls.
     Unimplemented,
@@ -355,6 +538,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use dllm_proto::raft::raft_service_server::{RaftService, RaftServiceServer};
+    use futures::StreamExt;
     use openraft::Vote;
     use tonic::{Request, Response, Status, Streaming};
 
@@ -368,6 +552,7 @@ mod tests {
     struct Follower {
         stream: bool,
         slow_term: u64,
+        stream_attempts: Arc<AtomicUsize>,
         streams_opened: Arc<AtomicUsize>,
         unary_calls: Arc<AtomicUsize>,
     }
@@ -410,6 +595,7 @@ mod tests {
                     "no AppendEntriesStream in this build",
                 ));
             }
+            self.stream_attempts.fetch_add(1, Ordering::SeqCst);
             self.streams_opened.fetch_add(1, Ordering::SeqCst);
             let slow_term = self.slow_term;
             let answers =
@@ -434,11 +620,44 @@ mod tests {
         ) -> Result<Response<RaftPayload>, Status> {
             unused()
         }
+        /// Echoes the request.
         async fn forward_write(
             &self,
-            _: Request<RaftPayload>,
+            request: Request<RaftPayload>,
         ) -> Result<Response<RaftPayload>, Status> {
-            unused()
+            self.unary_calls.fetch_add(1, Ordering::SeqCst);
+            Ok(Response::new(request.into_inner()))
+        }
+
+        type ForwardWriteStreamStream = Answers;
+
+        /// Echoes each request (a bincode `u64`), the smaller ones later, eight at a time: the
+        /// answers must still come in order. `u64::MAX` ends the stream unanswered.
+        async fn forward_write_stream(
+            &self,
+            request: Request<Streaming<RaftPayload>>,
+        ) -> Result<Response<Answers>, Status> {
+            self.stream_attempts.fetch_add(1, Ordering::SeqCst);
+            if !self.stream {
+                return Err(Status::unimplemented("no ForwardWriteStream in this build"));
+            }
+            self.streams_opened.fetch_add(1, Ordering::SeqCst);
+            let answers = request
+                .into_inner()
+                .take_while(|payload| {
+                    let last = payload.as_ref().is_ok_and(|p| {
+                        bincode::deserialize::<u64>(&p.data).is_ok_and(|v| v == u64::MAX)
+                    });
+                    futures::future::ready(!last)
+                })
+                .map(|payload| async move {
+                    let payload = payload?;
+                    let value: u64 = bincode::deserialize(&payload.data).unwrap_or(0);
+                    tokio::time::sleep(Duration::from_millis(20u64.saturating_sub(value))).await;
+                    Ok(payload)
+                })
+                .buffered(8);
+            Ok(Response::new(Box::pin(answers)))
         }
         async fn read_index(
             &self,
@@ -469,8 +688,8 @@ mod tests {
         }
     }
 
-    /// Serves `follower` on a loopback port; openraft's connection to it.
-    async fn connect_to(follower: Follower) -> RaftConn {
+    /// Serves `follower` on a loopback port; its address.
+    async fn serve(follower: Follower) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -480,15 +699,78 @@ mod tests {
                 .add_service(RaftServiceServer::new(follower))
                 .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
         );
+        addr
+    }
+
+    /// Serves `follower` on a loopback port; openraft's connection to it.
+    async fn connect_to(follower: Follower) -> RaftConn {
+        let addr = serve(follower).await;
         Network::new(Peers::default())
             .new_client(2, &BasicNode { addr })
             .await
+    }
+
+    const FORWARD_STREAM: (&str, OpenStream) = ("ForwardWriteStream", |mut c, r| {
+        Box::pin(async move { c.forward_write_stream(r).await })
+    });
+
+    async fn forward(peers: &Peers, addr: &str, value: u64) -> Result<u64, PeerError> {
+        peers
+            .call_streamed(
+                addr,
+                FORWARD_STREAM,
+                &value,
+                Duration::from_secs(10),
+                |mut c, r| async move { c.forward_write(r).await },
+            )
+            .await
+    }
+
+    #[tokio::test]
+    async fn streamed_calls_share_one_stream_and_each_gets_its_own_answer() {
+        let follower = follower(true);
+        let (peers, addr) = (Peers::default(), serve(follower.clone()).await);
+        let answers = futures::future::join_all((0..20).map(|v| forward(&peers, &addr, v))).await;
+        let answers: Vec<u64> = answers.into_iter().map(|a| a.expect("answer")).collect();
+        assert_eq!(answers, (0..20).collect::<Vec<u64>>());
+        assert_eq!(follower.streams_opened.load(Ordering::SeqCst), 1);
+        assert_eq!(follower.unary_calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_broken_stream_fails_its_calls_and_the_next_call_opens_another() {
+        let follower = follower(true);
+        let (peers, addr) = (Peers::default(), serve(follower.clone()).await);
+        assert_eq!(forward(&peers, &addr, 1).await.expect("answer"), 1);
+        let broken = forward(&peers, &addr, u64::MAX).await;
+        assert!(
+            matches!(broken, Err(PeerError::Failed { .. })),
+            "{broken:?}"
+        );
+        assert_eq!(forward(&peers, &addr, 2).await.expect("answer"), 2);
+        assert_eq!(follower.streams_opened.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_the_streamed_call_gets_unary_calls() {
+        let follower = follower(false);
+        let (peers, addr) = (Peers::default(), serve(follower.clone()).await);
+        for v in 0..3 {
+            assert_eq!(forward(&peers, &addr, v).await.expect("answer"), v);
+        }
+        assert_eq!(follower.unary_calls.load(Ordering::SeqCst), 3);
+        assert_eq!(
+            follower.stream_attempts.load(Ordering::SeqCst),
+            1,
+            "asks for the stream once, then only unary calls"
+        );
     }
 
     fn follower(stream: bool) -> Follower {
         Follower {
             stream,
             slow_term: 1,
+            stream_attempts: Arc::default(),
             streams_opened: Arc::default(),
             unary_calls: Arc::default(),
         }

@@ -39,7 +39,7 @@ use crate::{
         UsageAnswer, UsageQuery, WireError, WriteAnswer,
     },
     liveness::Detector,
-    network::{Network, PeerError, Peers},
+    network::{Network, OpenStream, PeerError, Peers},
     placement,
     raft_types::{LogStore, Raft, StateHandle, StateMachine},
     state::{ClusterState, Command, EncodedCommand, NodeStatus, Outcome, StatusChange},
@@ -106,6 +106,7 @@ async fn run_forwarder<T, A, C, CF>(
     peers: Peers,
     queue: tokio::sync::mpsc::Receiver<Pending<T, A>>,
     linger: Duration,
+    stream: Option<(&'static str, OpenStream)>,
     call: C,
 ) where
     T: Serialize + Send + Sync + 'static,
@@ -131,7 +132,7 @@ async fn run_forwarder<T, A, C, CF>(
                 }
                 let calls = by_leader
                     .into_iter()
-                    .map(|(addr, jobs)| forward_batch(&peers, addr, jobs, call.clone()));
+                    .map(|(addr, jobs)| forward_batch(&peers, addr, jobs, stream, call.clone()));
                 futures::future::join_all(calls).await;
             }
         },
@@ -199,8 +200,13 @@ async fn run_batches<T, F, Fut>(
     }
 }
 
-async fn forward_batch<T, A, C, CF>(peers: &Peers, addr: String, jobs: Vec<Pending<T, A>>, call: C)
-where
+async fn forward_batch<T, A, C, CF>(
+    peers: &Peers,
+    addr: String,
+    jobs: Vec<Pending<T, A>>,
+    stream: Option<(&'static str, OpenStream)>,
+    call: C,
+) where
     T: Serialize,
     A: DeserializeOwned,
     C: FnOnce(RaftServiceClient<Channel>, tonic::Request<RaftPayload>) -> CF,
@@ -215,10 +221,15 @@ where
         .into_iter()
         .map(|(_, r, _, answer)| (r, answer))
         .unzip();
-    let result: Result<Vec<A>, String> = peers
-        .call(&addr, &requests, timeout, call)
-        .await
-        .map_err(|e| e.to_string());
+    let result = match stream {
+        Some(stream) => {
+            peers
+                .call_streamed(&addr, stream, &requests, timeout, call)
+                .await
+        }
+        None => peers.call(&addr, &requests, timeout, call).await,
+    };
+    let result: Result<Vec<A>, String> = result.map_err(|e| e.to_string());
     match result {
         Ok(results) if results.len() == answers.len() => {
             for (result, answer) in results.into_iter().zip(answers) {
@@ -393,6 +404,9 @@ impl Replica {
             peers.clone(),
             queue,
             Duration::ZERO,
+            Some(("ForwardWriteStream", |mut c, r| {
+                Box::pin(async move { c.forward_write_stream(r).await })
+            })),
             |mut c, r| async move { c.forward_write(r).await },
         ));
         let (heartbeat_forwarder, queue) = tokio::sync::mpsc::channel(16 * MAX_GROUP);
@@ -402,6 +416,7 @@ impl Replica {
             peers.clone(),
             queue,
             HEARTBEAT_LINGER,
+            None,
             |mut c, r| async move { c.forward_heartbeat(r).await },
         ));
         let replica = Arc::new(Self {

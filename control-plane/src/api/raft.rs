@@ -4,7 +4,7 @@
 use std::{pin::Pin, sync::Arc};
 
 use dllm_proto::raft::{raft_service_server::RaftService, RaftPayload};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -38,8 +38,28 @@ fn encode<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
         .map_err(|e| Status::internal(format!("cannot encode the answer: {e}")))
 }
 
-/// The answers of an `AppendEntriesStream`, one per request, in order.
-type AppendAnswers = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send>>;
+/// The answers of a streamed call, one per request, in order.
+type Answers = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send>>;
+
+/// Most batches of one `ForwardWriteStream` proposed at once; a follower keeps fewer in
+/// flight.
+const FORWARD_BATCHES_IN_FLIGHT: usize = 8;
+
+/// A follower's batch of writes: proposed concurrently, so the leader's group commit takes
+/// them into as few entries as it can; answered in order.
+async fn forward_writes(replica: &Replica, data: &[u8]) -> Result<RaftPayload, Status> {
+    let writes: Vec<Tagged> = bincode::deserialize(data)
+        .map_err(|e| Status::invalid_argument(format!("data: undecodable payload: {e}")))?;
+    let answers = futures::future::join_all(
+        writes
+            .into_iter()
+            .map(|w| replica.leader_propose(w.request_id, w.proposal)),
+    )
+    .await;
+    bincode::serialize(&answers)
+        .map(|data| RaftPayload { data })
+        .map_err(|e| Status::internal(format!("cannot encode the answer: {e}")))
+}
 
 #[tonic::async_trait]
 impl RaftService for RaftApi {
@@ -50,12 +70,12 @@ impl RaftService for RaftApi {
         encode(&self.replica.raft.append_entries(decode(request)?).await)
     }
 
-    type AppendEntriesStreamStream = AppendAnswers;
+    type AppendEntriesStreamStream = Answers;
 
     async fn append_entries_stream(
         &self,
         request: Request<Streaming<RaftPayload>>,
-    ) -> Result<Response<AppendAnswers>, Status> {
+    ) -> Result<Response<Answers>, Status> {
         // One request at a time, answered before the next is read: the answers keep the
         // requests' order, and the stream ends at the first error (the sender opens another).
         // A shutting-down replica ends it between requests, so that the server's drain of
@@ -105,16 +125,31 @@ impl RaftService for RaftApi {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        // A follower's batch: proposed concurrently, so the leader's group commit takes them
-        // into as few entries as it can; answered in order.
-        let writes: Vec<Tagged> = decode(request)?;
-        let answers = futures::future::join_all(
-            writes
-                .into_iter()
-                .map(|w| self.replica.leader_propose(w.request_id, w.proposal)),
-        )
-        .await;
-        encode(&answers)
+        forward_writes(&self.replica, &request.into_inner().data)
+            .await
+            .map(Response::new)
+    }
+
+    type ForwardWriteStreamStream = Answers;
+
+    async fn forward_write_stream(
+        &self,
+        request: Request<Streaming<RaftPayload>>,
+    ) -> Result<Response<Answers>, Status> {
+        // Batches are proposed as they arrive (a follower keeps a few in flight, so that the
+        // next can join the leader's next group while one commits) and answered in order.
+        // A shutting-down replica stops reading new ones and ends the stream once those it
+        // took are answered.
+        let replica = self.replica.clone();
+        let answers = request
+            .into_inner()
+            .take_until(self.shutdown.clone().cancelled_owned())
+            .map(move |batch| {
+                let replica = replica.clone();
+                async move { forward_writes(&replica, &batch?.data).await }
+            })
+            .buffered(FORWARD_BATCHES_IN_FLIGHT);
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn read_index(
