@@ -25,6 +25,10 @@ use tonic::transport::Endpoint;
 
 use crate::raft_types::TypeConfig;
 
+/// How often a connection between replicas is pinged, and how long a ping may go
+/// unanswered before the connection, and every stream on it, is given up.
+pub const PEER_KEEPALIVE: Duration = Duration::from_secs(5);
+
 /// Largest Raft message accepted or sent; snapshot chunks are far below it.
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -42,7 +46,7 @@ pub struct Peers {
 /// once the peer has answered the call's headers.
 pub type OpenStream = fn(
     RaftServiceClient<tonic::transport::Channel>,
-    tokio_stream::wrappers::ReceiverStream<RaftPayload>,
+    tokio_stream::wrappers::UnboundedReceiverStream<RaftPayload>,
 ) -> futures::future::BoxFuture<
     'static,
     Result<tonic::Response<tonic::Streaming<RaftPayload>>, tonic::Status>,
@@ -117,8 +121,8 @@ impl Peers {
                         })?
                         .connect_timeout(Duration::from_millis(500))
                         .tcp_nodelay(true)
-                        .http2_keep_alive_interval(Duration::from_secs(5))
-                        .keep_alive_timeout(Duration::from_secs(5))
+                        .http2_keep_alive_interval(PEER_KEEPALIVE)
+                        .keep_alive_timeout(PEER_KEEPALIVE)
                         .connect_lazy(),
                 );
                 channels.insert(addr.to_string(), channel.clone());
@@ -239,17 +243,24 @@ impl Peers {
         // Room for every request a forwarder keeps in flight, and then some.
         let (jobs, queue) = tokio::sync::mpsc::channel(16);
         streams.insert(key.clone(), CallStream::Open(jobs.clone()));
-        tokio::spawn(run_call_stream(self.clone(), key, open, client, queue));
+        tokio::spawn(run_call_stream(
+            Arc::downgrade(&self.streams),
+            key,
+            open,
+            client,
+            queue,
+        ));
         Ok(Some(jobs))
     }
 }
 
-/// Serves one streamed call: opens it, sends each queued request on it and hands each answer
-/// to the oldest request still waiting for one. Ends, failing every request not answered, when
-/// the stream fails or ends; ends the same way at once if the peer does not serve the method,
-/// marking it so.
+/// Serves one streamed call: opens it with the first queued request, sends each later one on
+/// it and hands each answer to the oldest request still waiting for one (a request whose
+/// caller gave up before it was sent is not sent: the caller retries). Ends, failing every
+/// request not answered, when the stream fails or ends, or when the replica's peers are
+/// dropped; ends the same way at once if the peer does not serve the method, marking it so.
 async fn run_call_stream(
-    peers: Peers,
+    streams: std::sync::Weak<Mutex<HashMap<(String, &'static str), CallStream>>>,
     key: (String, &'static str),
     open: OpenStream,
     client: RaftServiceClient<tonic::transport::Channel>,
@@ -273,14 +284,20 @@ async fn run_call_stream(
             reason: reason.to_string(),
         })
     };
-    let (requests, outgoing) = tokio::sync::mpsc::channel(16);
+    // Unbounded: sending never waits, so answers are read while requests go out; what is
+    // queued is bounded by the callers, each waiting for its answer.
+    let (requests, outgoing) = tokio::sync::mpsc::unbounded_channel();
     let mut waiting = std::collections::VecDeque::new();
-    let failure = match open(
+    // The stream is opened for a request, which goes out with the call's headers.
+    if let Some((payload, answer)) = queue.recv().await {
+        let _ = requests.send(payload);
+        waiting.push_back(answer);
+    }
+    let opened = open(
         client,
-        tokio_stream::wrappers::ReceiverStream::new(outgoing),
-    )
-    .await
-    {
+        tokio_stream::wrappers::UnboundedReceiverStream::new(outgoing),
+    );
+    let failure = match opened.await {
         Err(status) => from_status(status),
         Ok(answers) => {
             let mut answers = answers.into_inner();
@@ -290,7 +307,10 @@ async fn run_call_stream(
                         let Some((payload, answer)) = job else {
                             break ended("replica shutting down");
                         };
-                        if requests.send(payload).await.is_err() {
+                        if answer.is_closed() {
+                            continue;
+                        }
+                        if requests.send(payload).is_err() {
                             let _ = answer.send(Err(ended("the stream to the replica ended")));
                             break ended("the stream to the replica ended");
                         }
@@ -312,8 +332,10 @@ async fn run_call_stream(
     if matches!(failure, StreamFailure::Unimplemented) {
         tracing::info!(addr = %key.0, method = key.1,
             "replica does not serve the streamed call; using unary calls");
-        let mut streams = peers.streams.lock().unwrap_or_else(|e| e.into_inner());
-        streams.insert(key, CallStream::Unimplemented);
+        if let Some(streams) = streams.upgrade() {
+            let mut streams = streams.lock().unwrap_or_else(|e| e.into_inner());
+            streams.insert(key, CallStream::Unimplemented);
+        }
     }
     queue.close();
     while let Ok((_, answer)) = queue.try_recv() {
@@ -418,30 +440,43 @@ impl RaftConn {
             self.stream = None;
         }
         let exchange = async {
-            if self.stream.is_none() {
-                let mut client = self
-                    .peers
-                    .streaming_client(&self.addr)
-                    .map_err(StreamFailure::Peer)?;
-                let (requests, outgoing) = tokio::sync::mpsc::channel(1);
-                let answers = client
-                    .append_entries_stream(tokio_stream::wrappers::ReceiverStream::new(outgoing))
-                    .await
-                    .map_err(from_status)?
-                    .into_inner();
-                self.stream = Some(AppendStream {
-                    requests,
-                    answers,
-                    awaiting: false,
-                });
+            let payload = RaftPayload { data };
+            match self.stream.as_mut() {
+                Some(stream) => {
+                    stream.awaiting = true;
+                    stream
+                        .requests
+                        .send(payload)
+                        .await
+                        .map_err(|_| failed("the stream to the replica closed".into()))?;
+                }
+                None => {
+                    // The stream is opened with this request, which goes out with the call's
+                    // headers: a new stream costs no extra round trip (openraft makes a new
+                    // connection, so a new stream, for every read-index quorum check).
+                    let mut client = self
+                        .peers
+                        .streaming_client(&self.addr)
+                        .map_err(StreamFailure::Peer)?;
+                    let (requests, outgoing) = tokio::sync::mpsc::channel(1);
+                    requests
+                        .try_send(payload)
+                        .map_err(|_| failed("cannot queue the request".into()))?;
+                    let answers = client
+                        .append_entries_stream(tokio_stream::wrappers::ReceiverStream::new(
+                            outgoing,
+                        ))
+                        .await
+                        .map_err(from_status)?
+                        .into_inner();
+                    self.stream = Some(AppendStream {
+                        requests,
+                        answers,
+                        awaiting: true,
+                    });
+                }
             }
             let stream = self.stream.as_mut().expect("opened above");
-            stream.awaiting = true;
-            stream
-                .requests
-                .send(RaftPayload { data })
-                .await
-                .map_err(|_| failed("the stream to the replica closed".into()))?;
             let answer = stream
                 .answers
                 .message()
@@ -590,12 +625,12 @@ mod tests {
             &self,
             request: Request<Streaming<RaftPayload>>,
         ) -> Result<Response<Answers>, Status> {
+            self.stream_attempts.fetch_add(1, Ordering::SeqCst);
             if !self.stream {
                 return Err(Status::unimplemented(
                     "no AppendEntriesStream in this build",
                 ));
             }
-            self.stream_attempts.fetch_add(1, Ordering::SeqCst);
             self.streams_opened.fetch_add(1, Ordering::SeqCst);
             let slow_term = self.slow_term;
             let answers =
@@ -715,15 +750,36 @@ mod tests {
     });
 
     async fn forward(peers: &Peers, addr: &str, value: u64) -> Result<u64, PeerError> {
+        forward_within(peers, addr, value, Duration::from_secs(10)).await
+    }
+
+    async fn forward_within(
+        peers: &Peers,
+        addr: &str,
+        value: u64,
+        timeout: Duration,
+    ) -> Result<u64, PeerError> {
         peers
             .call_streamed(
                 addr,
                 FORWARD_STREAM,
                 &value,
-                Duration::from_secs(10),
+                timeout,
                 |mut c, r| async move { c.forward_write(r).await },
             )
             .await
+    }
+
+    #[tokio::test]
+    async fn a_call_that_gave_up_leaves_the_next_its_own_answer() {
+        let follower = follower(true);
+        let (peers, addr) = (Peers::default(), serve(follower.clone()).await);
+        assert_eq!(forward(&peers, &addr, 1).await.expect("answer"), 1);
+        // 0 takes the follower 20 ms to answer; its caller gives up after 2.
+        let late = forward_within(&peers, &addr, 0, Duration::from_millis(2)).await;
+        assert!(matches!(late, Err(PeerError::Failed { .. })), "{late:?}");
+        assert_eq!(forward(&peers, &addr, 7).await.expect("answer"), 7);
+        assert_eq!(follower.streams_opened.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
@@ -742,9 +798,12 @@ mod tests {
         let follower = follower(true);
         let (peers, addr) = (Peers::default(), serve(follower.clone()).await);
         assert_eq!(forward(&peers, &addr, 1).await.expect("answer"), 1);
-        let broken = forward(&peers, &addr, u64::MAX).await;
+        // Failed at once, not left to run out its time.
+        let broken = tokio::time::timeout(Duration::from_secs(5), forward(&peers, &addr, u64::MAX))
+            .await
+            .expect("failed before its deadline");
         assert!(
-            matches!(broken, Err(PeerError::Failed { .. })),
+            matches!(&broken, Err(PeerError::Failed { reason, .. }) if reason.contains("ended")),
             "{broken:?}"
         );
         assert_eq!(forward(&peers, &addr, 2).await.expect("answer"), 2);
@@ -856,8 +915,9 @@ mod tests {
             );
         }
         assert_eq!(follower.unary_calls.load(Ordering::SeqCst), 3);
-        assert!(
-            conn.unary_only,
+        assert_eq!(
+            follower.stream_attempts.load(Ordering::SeqCst),
+            1,
             "asks for the stream once, then only unary calls"
         );
     }

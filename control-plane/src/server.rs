@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use crate::{
     api::{AdminApi, DiscoveryApi, NodeApi, RaftApi, TuiApi},
     config::Config,
-    network::MAX_RAFT_MESSAGE_BYTES,
+    network::{MAX_RAFT_MESSAGE_BYTES, PEER_KEEPALIVE},
     observability::{render, RpcMetrics, RpcMetricsLayer},
     replica::{Replica, StartError},
 };
@@ -142,6 +142,10 @@ pub async fn run(
     };
     let gzip = CompressionEncoding::Gzip;
     let router = tonic::transport::Server::builder()
+        // Pings on every connection, so that a peer gone silent (a partition, a host that
+        // died without closing its connections) ends the long-lived Raft streams it held.
+        .http2_keepalive_interval(Some(PEER_KEEPALIVE))
+        .http2_keepalive_timeout(Some(PEER_KEEPALIVE))
         // Every request passes here: the place for authentication and roles.
         .trace_fn(|req| tracing::debug_span!("rpc", path = %req.uri().path()))
         .layer(RpcMetricsLayer(rpc_metrics))
