@@ -28,6 +28,8 @@ pub struct Run {
     pub ops: u64,
     /// Failed operations.
     pub errors: u64,
+    /// What the first failed operation said, if any failed.
+    pub first_error: Option<String>,
     /// Wall time.
     pub secs: f64,
     /// Latencies of acknowledged operations.
@@ -64,6 +66,7 @@ impl Run {
     fn merge(&mut self, other: Run) {
         self.ops += other.ops;
         self.errors += other.errors;
+        self.first_error = self.first_error.take().or(other.first_error);
         self.secs += other.secs;
         self.latencies.extend(other.latencies);
         self.entries = self.entries.zip(other.entries).map(|(a, b)| a + b);
@@ -90,6 +93,9 @@ impl Run {
     pub fn json(&self) -> Value {
         let mut v = json!({"ops": self.ops, "errors": self.errors, "seconds": round(self.secs),
                "ops_per_sec": round(self.rate()), "latency": self.latencies.summary()});
+        if let Some(e) = &self.first_error {
+            v["first_error"] = json!(e);
+        }
         if let (Some(entries), Some(per)) = (self.entries, self.writes_per_entry()) {
             v["raft_entries"] = json!(entries);
             v["writes_per_entry"] = json!(round(per));
@@ -119,23 +125,27 @@ where
         .map(|c| {
             let op = op.clone();
             tokio::spawn(async move {
-                let (mut lat, mut errors) = (Latencies::default(), 0u64);
+                let (mut lat, mut errors, mut first) = (Latencies::default(), 0u64, None);
                 let mut seq = 0;
                 while Instant::now() < deadline {
                     let t = Instant::now();
                     match op(c, seq).await {
                         Ok(()) => lat.push(t.elapsed()),
-                        Err(_) => errors += 1,
+                        Err(e) => {
+                            errors += 1;
+                            first.get_or_insert(e);
+                        }
                     }
                     seq += 1;
                 }
-                (lat, errors)
+                (lat, errors, first)
             })
         })
         .collect();
     let mut run = Run {
         ops: 0,
         errors: 0,
+        first_error: None,
         secs: 0.0,
         latencies: Latencies::default(),
         entries: None,
@@ -143,9 +153,10 @@ where
         client_cpu_secs: 0.0,
     };
     for t in tasks {
-        let (lat, errors) = t.await.expect("client task");
+        let (lat, errors, first) = t.await.expect("client task");
         run.ops += lat.len() as u64;
         run.errors += errors;
+        run.first_error = run.first_error.take().or(first);
         run.latencies.extend(lat);
     }
     run.secs = start.elapsed().as_secs_f64();
@@ -351,6 +362,10 @@ fn print_row(system: &str, clients: usize, via: Via, r: &Run, extra: &str) {
         r.latencies.quantile_ms(0.99),
         r.latencies.quantile_ms(1.0)
     );
+    // Failed writes are in no latency above: say how many, and what the first said.
+    if let Some(first) = &r.first_error {
+        println!("         {} failed writes; the first: {first}", r.errors);
+    }
 }
 
 /// The scenario. With etcd, both clusters are up for the whole round and each load runs
@@ -435,7 +450,8 @@ pub async fn run(
                 rounds_of[i][system.min(1)].push(
                     json!({"ops_per_sec": crate::stats::round(run.rate()),
                     "p50_ms": crate::stats::round(run.latencies.quantile_ms(0.5)),
-                    "p99_ms": crate::stats::round(run.latencies.quantile_ms(0.99))}),
+                    "p99_ms": crate::stats::round(run.latencies.quantile_ms(0.99)),
+                    "errors": run.errors}),
                 );
                 match slot {
                     Some(total) => total.merge(run),
