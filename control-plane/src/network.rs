@@ -267,17 +267,7 @@ async fn run_call_stream(
     mut queue: tokio::sync::mpsc::Receiver<StreamJob>,
 ) {
     let addr = key.0.clone();
-    let from_status = |status: tonic::Status| match status.code() {
-        tonic::Code::Unimplemented => StreamFailure::Unimplemented,
-        tonic::Code::Unavailable => StreamFailure::Peer(PeerError::Unreachable {
-            addr: addr.clone(),
-            status,
-        }),
-        _ => StreamFailure::Peer(PeerError::Failed {
-            addr: addr.clone(),
-            reason: status.to_string(),
-        }),
-    };
+    let from_status = |status| StreamFailure::from_status(&addr, status);
     let ended = |reason: &str| {
         StreamFailure::Peer(PeerError::Failed {
             addr: addr.clone(),
@@ -398,6 +388,22 @@ enum StreamFailure {
     Peer(PeerError),
 }
 
+impl StreamFailure {
+    /// What the status a stream failed with means: fall back, the peer is unreachable, or
+    /// any other failure.
+    fn from_status(addr: &str, status: tonic::Status) -> Self {
+        let addr = addr.to_string();
+        match status.code() {
+            tonic::Code::Unimplemented => Self::Unimplemented,
+            tonic::Code::Unavailable => Self::Peer(PeerError::Unreachable { addr, status }),
+            _ => Self::Peer(PeerError::Failed {
+                addr,
+                reason: status.to_string(),
+            }),
+        }
+    }
+}
+
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = RaftConn;
 
@@ -427,14 +433,7 @@ impl RaftConn {
                 reason,
             })
         };
-        let from_status = |status: tonic::Status| match status.code() {
-            tonic::Code::Unimplemented => StreamFailure::Unimplemented,
-            tonic::Code::Unavailable => StreamFailure::Peer(PeerError::Unreachable {
-                addr: addr.clone(),
-                status,
-            }),
-            _ => failed(status.to_string()),
-        };
+        let from_status = |status| StreamFailure::from_status(&addr, status);
         let data = bincode::serialize(rpc).map_err(|e| failed(e.to_string()))?;
         if self.stream.as_ref().is_some_and(|s| s.awaiting) {
             self.stream = None;
