@@ -277,6 +277,26 @@ fn snapshot_file_and_purge_survive_reopen() {
     });
 }
 
+/// Opens the store at `dir` once sled's lock on it is free: sled releases it from its
+/// background threads some time after the last handle of an earlier open is dropped (up to
+/// 10 s; any other error at once).
+fn open_when_unlocked(
+    dir: &std::path::Path,
+) -> Result<(LogStore<Kv>, SledStateMachine<Kv, KvData>), crate::OpenError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match open::<Kv, KvData>(dir, &StoreOptions::default()) {
+            Err(e)
+                if format!("{e:?}").contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// A store whose log an older version kept in sled opens with that log, vote, committed id and
 /// purge point moved into the segment log, once; reopening again gives the same.
 #[test]
@@ -308,8 +328,7 @@ fn a_log_kept_in_sled_is_moved_over() {
     for round in ["first open", "second open"] {
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
         runtime.block_on(async {
-            let (mut log, _sm) =
-                open::<Kv, KvData>(dir.path(), &StoreOptions::default()).expect(round);
+            let (mut log, _sm) = open_when_unlocked(dir.path()).expect(round);
             assert_eq!(log.read_vote().await.expect("vote"), Some(vote), "{round}");
             assert_eq!(log.read_committed().await.expect("c"), committed, "{round}");
             let state = log.get_log_state().await.expect("state");
