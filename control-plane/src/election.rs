@@ -21,6 +21,14 @@
 //!
 //! A replica that cannot win never disturbs the term, and a partitioned replica that comes
 //! back does not depose a healthy leader. Safety is untouched: the vote itself is openraft's.
+//!
+//! Silence is counted only while this replica runs. A replica that was not scheduled for a
+//! while (its process stopped, its machine paused, its runtime starved) wakes to find its
+//! last leader contact hundreds of milliseconds old, though the leader may have sent all
+//! along: the heartbeats are still queued. A pause watcher notes each such gap, and silence
+//! (for standing and for answering a pre-vote) counts from the end of the last one. And a
+//! replica that won a pre-vote looks again before it stands: a leader elected during the
+//! pre-vote round trip (another candidate's) is not deposed by a stale decision.
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
@@ -33,6 +41,12 @@ use crate::replica::Replica;
 
 /// How often the election task looks at the replica's state.
 const TICK: Duration = Duration::from_millis(10);
+
+/// How often the pause watcher wakes.
+const PAUSE_TICK: Duration = Duration::from_millis(10);
+
+/// A wake-up this much later than asked means the replica was not running meanwhile.
+const PAUSE: Duration = Duration::from_millis(100);
 
 /// A candidate's question to another voter, before it starts an election.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -69,6 +83,25 @@ pub fn would_grant(me: &VoterView, candidate_log: Option<LogId<u64>>, lease: Dur
     candidate_log >= me.last_log_id
 }
 
+/// How long the leader has been silent, as far as this replica can tell: the time since its
+/// last contact (`None`: never), but no more than the time since this replica last resumed
+/// from a pause (`None`: none seen).
+pub fn silence(
+    since_contact: Option<Duration>,
+    since_resumed: Option<Duration>,
+) -> Option<Duration> {
+    match (since_contact, since_resumed) {
+        (Some(contact), Some(resumed)) => Some(contact.min(resumed)),
+        (None, resumed) => resumed,
+        (contact, None) => contact,
+    }
+}
+
+/// Whether a leader this replica follows has been silent for `needed`.
+fn is_silent(view: &VoterView, needed: Duration) -> bool {
+    view.since_contact.is_none_or(|d| d >= needed)
+}
+
 /// Whether `granted` (the candidate included) is a majority of every config in `joint`.
 pub fn has_quorum(joint: &[Vec<u64>], granted: &BTreeSet<u64>) -> bool {
     !joint.is_empty()
@@ -91,6 +124,7 @@ impl Replica {
     /// so the election task asks for it only when it is about to stand).
     async fn voter_view(&self, with_log: bool) -> Option<Snapshot> {
         let id = self.id;
+        let resumed = self.resumed_at();
         let snapshot = self
             .raft
             .with_raft_state(move |st| {
@@ -100,9 +134,11 @@ impl Replica {
                     view: VoterView {
                         leading: st.server_state == ServerState::Leader,
                         vote_committed: st.vote_ref().is_committed(),
-                        since_contact: st
-                            .vote_last_modified()
-                            .map(|t| now.saturating_duration_since(t)),
+                        since_contact: silence(
+                            st.vote_last_modified()
+                                .map(|t| now.saturating_duration_since(t)),
+                            resumed.map(|t| now.saturating_duration_since(t)),
+                        ),
                         last_log_id: None,
                     },
                     voter: effective.voter_ids().any(|v| v == id),
@@ -176,6 +212,7 @@ impl Replica {
     /// Background duty of every replica: start an election when the leader has been silent
     /// long enough and a pre-vote finds a quorum. Ends when Raft shuts down.
     pub async fn run_elections(self: Arc<Self>) {
+        tokio::spawn(self.clone().watch_pauses());
         let (min, max) = self.config().election_timeout;
         let lease = max;
         let draw = || rand::thread_rng().gen_range(min..=max);
@@ -197,12 +234,14 @@ impl Replica {
             }
             // A vote for a live leader is kept for the lease; a vote for a candidate (a round
             // in progress) only for this round's timeout.
-            let needed = if me.view.vote_committed {
-                lease + timeout
-            } else {
-                timeout
+            let needed = |view: &VoterView, timeout| {
+                if view.vote_committed {
+                    lease + timeout
+                } else {
+                    timeout
+                }
             };
-            let silent = me.view.since_contact.is_none_or(|d| d >= needed);
+            let silent = is_silent(&me.view, needed(&me.view, timeout));
             // Like a pre-candidate in etcd's Raft: past the timeout, the old leader no longer
             // counts as known (health turns NOT_SERVING, errors name no leader), whether or
             // not this replica can stand.
@@ -211,6 +250,7 @@ impl Replica {
             if !silent || !me.voter || now < not_before {
                 continue;
             }
+            let this_round = timeout;
             // A fresh timeout for every round: two replicas that collided once are unlikely
             // to collide again.
             timeout = draw();
@@ -218,14 +258,47 @@ impl Replica {
             let Some(me) = self.voter_view(true).await else {
                 continue;
             };
-            if self.pre_vote(&me).await {
-                tracing::info!(
-                    silent_ms = me.view.since_contact.map(|d| d.as_millis() as u64),
-                    "pre-vote won; standing for election"
+            if !self.pre_vote(&me).await {
+                continue;
+            }
+            // A leader may have been elected, or may have been heard from, during the
+            // pre-vote round trip.
+            let Some(now) = self.voter_view(false).await else {
+                continue;
+            };
+            if now.view.leading || !is_silent(&now.view, needed(&now.view, this_round)) {
+                tracing::info!("pre-vote won, but a leader was heard from meanwhile; not standing");
+                continue;
+            }
+            tracing::info!(
+                silent_ms = me.view.since_contact.map(|d| d.as_millis() as u64),
+                "pre-vote won; standing for election"
+            );
+            if self.raft.trigger().elect().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+impl Replica {
+    /// Notes every time this replica was not running for [`PAUSE`] or more (see the module
+    /// docs). Ends when Raft shuts down.
+    async fn watch_pauses(self: Arc<Self>) {
+        loop {
+            let asked = Instant::now() + PAUSE_TICK;
+            tokio::time::sleep_until(asked).await;
+            if self.raft.metrics().borrow().running_state.is_err() {
+                return;
+            }
+            let now = Instant::now();
+            let late = now.saturating_duration_since(asked);
+            if late >= PAUSE {
+                tracing::warn!(
+                    paused_ms = late.as_millis() as u64,
+                    "this replica was not running; the leader's silence is counted from now"
                 );
-                if self.raft.trigger().elect().await.is_err() {
-                    return;
-                }
+                self.set_resumed_at(now);
             }
         }
     }
@@ -280,6 +353,24 @@ mod tests {
             last_log_id: log(1, 1),
         };
         assert!(would_grant(&candidate, log(1, 1), LEASE));
+    }
+
+    #[test]
+    fn silence_counts_only_since_the_last_pause() {
+        let ms = |n| Some(Duration::from_millis(n));
+        assert_eq!(silence(ms(400), None), ms(400), "no pause seen");
+        assert_eq!(silence(ms(400), ms(30)), ms(30), "a pause 30 ms ago");
+        assert_eq!(silence(ms(20), ms(300)), ms(20), "contact after the pause");
+        assert_eq!(silence(None, ms(50)), ms(50), "never contacted, paused");
+        assert_eq!(silence(None, None), None);
+        let view = |since| VoterView {
+            since_contact: since,
+            ..follower(0, None)
+        };
+        let needed = Duration::from_millis(350);
+        assert!(is_silent(&view(silence(ms(400), None)), needed));
+        assert!(!is_silent(&view(silence(ms(400), ms(30))), needed));
+        assert!(is_silent(&view(None), needed), "never contacted");
     }
 
     #[test]

@@ -72,6 +72,8 @@ pub struct Replica {
     /// True while the leader this replica knows has been silent past the election timeout
     /// (set by the election task): openraft still names it, but it is not a leader to trust.
     leader_lost: tokio::sync::watch::Sender<bool>,
+    /// When this replica last resumed from a pause (see [`crate::election`]).
+    resumed_at: Mutex<Option<tokio::time::Instant>>,
 }
 
 /// A request to forward: the leader's address, the request, the time left, and where the
@@ -321,16 +323,58 @@ async fn commit_group(raft: &Raft, mut writes: Vec<PendingWrite>) {
 }
 
 /// Proposes `command` through openraft; the outcome and the entry's log index.
+///
+/// openraft answers a proposal only once its entry is applied or truncated. A leader that
+/// loses its term with entries not yet committed keeps their callers waiting until a new
+/// leader reaches it, which, under load, took seconds: so a proposal made while this replica
+/// leads ends with `NotLeader` as soon as it no longer leads in that term, and the caller
+/// retries at the new leader. The outcome is then unknown, as after any lost answer: client
+/// writes carry a request id ([`Command::Once`]) that answers a retry as the first attempt,
+/// and the replica's own writes (status changes, placement repairs) are checked against the
+/// state they were planned on when they apply.
 async fn client_write(raft: &Raft, command: Command) -> WriteAnswer {
     let command = EncodedCommand::encode(&command)
         .map_err(|e| WireError::Internal(format!("cannot encode a command: {e}")))?;
-    match raft.client_write(command).await {
+    let mut metrics = raft.metrics();
+    let leading_in = {
+        let m = metrics.borrow_and_update();
+        (m.state == ServerState::Leader).then_some(m.current_term)
+    };
+    let write = raft.client_write(command);
+    let result = match leading_in {
+        Some(term) => tokio::select! {
+            result = write => result,
+            () = deposed(&mut metrics, term) => {
+                return Err(WireError::NotLeader(None));
+            }
+        },
+        None => write.await,
+    };
+    match result {
         Ok(response) => Ok((response.data, response.log_id.index)),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(forward_hint(&f)),
         Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
             Err(WireError::FailedPrecondition(e.to_string()))
         }
         Err(RaftError::Fatal(e)) => Err(WireError::Unavailable(format!("replica stopped: {e}"))),
+    }
+}
+
+/// Resolves once the replica these metrics describe no longer leads in `term` (or stops).
+async fn deposed(
+    metrics: &mut tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, BasicNode>>,
+    term: u64,
+) {
+    loop {
+        {
+            let m = metrics.borrow_and_update();
+            if m.state != ServerState::Leader || m.current_term != term {
+                return;
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
     }
 }
 
@@ -425,6 +469,7 @@ impl Replica {
             forwarder,
             heartbeat_forwarder,
             leader_lost: tokio::sync::watch::Sender::new(false),
+            resumed_at: Mutex::new(None),
             raft,
             state,
             log_store,
@@ -468,6 +513,14 @@ impl Replica {
     /// [`crate::election`].
     pub fn leader_lost(&self) -> tokio::sync::watch::Receiver<bool> {
         self.leader_lost.subscribe()
+    }
+
+    pub(crate) fn resumed_at(&self) -> Option<tokio::time::Instant> {
+        *self.resumed_at.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn set_resumed_at(&self, at: tokio::time::Instant) {
+        *self.resumed_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(at);
     }
 
     pub(crate) fn set_leader_lost(&self, lost: bool) {
@@ -1187,5 +1240,47 @@ fn log_status_changes(changes: &[StatusChange]) {
             more,
             "node status change"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics(state: ServerState, term: u64) -> openraft::RaftMetrics<u64, BasicNode> {
+        let mut m = openraft::RaftMetrics::new_initial(1);
+        m.state = state;
+        m.current_term = term;
+        m
+    }
+
+    #[tokio::test]
+    async fn a_proposal_is_deposed_when_the_term_or_the_role_changes() {
+        let (tx, mut rx) = tokio::sync::watch::channel(metrics(ServerState::Leader, 3));
+        let mut waiting = std::pin::pin!(deposed(&mut rx, 3));
+        tokio::task::yield_now().await;
+        assert!(
+            futures::poll!(waiting.as_mut()).is_pending(),
+            "still leading in term 3"
+        );
+        tx.send_replace(metrics(ServerState::Leader, 3));
+        assert!(futures::poll!(waiting.as_mut()).is_pending(), "same term");
+        tx.send_replace(metrics(ServerState::Follower, 3));
+        assert!(futures::poll!(waiting.as_mut()).is_ready(), "stepped down");
+
+        let (tx, mut rx) = tokio::sync::watch::channel(metrics(ServerState::Leader, 3));
+        let mut waiting = std::pin::pin!(deposed(&mut rx, 3));
+        assert!(futures::poll!(waiting.as_mut()).is_pending());
+        tx.send_replace(metrics(ServerState::Leader, 5));
+        assert!(
+            futures::poll!(waiting.as_mut()).is_ready(),
+            "re-elected in a new term"
+        );
+
+        let (tx, mut rx) = tokio::sync::watch::channel(metrics(ServerState::Leader, 3));
+        let mut waiting = std::pin::pin!(deposed(&mut rx, 3));
+        assert!(futures::poll!(waiting.as_mut()).is_pending());
+        drop(tx);
+        assert!(futures::poll!(waiting.as_mut()).is_ready(), "raft stopped");
     }
 }
