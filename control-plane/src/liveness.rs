@@ -135,6 +135,13 @@ impl Sweep {
         }
     }
 
+    /// The ids of the next (up to) `max` nodes to look at.
+    pub fn next_ids(&mut self, max: usize) -> &[String] {
+        self.list_every();
+        let end = self.ids.len().min(self.next.saturating_add(max));
+        &self.ids[self.next..end]
+    }
+
     /// How many nodes by id this sweep is to look at.
     pub fn len(&self) -> usize {
         self.ids.len()
@@ -306,6 +313,10 @@ impl Detector {
                     "failure detector: looking at every node"
                 );
                 self.scans += 1;
+                // Room for every node now: the map grows once, here, not rehashing all it
+                // tracks again and again as the sweep adds nodes.
+                self.tracked
+                    .reserve(nodes.len().saturating_sub(self.tracked.len()));
                 (end, Some(nodes.clone()))
             }
         };
@@ -350,38 +361,41 @@ impl Detector {
     /// Looks at up to `max` more of the sweep's nodes by id, as `nodes` has them now. A sweep
     /// whose term has ended (leadership moved meanwhile) looks at nothing more.
     pub fn look(&mut self, sweep: &mut Sweep, nodes: &NodeMap, max: usize) {
+        let found: Vec<Option<Node>> = sweep
+            .next_ids(max)
+            .iter()
+            .map(|id| nodes.get(id).cloned())
+            .collect();
+        self.look_at(sweep, &found);
+    }
+
+    /// Looks at the sweep's next `found.len()` nodes by id, `found[i]` being the state's copy
+    /// of the node [`Sweep::next_ids`] names `i`th (`None`: no longer in the state). The
+    /// replica copies them out under a short read of the state and looks with the state
+    /// unlocked: the detector's work (a growing map rehashes every node it tracks) never
+    /// holds up apply, which would hold up every reader and the runtime's threads with it.
+    pub fn look_at(&mut self, sweep: &mut Sweep, found: &[Option<Node>]) {
         sweep.list_every();
         if sweep.term != self.term {
             sweep.next = sweep.ids.len();
             return;
         }
-        let end = sweep.ids.len().min(sweep.next.saturating_add(max));
-        for i in sweep.next..end {
+        let end = sweep.ids.len().min(sweep.next + found.len());
+        for (i, node) in (sweep.next..end).zip(found) {
             let id = &sweep.ids[i];
             if let Some(t) = self.tracked.get_mut(id) {
                 t.queued = false;
             }
-            let change = self.check_id(nodes, id, sweep.now, sweep.counting_from);
+            let change = match node {
+                Some(node) => self.check(node, sweep.now, sweep.counting_from),
+                None => {
+                    self.tracked.remove(id);
+                    None
+                }
+            };
             sweep.changes.extend(change);
         }
         sweep.next = end;
-    }
-
-    /// Looks at the node `id`, or forgets it when it is no longer in the state.
-    fn check_id(
-        &mut self,
-        nodes: &NodeMap,
-        id: &str,
-        now: Instant,
-        counting_from: Instant,
-    ) -> Option<StatusChange> {
-        match nodes.get(id) {
-            Some(node) => self.check(node, now, counting_from),
-            None => {
-                self.tracked.remove(id);
-                None
-            }
-        }
     }
 
     /// Looks at one node: the transition it needs, if any, and when to look again.

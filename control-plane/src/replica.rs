@@ -837,9 +837,11 @@ impl Replica {
         let now = tokio::time::Instant::now();
         let now_ms = crate::api::now_ms();
         let interval_ms = self.config.liveness.interval.as_millis() as i32;
-        self.state.read(|s| {
+        // The detector is updated after the state's lock is released (see
+        // `sweep_statuses`): heard from (a copy of the node, its usage sample).
+        let mut heard = Vec::with_capacity(requests.len());
+        let answers = self.state.read(|s| {
             let cluster_id = s.cluster_id.clone().unwrap_or_default();
-            let mut detector = self.detector();
             requests
                 .into_iter()
                 .map(|mut request| {
@@ -853,7 +855,7 @@ impl Replica {
                             id: request.node_id,
                         });
                     };
-                    detector.heartbeat(node, request.usage.take(), now, now_ms);
+                    heard.push((node.clone(), request.usage.take()));
                     let response = pb::HeartbeatResponse {
                         status: node.status.as_str().to_string(),
                         assignments: s
@@ -876,7 +878,12 @@ impl Replica {
                     Ok(response.encode_to_vec())
                 })
                 .collect()
-        })
+        });
+        let mut detector = self.detector();
+        for (node, usage) in heard {
+            detector.heartbeat(&node, usage, now, now_ms);
+        }
+        answers
     }
 
     /// A heartbeat, carried to the leader: recorded here when this replica leads, otherwise
@@ -994,24 +1001,34 @@ impl Replica {
     }
 
     /// Commits the status transitions the failure detector finds, as one entry. The sweep
-    /// reads the state a chunk of nodes at a time ([`SWEEP_CHUNK`]), a look at every node
-    /// included: tens of thousands of looks under one read lock held apply, and so every
-    /// write, for tens of milliseconds. A sweep whose term ended meanwhile proposes nothing.
+    /// copies the state's nodes out a chunk at a time ([`SWEEP_CHUNK`]), a look at every node
+    /// included, and looks at them with the state unlocked: tens of thousands of looks under
+    /// one read lock held apply, and so every write, for tens of milliseconds, and a look
+    /// that grew the detector's map (a rehash of every node it tracks, 40 ms at 115,000
+    /// nodes, several times that on a busy machine) held it long enough that, with both
+    /// runtime threads stuck (one looking, one waiting to apply), the leader sent no
+    /// heartbeats and was deposed. A sweep whose term ended meanwhile proposes nothing.
     async fn sweep_statuses(&self) {
         {
             let started = std::time::Instant::now();
             let now = tokio::time::Instant::now();
-            let Some(mut sweep) = self
+            // O(1) copies: the detector works with the state unlocked.
+            let (nodes, feed) = self
                 .state
-                .read(|s| self.detector().begin_sweep(&s.nodes, &s.node_changes, now))
-            else {
+                .read(|s| (s.nodes.clone(), s.node_changes.clone()));
+            let begun = self.detector().begin_sweep(&nodes, &feed, now);
+            drop(nodes);
+            let Some(mut sweep) = begun else {
                 return;
             };
             sweep.list_every();
             let looking_at = sweep.len();
             while !sweep.done() {
-                self.state
-                    .read(|s| self.detector().look(&mut sweep, &s.nodes, SWEEP_CHUNK));
+                let ids = sweep.next_ids(SWEEP_CHUNK);
+                let found: Vec<_> = self
+                    .state
+                    .read(|s| ids.iter().map(|id| s.nodes.get(id).cloned()).collect());
+                self.detector().look_at(&mut sweep, &found);
                 tokio::task::yield_now().await;
             }
             let changes = self.detector().finish(sweep);
