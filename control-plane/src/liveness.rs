@@ -68,6 +68,28 @@ struct Tracked {
     scan: u64,
 }
 
+/// What the detector needs of a node it hears from.
+#[derive(Clone, Copy, Debug)]
+pub struct Heard<'a> {
+    /// The node's id.
+    pub node_id: &'a str,
+    /// Its registration generation.
+    pub generation: u64,
+    /// Its replicated status.
+    pub status: NodeStatus,
+}
+
+impl<'a> Heard<'a> {
+    /// What the detector needs of `node`.
+    pub fn of(node: &'a Node) -> Self {
+        Self {
+            node_id: &node.node_id,
+            generation: node.generation,
+            status: node.status,
+        }
+    }
+}
+
 /// The detector's state; time is passed in so tests can drive it.
 ///
 /// A sweep costs what changed, not the size of the fleet: it looks at the nodes the state's
@@ -214,15 +236,15 @@ impl Detector {
     /// every node, which a record made during it survives).
     fn track<'a>(
         tracked: &'a mut foldhash::HashMap<String, Tracked>,
-        node: &Node,
+        node: &Heard<'_>,
         now: Instant,
         scans: u64,
     ) -> &'a mut Tracked {
         // Look up before inserting: `entry` would allocate a copy of the id on every call,
         // and this runs for every heartbeat.
-        if !tracked.contains_key(&node.node_id) {
+        if !tracked.contains_key(node.node_id) {
             tracked.insert(
-                node.node_id.clone(),
+                node.node_id.to_string(),
                 Tracked {
                     generation: node.generation,
                     last_contact: now,
@@ -235,7 +257,7 @@ impl Detector {
                 },
             );
         }
-        let t = tracked.get_mut(&node.node_id).expect("inserted just above");
+        let t = tracked.get_mut(node.node_id).expect("inserted just above");
         if t.generation != node.generation {
             t.generation = node.generation;
             t.last_contact = now;
@@ -255,7 +277,19 @@ impl Detector {
         now: Instant,
         now_ms: i64,
     ) {
-        let t = Self::track(&mut self.tracked, node, now, self.scans);
+        self.heard(Heard::of(node), usage, now, now_ms);
+    }
+
+    /// [`Detector::heartbeat`] from what a heartbeat needs of the node, which the leader
+    /// copies out of the state so that the detector is updated with the state unlocked.
+    pub fn heard(
+        &mut self,
+        node: Heard<'_>,
+        usage: Option<pb::NodeUsage>,
+        now: Instant,
+        now_ms: i64,
+    ) {
+        let t = Self::track(&mut self.tracked, &node, now, self.scans);
         t.last_contact = now;
         t.last_contact_ms = Some(now_ms);
         if usage.is_some() {
@@ -263,7 +297,7 @@ impl Detector {
         }
         if matches!(node.status, NodeStatus::Unhealthy | NodeStatus::Offline) && !t.queued {
             t.queued = true;
-            self.recheck.push(node.node_id.clone());
+            self.recheck.push(node.node_id.to_string());
         }
     }
 
@@ -406,7 +440,7 @@ impl Detector {
         }
         self.looked += 1;
         let config = self.config;
-        let t = Self::track(&mut self.tracked, node, now, self.scans);
+        let t = Self::track(&mut self.tracked, &Heard::of(node), now, self.scans);
         t.scan = self.scans;
         if t.pending.is_some_and(|(from, _)| from != node.status) {
             t.pending = None;

@@ -38,7 +38,7 @@ use crate::{
         HeartbeatAnswer, MembershipAnswer, MembershipChange, Proposal, ReadIndexAnswer, Tagged,
         UsageAnswer, UsageQuery, WireError, WriteAnswer,
     },
-    liveness::Detector,
+    liveness::{Detector, Heard},
     network::{Network, OpenStream, PeerError, Peers},
     placement,
     raft_types::{LogStore, Raft, StateHandle, StateMachine},
@@ -838,7 +838,8 @@ impl Replica {
         let now_ms = crate::api::now_ms();
         let interval_ms = self.config.liveness.interval.as_millis() as i32;
         // The detector is updated after the state's lock is released (see
-        // `sweep_statuses`): heard from (a copy of the node, its usage sample).
+        // `sweep_statuses`): heard from (the node's id, generation and status, its usage
+        // sample).
         let mut heard = Vec::with_capacity(requests.len());
         let answers = self.state.read(|s| {
             let cluster_id = s.cluster_id.clone().unwrap_or_default();
@@ -855,7 +856,12 @@ impl Replica {
                             id: request.node_id,
                         });
                     };
-                    heard.push((node.clone(), request.usage.take()));
+                    heard.push((
+                        node.node_id.clone(),
+                        node.generation,
+                        node.status,
+                        request.usage.take(),
+                    ));
                     let response = pb::HeartbeatResponse {
                         status: node.status.as_str().to_string(),
                         assignments: s
@@ -880,8 +886,13 @@ impl Replica {
                 .collect()
         });
         let mut detector = self.detector();
-        for (node, usage) in heard {
-            detector.heartbeat(&node, usage, now, now_ms);
+        for (node_id, generation, status, usage) in heard {
+            let node = Heard {
+                node_id: &node_id,
+                generation,
+                status,
+            };
+            detector.heard(node, usage, now, now_ms);
         }
         answers
     }
