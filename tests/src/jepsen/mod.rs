@@ -9,3 +9,11 @@ pub mod history;
 pub mod net;
 pub mod run;
 pub mod wgl;
+
+// The parts of a run, by concern; their public items are re-exported from `run`.
+mod churn;
+mod clients;
+mod nemesis;
+mod procs;
+mod sampler;
+mod summary;
