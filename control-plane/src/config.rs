@@ -411,7 +411,7 @@ impl Config {
             max_in_snapshot_log_to_keep: self.snapshot_logs.min(1000),
             // Chunks well under gRPC's 4 MiB default message limit.
             snapshot_max_chunk_size: 1024 * 1024,
-            // Elections are started by `election::run_elections` (pre-vote, a fresh random
+            // Elections are started by `replica::election` (pre-vote, a fresh random
             // timeout per round), not by openraft's timer.
             enable_elect: false,
             ..Default::default()

@@ -1,8 +1,10 @@
 //! What followers and the leader say to each other when a client request must be carried out
-//! by the leader: the bincode payloads of `RaftService.ForwardWrite`, `ReadIndex` and
-//! `ForwardMembership`.
+//! by the leader: the bincode payloads of `RaftService.ForwardWrite`, `ReadIndex`,
+//! `ForwardMembership`, `ForwardHeartbeat` and `NodeUsage`. They travel the replica as these
+//! types and become bytes only at the wire (`network.rs`, `api/raft.rs`).
 
-use serde::{Deserialize, Serialize};
+use dllm_proto::pb;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::{
     error::ApiError,
@@ -80,8 +82,46 @@ pub type WriteAnswer = Result<(Outcome, u64), WireError>;
 pub type ReadIndexAnswer = Result<Option<u64>, WireError>;
 /// The answer to a forwarded membership change.
 pub type MembershipAnswer = Result<(), WireError>;
-/// The answer to a forwarded heartbeat: a protobuf-encoded `HeartbeatResponse`.
-pub type HeartbeatAnswer = Result<Vec<u8>, WireError>;
+/// The answer to a forwarded heartbeat.
+pub type HeartbeatAnswer = Result<Proto<pb::HeartbeatResponse>, WireError>;
+
+/// A protobuf message inside a bincode payload (a worker's heartbeat, a usage sample): the
+/// type as it travels the replica; at the wire, its protobuf encoding as a byte string (the
+/// same bytes bincode writes for a `Vec<u8>` of that encoding).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Proto<M>(pub M);
+
+impl<M: prost::Message> Serialize for Proto<M> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0.encode_to_vec())
+    }
+}
+
+impl<'de, M: prost::Message + Default> Deserialize<'de> for Proto<M> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Bytes<M>(std::marker::PhantomData<M>);
+        impl<'de, M: prost::Message + Default> serde::de::Visitor<'de> for Bytes<M> {
+            type Value = Proto<M>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a protobuf-encoded message")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<Self::Value, E> {
+                M::decode(bytes).map(Proto).map_err(E::custom)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(b) = seq.next_element::<u8>()? {
+                    bytes.push(b);
+                }
+                self.visit_bytes(&bytes)
+            }
+        }
+        deserializer.deserialize_byte_buf(Bytes(std::marker::PhantomData))
+    }
+}
 
 /// A question about the leader's soft state (usage samples from heartbeats).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -95,8 +135,8 @@ pub enum UsageQuery {
 /// The leader's answer to a [`UsageQuery`].
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct UsageAnswer {
-    /// For `Node`: the protobuf-encoded `NodeUsage`, if the leader has one.
-    pub sample: Option<Vec<u8>>,
+    /// For `Node`: the latest usage sample, if the leader has one.
+    pub sample: Option<Proto<pb::NodeUsage>>,
     /// For `FreeMemory`: MiB free per node id.
     pub free_memory_mb: std::collections::BTreeMap<String, i64>,
 }
@@ -124,5 +164,29 @@ impl WireError {
             WireError::FailedPrecondition(m) => ApiError::FailedPrecondition(m),
             WireError::Internal(m) => ApiError::Internal(m),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A message travels as the same bytes as its protobuf encoding in a `Vec<u8>` (what
+    /// earlier builds sent), and comes back equal; bytes that are not the message fail.
+    #[test]
+    fn proto_payloads_are_the_protobuf_bytes_and_round_trip() {
+        let request = pb::HeartbeatRequest {
+            node_id: "worker-1".into(),
+            ..Default::default()
+        };
+        let as_proto = bincode::serialize(&vec![Proto(request.clone())]).expect("encode");
+        let as_bytes =
+            bincode::serialize(&vec![prost::Message::encode_to_vec(&request)]).expect("encode");
+        assert_eq!(as_proto, as_bytes, "same wire bytes as before");
+        let back: Vec<Proto<pb::HeartbeatRequest>> =
+            bincode::deserialize(&as_bytes).expect("decode");
+        assert_eq!(back, vec![Proto(request)]);
+        let garbage = bincode::serialize(&vec![vec![0xffu8; 3]]).expect("encode");
+        assert!(bincode::deserialize::<Vec<Proto<pb::HeartbeatRequest>>>(&garbage).is_err());
     }
 }

@@ -2,10 +2,12 @@
 //!
 //! - [`state`]: the cluster state machine (nodes, models) and its commands; plain data,
 //!   unit-tested without Raft or gRPC.
-//! - [`raft_types`]: the openraft type configuration; storage comes from `dllm-storage`.
+//! - [`raft_types`]: the openraft type configuration and the state as openraft's application
+//!   data; storage comes from `dllm-storage`.
 //! - [`replica`]: one Raft replica and the paths that take writes and linearizable reads to
-//!   the leader ([`forward`] holds what crosses between replicas for that).
-//! - [`election`]: when a replica stands for election (pre-vote, a fresh timeout per round).
+//!   the leader ([`forward`] holds what crosses between replicas for that), one concern per
+//!   file: routing, proposing, group commit, forwarding, heartbeats, leader duties,
+//!   membership and [`replica::election`] (pre-vote, a fresh timeout per round).
 //! - [`liveness`]: the leader's in-memory failure detector fed by worker heartbeats.
 //! - [`placement`]: where layers go (the leader's planner; the state machine re-checks).
 //! - [`network`]: Raft traffic to peers over gRPC on reused channels.
@@ -22,7 +24,6 @@
 pub mod api;
 pub mod config;
 pub mod convert;
-pub mod election;
 pub mod error;
 pub mod forward;
 pub mod liveness;

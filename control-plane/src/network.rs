@@ -40,6 +40,8 @@ pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// Long-lived streamed calls, by peer address and method (see [`Peers::call_streamed`]).
     streams: Arc<Mutex<HashMap<(String, &'static str), CallStream>>>,
+    /// The tasks that serve the streamed calls; [`Peers::close`] ends them.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 /// Opens a streamed call on `client`, its request messages taken from the receiver; answers
@@ -89,6 +91,17 @@ pub enum PeerError {
 }
 
 impl Peers {
+    /// Ends every streamed call (each fails what it has not answered) and opens no new
+    /// ones; part of a replica's shutdown. Returns once their tasks have ended.
+    pub async fn close(&self) {
+        self.tasks.close();
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.tasks.wait().await;
+    }
+
     /// A client for the replica at `addr` (host:port), on the shared channel.
     pub fn client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, PeerError> {
         Ok(RaftServiceClient::new(self.channel(addr)?)
@@ -230,6 +243,10 @@ impl Peers {
         method: &'static str,
         open: OpenStream,
     ) -> Result<Option<tokio::sync::mpsc::Sender<StreamJob>>, PeerError> {
+        if self.tasks.is_closed() {
+            // Closing: no new streams; unary calls until the replica stops.
+            return Ok(None);
+        }
         let key = (addr.to_string(), method);
         let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
         match streams.get(&key) {
@@ -243,7 +260,7 @@ impl Peers {
         // Room for every request a forwarder keeps in flight, and then some.
         let (jobs, queue) = tokio::sync::mpsc::channel(16);
         streams.insert(key.clone(), CallStream::Open(jobs.clone()));
-        tokio::spawn(run_call_stream(
+        self.tasks.spawn(run_call_stream(
             Arc::downgrade(&self.streams),
             key,
             open,

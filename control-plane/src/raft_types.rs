@@ -1,8 +1,12 @@
-//! The openraft type configuration of the control plane.
+//! The openraft type configuration of the control plane, and how the cluster state plugs
+//! into the store as openraft's application data: the one place where [`crate::state`]
+//! meets Raft (the state itself knows nothing of it).
 
 use std::io::Cursor;
 
-use crate::state::{EncodedCommand, Outcome};
+use openraft::LogId;
+
+use crate::state::{ClusterState, EncodedCommand, Outcome, Rejection};
 
 openraft::declare_raft_types!(
     /// Raft types of the control plane: log entries carry [`crate::state::Command`]s, encoded
@@ -18,6 +22,64 @@ pub type Raft = openraft::Raft<TypeConfig>;
 /// The log store of a replica.
 pub type LogStore = dllm_storage::LogStore<TypeConfig>;
 /// The state machine of a replica.
-pub type StateMachine = dllm_storage::SledStateMachine<TypeConfig, crate::state::ClusterState>;
+pub type StateMachine = dllm_storage::SledStateMachine<TypeConfig, ClusterState>;
 /// Read access to the applied cluster state.
-pub type StateHandle = dllm_storage::StateHandle<crate::state::ClusterState>;
+pub type StateHandle = dllm_storage::StateHandle<ClusterState>;
+
+impl dllm_storage::AppData<TypeConfig> for ClusterState {
+    fn apply(&mut self, log_id: &LogId<u64>, command: EncodedCommand) -> Outcome {
+        match command.decode() {
+            Ok(command) => ClusterState::apply(self, command),
+            // Every replica of one version decodes the same bytes the same way, so this
+            // answer is the same everywhere and the states do not diverge.
+            Err(e) => {
+                tracing::error!(index = log_id.index, error = %e, "a log entry does not decode as a command of this version; not applied");
+                Outcome::Rejected(Rejection::NotAllowed(format!(
+                    "log entry {} is not a command this version understands: {e}",
+                    log_id.index
+                )))
+            }
+        }
+    }
+
+    fn upgrade_legacy_entry(bytes: &[u8]) -> Result<Vec<u8>, String> {
+        legacy::upgrade_entry(bytes)
+    }
+}
+
+/// Log entries as versions before [`EncodedCommand`] wrote them: the command itself.
+mod legacy {
+    use std::io::Cursor;
+
+    use openraft::{Entry, EntryPayload};
+
+    use super::TypeConfig;
+    use crate::state::{Command, EncodedCommand, Outcome};
+
+    openraft::declare_raft_types!(
+        /// The entry layout of older versions: payloads are [`Command`]s.
+        pub Legacy:
+            D = Command,
+            R = Outcome,
+    );
+
+    /// Re-encodes an entry an older version wrote (moved from its sled log) as this version's.
+    pub(super) fn upgrade_entry(bytes: &[u8]) -> Result<Vec<u8>, String> {
+        let old: Entry<Legacy> = bincode::deserialize(bytes).map_err(|e| e.to_string())?;
+        let payload = match old.payload {
+            EntryPayload::Blank => EntryPayload::Blank,
+            EntryPayload::Normal(command) => {
+                EntryPayload::Normal(EncodedCommand::encode(&command).map_err(|e| e.to_string())?)
+            }
+            EntryPayload::Membership(m) => EntryPayload::Membership(m),
+        };
+        let new: Entry<TypeConfig> = Entry {
+            log_id: old.log_id,
+            payload,
+        };
+        bincode::serialize(&new).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests;

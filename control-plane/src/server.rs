@@ -15,7 +15,7 @@ use crate::{
     config::Config,
     network::{MAX_RAFT_MESSAGE_BYTES, PEER_KEEPALIVE},
     observability::{render, RpcMetrics, RpcMetricsLayer},
-    replica::{Replica, StartError},
+    replica::{Replica, ShutdownError, StartError},
 };
 
 /// Why a replica stopped with an error.
@@ -30,9 +30,9 @@ pub enum RunError {
     /// Reflection could not be set up from the descriptor sets.
     #[error("gRPC reflection setup failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-    /// Raft did not shut down cleanly.
-    #[error("Raft shutdown failed: {0}")]
-    RaftShutdown(String),
+    /// The replica did not stop cleanly.
+    #[error(transparent)]
+    Shutdown(#[from] ShutdownError),
     /// The metrics listener could not be bound.
     #[error("--metrics-listen {addr}: cannot bind: {source}")]
     MetricsBind {
@@ -41,9 +41,6 @@ pub enum RunError {
         /// What the OS said.
         source: std::io::Error,
     },
-    /// The final flush failed.
-    #[error("final flush of the data directory failed: {0}")]
-    Flush(std::io::Error),
 }
 
 /// Services whose health follows the replica's: SERVING while a leader is known.
@@ -59,6 +56,7 @@ const HEALTH_SERVICES: &[&str] = &[
 async fn track_health(replica: Arc<Replica>, reporter: tonic_health::server::HealthReporter) {
     let mut metrics = replica.raft.metrics();
     let mut lost = replica.leader_lost();
+    let stop = replica.stopping();
     let mut last = None;
     loop {
         let status = if metrics.borrow().current_leader.is_some() && !*lost.borrow() {
@@ -73,6 +71,7 @@ async fn track_health(replica: Arc<Replica>, reporter: tonic_health::server::Hea
             last = Some(status);
         }
         tokio::select! {
+            () = stop.cancelled() => return,
             changed = metrics.changed() => if changed.is_err() { return },
             changed = lost.changed() => if changed.is_err() { return },
         }
@@ -102,11 +101,11 @@ pub async fn run(
     let replica = Replica::start(config).await?;
     let rpc_metrics = Arc::new(RpcMetrics::default());
     if let Some(listener) = metrics_listener {
-        let (replica, rpc) = (replica.clone(), rpc_metrics.clone());
+        let (shown, rpc) = (replica.clone(), rpc_metrics.clone());
         let app = axum::Router::new().route(
             "/metrics",
             axum::routing::get(move || {
-                let body = render(&replica, &rpc);
+                let body = render(&shown, &rpc);
                 async move {
                     (
                         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -117,7 +116,7 @@ pub async fn run(
         );
         let serve =
             axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        tokio::spawn(async move {
+        replica.spawn(async move {
             if let Err(e) = serve.await {
                 warn!(error = %e, "metrics server failed");
             }
@@ -130,10 +129,7 @@ pub async fn run(
     );
 
     let (reporter, health) = tonic_health::server::health_reporter();
-    tokio::spawn(track_health(replica.clone(), reporter));
-    tokio::spawn(replica.clone().run_leader_duties());
-    tokio::spawn(replica.clone().run_liveness());
-    tokio::spawn(replica.clone().run_elections());
+    replica.spawn(track_health(replica.clone(), reporter));
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -204,12 +200,7 @@ pub async fn run(
             }
         }
     }
-    replica
-        .raft
-        .shutdown()
-        .await
-        .map_err(|e| RunError::RaftShutdown(e.to_string()))?;
-    replica.flush().await.map_err(RunError::Flush)?;
+    replica.shutdown(drain).await?;
     info!("replica stopped cleanly");
     Ok(())
 }

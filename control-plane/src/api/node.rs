@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use dllm_proto::{metrics, pb};
 use pb::node_service_server::NodeService;
-use prost::Message;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -59,8 +58,7 @@ async fn node_metrics(
                 "no heartbeat from node {node_id:?} has reached the current leader yet"
             ))
         })?;
-    let usage = pb::NodeUsage::decode(sample.as_slice())
-        .map_err(|e| ApiError::Internal(format!("undecodable usage sample: {e}")))?;
+    let usage = sample.0;
     Ok((metrics::render(&usage, layers_max, names), usage.timestamp))
 }
 

@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
-    forward::{MembershipChange, Tagged, UsageQuery},
-    replica::Replica,
+    forward::{MembershipChange, Proto, Tagged, UsageQuery},
+    replica::{election::PreVoteRequest, Replica},
 };
 
 /// Serves Raft traffic for one replica.
@@ -172,14 +172,9 @@ impl RaftService for RaftApi {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        // A follower's batch of heartbeats, each protobuf-encoded; answered in order.
-        use prost::Message;
-        let batch: Vec<Vec<u8>> = decode(request)?;
-        let heartbeats = batch
-            .iter()
-            .map(|bytes| dllm_proto::pb::HeartbeatRequest::decode(bytes.as_slice()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Status::invalid_argument(format!("data: undecodable heartbeat: {e}")))?;
+        // A follower's batch of heartbeats; answered in order.
+        let batch: Vec<Proto<dllm_proto::pb::HeartbeatRequest>> = decode(request)?;
+        let heartbeats = batch.into_iter().map(|h| h.0).collect();
         encode(&self.replica.leader_heartbeats(heartbeats))
     }
 
@@ -195,7 +190,7 @@ impl RaftService for RaftApi {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let question: crate::election::PreVoteRequest = decode(request)?;
+        let question: PreVoteRequest = decode(request)?;
         encode(&self.replica.answer_pre_vote(question).await)
     }
 }

@@ -18,10 +18,7 @@ pub use command::{Command, EncodedCommand, Outcome, PlacementChange, Rejection, 
 pub use node::{
     layer_mb, Gpu, Model, ModelSpec, Node, NodeSpec, NodeStatus, Placement, Range, Resources,
 };
-use openraft::LogId;
 use serde::{Deserialize, Serialize};
-
-use crate::raft_types::TypeConfig;
 
 /// imbl's persistent hash map with foldhash instead of SipHash (imbl's default): every
 /// registration, heartbeat, failure-detector look and retried request hashes a key, and
@@ -401,61 +398,6 @@ impl ClusterState {
         let mut nodes: Vec<&Node> = self.nodes.values().collect();
         nodes.sort_unstable_by(|a, b| a.node_id.cmp(&b.node_id));
         nodes
-    }
-}
-
-impl dllm_storage::AppData<TypeConfig> for ClusterState {
-    fn apply(&mut self, log_id: &LogId<u64>, command: EncodedCommand) -> Outcome {
-        match command.decode() {
-            Ok(command) => ClusterState::apply(self, command),
-            // Every replica of one version decodes the same bytes the same way, so this
-            // answer is the same everywhere and the states do not diverge.
-            Err(e) => {
-                tracing::error!(index = log_id.index, error = %e, "a log entry does not decode as a command of this version; not applied");
-                Outcome::Rejected(Rejection::NotAllowed(format!(
-                    "log entry {} is not a command this version understands: {e}",
-                    log_id.index
-                )))
-            }
-        }
-    }
-
-    fn upgrade_legacy_entry(bytes: &[u8]) -> Result<Vec<u8>, String> {
-        legacy::upgrade_entry(bytes)
-    }
-}
-
-/// Log entries as versions before [`EncodedCommand`] wrote them: the command itself.
-mod legacy {
-    use std::io::Cursor;
-
-    use openraft::{Entry, EntryPayload};
-
-    use super::{Command, EncodedCommand, Outcome};
-    use crate::raft_types::TypeConfig;
-
-    openraft::declare_raft_types!(
-        /// The entry layout of older versions: payloads are [`Command`]s.
-        pub Legacy:
-            D = Command,
-            R = Outcome,
-    );
-
-    /// Re-encodes an entry an older version wrote (moved from its sled log) as this version's.
-    pub(super) fn upgrade_entry(bytes: &[u8]) -> Result<Vec<u8>, String> {
-        let old: Entry<Legacy> = bincode::deserialize(bytes).map_err(|e| e.to_string())?;
-        let payload = match old.payload {
-            EntryPayload::Blank => EntryPayload::Blank,
-            EntryPayload::Normal(command) => {
-                EntryPayload::Normal(EncodedCommand::encode(&command).map_err(|e| e.to_string())?)
-            }
-            EntryPayload::Membership(m) => EntryPayload::Membership(m),
-        };
-        let new: Entry<TypeConfig> = Entry {
-            log_id: old.log_id,
-            payload,
-        };
-        bincode::serialize(&new).map_err(|e| e.to_string())
     }
 }
 

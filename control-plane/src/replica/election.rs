@@ -30,14 +30,18 @@
 //! replica that won a pre-vote looks again before it stands: a leader elected during the
 //! pre-vote round trip (another candidate's) is not deposed by a stale decision.
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use openraft::{storage::RaftLogStorage, LogId, ServerState};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::replica::Replica;
+use super::Replica;
 
 /// How often the election task looks at the replica's state.
 const TICK: Duration = Duration::from_millis(10);
@@ -111,6 +115,47 @@ pub fn has_quorum(joint: &[Vec<u64>], granted: &BTreeSet<u64>) -> bool {
         })
 }
 
+/// What the election task shares with the rest of the replica.
+pub(super) struct ElectionState {
+    /// True while the leader this replica knows has been silent past the election timeout:
+    /// openraft still names it, but it is not a leader to trust.
+    leader_lost: tokio::sync::watch::Sender<bool>,
+    /// When this replica last resumed from a pause.
+    resumed_at: Mutex<Option<Instant>>,
+}
+
+impl ElectionState {
+    pub(super) fn new() -> Self {
+        Self {
+            leader_lost: tokio::sync::watch::Sender::new(false),
+            resumed_at: Mutex::new(None),
+        }
+    }
+
+    /// Whether the known leader has gone silent past the election timeout.
+    pub(super) fn leader_lost(&self) -> bool {
+        *self.leader_lost.borrow()
+    }
+
+    /// Follows [`ElectionState::leader_lost`].
+    pub(super) fn watch_leader_lost(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.leader_lost.subscribe()
+    }
+
+    fn set_leader_lost(&self, lost: bool) {
+        self.leader_lost
+            .send_if_modified(|v| std::mem::replace(v, lost) != lost);
+    }
+
+    fn resumed_at(&self) -> Option<Instant> {
+        *self.resumed_at.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_resumed_at(&self, at: Instant) {
+        *self.resumed_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(at);
+    }
+}
+
 /// The replica's state as the election task needs it.
 struct Snapshot {
     view: VoterView,
@@ -124,7 +169,7 @@ impl Replica {
     /// so the election task asks for it only when it is about to stand).
     async fn voter_view(&self, with_log: bool) -> Option<Snapshot> {
         let id = self.id;
-        let resumed = self.resumed_at();
+        let resumed = self.election.resumed_at();
         let snapshot = self
             .raft
             .with_raft_state(move |st| {
@@ -155,7 +200,7 @@ impl Replica {
         if !with_log {
             return Some(snapshot);
         }
-        let mut reader = self.log_reader();
+        let mut reader = self.log_store.clone();
         let last_log_id = reader.get_log_state().await.ok()?.last_log_id;
         Some(Snapshot {
             view: VoterView {
@@ -191,7 +236,7 @@ impl Replica {
                 let request = request.clone();
                 async move {
                     let granted: bool = self
-                        .peers()
+                        .peers
                         .call(addr, &request, timeout, |mut c, r| async move {
                             c.pre_vote(r).await
                         })
@@ -210,9 +255,9 @@ impl Replica {
     }
 
     /// Background duty of every replica: start an election when the leader has been silent
-    /// long enough and a pre-vote finds a quorum. Ends when Raft shuts down.
-    pub async fn run_elections(self: Arc<Self>) {
-        tokio::spawn(self.clone().watch_pauses());
+    /// long enough and a pre-vote finds a quorum. Ends when the replica stops.
+    pub(super) async fn run_elections(self: Arc<Self>) {
+        self.spawn(self.clone().watch_pauses());
         let (min, max) = self.config().election_timeout;
         let lease = max;
         let draw = || rand::thread_rng().gen_range(min..=max);
@@ -221,7 +266,10 @@ impl Replica {
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticker.tick().await;
+            tokio::select! {
+                () = self.stop.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
             if self.raft.metrics().borrow().running_state.is_err() {
                 return;
             }
@@ -229,7 +277,7 @@ impl Replica {
                 continue;
             };
             if me.view.leading {
-                self.set_leader_lost(false);
+                self.election.set_leader_lost(false);
                 continue;
             }
             // A vote for a live leader is kept for the lease; a vote for a candidate (a round
@@ -245,7 +293,7 @@ impl Replica {
             // Like a pre-candidate in etcd's Raft: past the timeout, the old leader no longer
             // counts as known (health turns NOT_SERVING, errors name no leader), whether or
             // not this replica can stand.
-            self.set_leader_lost(silent);
+            self.election.set_leader_lost(silent);
             let now = Instant::now();
             if !silent || !me.voter || now < not_before {
                 continue;
@@ -279,15 +327,16 @@ impl Replica {
             }
         }
     }
-}
 
-impl Replica {
     /// Notes every time this replica was not running for [`PAUSE`] or more (see the module
-    /// docs). Ends when Raft shuts down.
+    /// docs). Ends when the replica stops.
     async fn watch_pauses(self: Arc<Self>) {
         loop {
             let asked = Instant::now() + PAUSE_TICK;
-            tokio::time::sleep_until(asked).await;
+            tokio::select! {
+                () = self.stop.cancelled() => return,
+                () = tokio::time::sleep_until(asked) => {}
+            }
             if self.raft.metrics().borrow().running_state.is_err() {
                 return;
             }
@@ -298,7 +347,7 @@ impl Replica {
                     paused_ms = late.as_millis() as u64,
                     "this replica was not running; the leader's silence is counted from now"
                 );
-                self.set_resumed_at(now);
+                self.election.set_resumed_at(now);
             }
         }
     }
