@@ -34,13 +34,8 @@ pub enum RunError {
     #[error("Raft shutdown failed: {0}")]
     RaftShutdown(String),
     /// The metrics listener could not be bound.
-    #[error("--metrics-listen {addr}: cannot bind: {source}")]
-    MetricsBind {
-        /// The address.
-        addr: std::net::SocketAddr,
-        /// What the OS said.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    MetricsBind(#[from] dllm_util::net::BindError),
     /// The final flush failed.
     #[error("final flush of the data directory failed: {0}")]
     Flush(std::io::Error),
@@ -92,37 +87,16 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let drain = config.shutdown_timeout;
     let metrics_listener = match config.metrics_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| RunError::MetricsBind { addr, source })?,
-        ),
+        Some(addr) => Some(dllm_util::metrics::bind(addr).await?),
         None => None,
     };
     let replica = Replica::start(config).await?;
     let rpc_metrics = Arc::new(RpcMetrics::default());
-    if let Some(listener) = metrics_listener {
+    let metrics_task = metrics_listener.map(|listener| {
         let (replica, rpc) = (replica.clone(), rpc_metrics.clone());
-        let app = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let body = render(&replica, &rpc);
-                async move {
-                    (
-                        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                        body,
-                    )
-                }
-            }),
-        );
-        let serve =
-            axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        tokio::spawn(async move {
-            if let Err(e) = serve.await {
-                warn!(error = %e, "metrics server failed");
-            }
-        });
-    }
+        let text = move || render(&replica, &rpc);
+        tokio::spawn(dllm_util::metrics::serve(listener, text, shutdown.clone()))
+    });
     info!(
         id = replica.id,
         listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -210,6 +184,9 @@ pub async fn run(
         .await
         .map_err(|e| RunError::RaftShutdown(e.to_string()))?;
     replica.flush().await.map_err(RunError::Flush)?;
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     info!("replica stopped cleanly");
     Ok(())
 }
