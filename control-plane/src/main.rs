@@ -2,7 +2,6 @@
 //! SIGINT or SIGTERM.
 
 use anyhow::Context;
-use clap::Parser;
 use dllm_control_plane::{config::Args, server};
 use tokio_util::sync::CancellationToken;
 
@@ -14,7 +13,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     dllm_util::logging::init("info,openraft=warn,sled=warn", std::io::stdout);
-    let config = Args::parse().resolve()?;
+    let config = dllm_util::layered::load::<Args>()?.resolve()?;
     let listener = dllm_util::net::bind("listen", config.listen).await?;
     let shutdown = CancellationToken::new();
     dllm_util::shutdown::cancel_on_signal(shutdown.clone())

@@ -2,14 +2,13 @@
 //! SIGTERM, then leave the cluster.
 
 use anyhow::Context;
-use clap::Parser;
 use dllm_worker::config::Args;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     dllm_util::logging::init("info", std::io::stdout);
-    let config = Args::parse().resolve()?;
+    let config = dllm_util::layered::load::<Args>()?.resolve()?;
     let listener = dllm_util::net::bind("listen", config.listen).await?;
     let shutdown = CancellationToken::new();
     dllm_util::shutdown::cancel_on_signal(shutdown.clone())
