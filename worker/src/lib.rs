@@ -1,10 +1,13 @@
 //! The dllm worker: a stateless agent on a GPU host.
 //!
-//! - [`config`]: flags, environment and TOML, validated before start.
+//! - [`config`]: the flags, each default written once, validated before start.
 //! - [`resources`]: CPU and memory from sysinfo, GPUs from NVML (or simulated ones).
 //! - [`agent`]: join, heartbeat, re-join, leave; the worker's [`agent::View`] of itself.
 //! - [`api`]: the worker's own NodeService (itself, its peers, live metrics).
 //! - [`run`]: wires them on one listener until shutdown; `main` and tests call it alike.
+//!
+//! What the worker shares with a control-plane replica (the environment and TOML layers under
+//! the flags, the clock, logging, signals, the `/metrics` listener) is in `dllm-util`.
 
 pub mod agent;
 pub mod api;
