@@ -23,14 +23,7 @@ pub fn start_cluster_with(extra: &[&str]) -> Cluster {
         .flatten()
         .map(String::as_str)
         .collect();
-    let flag = |a: &str| a.split('=').next().unwrap_or(a).to_string();
-    let mut args: Vec<&str> = extra
-        .iter()
-        .copied()
-        .filter(|e| !user.iter().any(|u| flag(u) == flag(e)))
-        .collect();
-    args.extend(user);
-    Cluster::start(3, &args)
+    Cluster::start(3, &dllm_util::layered::with_changes(extra, &user))
 }
 
 /// A lazily connected channel to `addr`, made like every dllm client's (one DATA frame per

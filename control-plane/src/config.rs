@@ -1,15 +1,21 @@
 //! Replica configuration: flags, `DLLM_*` environment variables and an optional TOML file,
-//! merged in that order of precedence and validated before anything starts.
+//! in that order of precedence over the defaults written here once (the layering is
+//! `dllm_util::layered`'s), validated before anything starts.
 
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
-use serde::Deserialize;
+pub use dllm_util::config::ConfigError;
+use dllm_util::config::{nonzero_ms, parse_socket_addr, split_host_port};
 
-/// Command-line flags of `dllm-control-plane`. Every flag is optional here so that a value
-/// from the config file can fill in what the command line leaves out; [`Args::resolve`]
-/// applies the defaults and validates.
-#[derive(Parser, Debug, Default)]
+fn invalid(flag: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::invalid(flag, reason)
+}
+
+/// Command-line flags of `dllm-control-plane`, each with its environment variable and its
+/// default, written here once. [`dllm_util::layered`] puts the `--config` file between the
+/// environment and the defaults; [`Args::resolve`] validates.
+#[derive(Parser, Debug)]
 #[command(
     name = "dllm-control-plane",
     version,
@@ -35,75 +41,48 @@ pub struct Args {
     /// start with an empty data dir; a replica not listed waits to be added with AddReplica.
     #[arg(long, env = "DLLM_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
-    /// Raft leader heartbeat interval in milliseconds [default: 50].
-    #[arg(long, env = "DLLM_RAFT_HEARTBEAT_MS")]
-    pub raft_heartbeat_ms: Option<u64>,
-    /// Lower bound of the randomized election timeout in milliseconds [default: 150].
-    #[arg(long, env = "DLLM_ELECTION_TIMEOUT_MIN_MS")]
-    pub election_timeout_min_ms: Option<u64>,
-    /// Upper bound of the randomized election timeout in milliseconds [default: 200].
-    #[arg(long, env = "DLLM_ELECTION_TIMEOUT_MAX_MS")]
-    pub election_timeout_max_ms: Option<u64>,
+    /// Raft leader heartbeat interval in milliseconds.
+    #[arg(long, env = "DLLM_RAFT_HEARTBEAT_MS", default_value_t = 50)]
+    pub raft_heartbeat_ms: u64,
+    /// Lower bound of the randomized election timeout in milliseconds.
+    #[arg(long, env = "DLLM_ELECTION_TIMEOUT_MIN_MS", default_value_t = 150)]
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomized election timeout in milliseconds.
+    #[arg(long, env = "DLLM_ELECTION_TIMEOUT_MAX_MS", default_value_t = 200)]
+    pub election_timeout_max_ms: u64,
     /// Build a snapshot (and purge the log behind it) every this many applied entries
-    /// (plus 0-20% by replica id, so replicas take turns) [default: 10000].
-    #[arg(long, env = "DLLM_SNAPSHOT_LOGS")]
-    pub snapshot_logs: Option<u64>,
-    /// Size at which the Raft log starts a new segment file, in KiB [default: 32768]. Old
-    /// segments are deleted once a snapshot's purge leaves no live entry in them.
-    #[arg(long, env = "DLLM_LOG_SEGMENT_KIB")]
-    pub log_segment_kib: Option<u64>,
-    /// Most client writes the leader packs into one log entry (group commit) [default: 256].
-    /// 1 turns group commit off: every write is its own entry.
-    #[arg(long, env = "DLLM_MAX_WRITES_PER_ENTRY")]
-    pub max_writes_per_entry: Option<usize>,
-    /// How long a client request may wait for a leader or a quorum, in milliseconds
-    /// [default: 5000].
-    #[arg(long, env = "DLLM_REQUEST_TIMEOUT_MS")]
-    pub request_timeout_ms: Option<u64>,
-    /// How long shutdown waits for in-flight requests, in milliseconds [default: 5000].
-    #[arg(long, env = "DLLM_SHUTDOWN_TIMEOUT_MS")]
-    pub shutdown_timeout_ms: Option<u64>,
-    /// How often workers heartbeat, in milliseconds; told to them in every heartbeat answer
-    /// [default: 1000].
-    #[arg(long, env = "DLLM_NODE_HEARTBEAT_INTERVAL_MS")]
-    pub node_heartbeat_interval_ms: Option<u64>,
-    /// Missed heartbeat intervals before a node is `unhealthy` [default: 3].
-    #[arg(long, env = "DLLM_UNHEALTHY_AFTER")]
-    pub unhealthy_after: Option<u32>,
-    /// Missed heartbeat intervals before a node is `offline` [default: 10].
-    #[arg(long, env = "DLLM_OFFLINE_AFTER")]
-    pub offline_after: Option<u32>,
-    /// Time a new leader waits before counting any node's silence, in milliseconds
-    /// [default: 2000].
-    #[arg(long, env = "DLLM_FAILOVER_GRACE_MS")]
-    pub failover_grace_ms: Option<u64>,
+    /// (plus 0-20% by replica id, so replicas take turns).
+    #[arg(long, env = "DLLM_SNAPSHOT_LOGS", default_value_t = 10_000)]
+    pub snapshot_logs: u64,
+    /// Size at which the Raft log starts a new segment file, in KiB; old segments are deleted
+    /// once a snapshot's purge leaves no live entry in them.
+    #[arg(long, env = "DLLM_LOG_SEGMENT_KIB", default_value_t = 32 * 1024)]
+    pub log_segment_kib: u64,
+    /// Most client writes the leader packs into one log entry (group commit); 1 turns group
+    /// commit off: every write is its own entry.
+    #[arg(long, env = "DLLM_MAX_WRITES_PER_ENTRY", default_value_t = 256)]
+    pub max_writes_per_entry: usize,
+    /// How long a client request may wait for a leader or a quorum, in milliseconds.
+    #[arg(long, env = "DLLM_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
+    pub request_timeout_ms: u64,
+    /// How long shutdown waits for in-flight requests, in milliseconds.
+    #[arg(long, env = "DLLM_SHUTDOWN_TIMEOUT_MS", default_value_t = 5000)]
+    pub shutdown_timeout_ms: u64,
+    /// How often workers heartbeat, in milliseconds; told to them in every heartbeat answer.
+    #[arg(long, env = "DLLM_NODE_HEARTBEAT_INTERVAL_MS", default_value_t = 1000)]
+    pub node_heartbeat_interval_ms: u64,
+    /// Missed heartbeat intervals before a node is `unhealthy`.
+    #[arg(long, env = "DLLM_UNHEALTHY_AFTER", default_value_t = 3)]
+    pub unhealthy_after: u32,
+    /// Missed heartbeat intervals before a node is `offline`.
+    #[arg(long, env = "DLLM_OFFLINE_AFTER", default_value_t = 10)]
+    pub offline_after: u32,
+    /// Time a new leader waits before counting any node's silence, in milliseconds.
+    #[arg(long, env = "DLLM_FAILOVER_GRACE_MS", default_value_t = 2000)]
+    pub failover_grace_ms: u64,
     /// Serve Prometheus metrics over HTTP at /metrics on this ip:port [default: off].
     #[arg(long, env = "DLLM_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
-}
-
-/// The same settings as [`Args`], read from a TOML file.
-#[derive(Deserialize, Debug, Default)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    id: Option<u64>,
-    listen: Option<String>,
-    advertise: Option<String>,
-    data_dir: Option<PathBuf>,
-    initial_cluster: Option<String>,
-    raft_heartbeat_ms: Option<u64>,
-    election_timeout_min_ms: Option<u64>,
-    election_timeout_max_ms: Option<u64>,
-    snapshot_logs: Option<u64>,
-    log_segment_kib: Option<u64>,
-    max_writes_per_entry: Option<usize>,
-    request_timeout_ms: Option<u64>,
-    shutdown_timeout_ms: Option<u64>,
-    node_heartbeat_interval_ms: Option<u64>,
-    unhealthy_after: Option<u32>,
-    offline_after: Option<u32>,
-    failover_grace_ms: Option<u64>,
-    metrics_listen: Option<String>,
 }
 
 /// A validated replica configuration.
@@ -139,52 +118,10 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
 }
 
-/// A setting that is missing or wrong, naming the flag.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// A required setting is absent.
-    #[error("--{0} is required")]
-    Missing(&'static str),
-    /// A setting has a bad value.
-    #[error("--{flag}: {reason}")]
-    Invalid {
-        /// The flag.
-        flag: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The config file cannot be read or parsed.
-    #[error("--config {path}: {reason}")]
-    File {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
-        reason: String,
-    },
-}
-
-fn invalid(flag: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        flag,
-        reason: reason.into(),
-    }
-}
-
-/// Checks that `addr` looks like `host:port` with a port in 1..=65535.
-pub fn check_host_port(flag: &'static str, addr: &str) -> Result<(), ConfigError> {
-    let (host, port) = addr
-        .rsplit_once(':')
-        .ok_or_else(|| invalid(flag, format!("{addr:?} is not host:port")))?;
-    if host.is_empty() {
-        return Err(invalid(flag, format!("{addr:?} has no host")));
-    }
-    match port.parse::<u16>() {
-        Ok(p) if p > 0 => Ok(()),
-        _ => Err(invalid(flag, format!("{addr:?} has no valid port"))),
-    }
-}
-
 /// Parses `1=host:port,2=host:port`.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming `--initial-cluster`.
 pub fn parse_initial_cluster(value: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
     const FLAG: &str = "initial-cluster";
     let mut members = BTreeMap::new();
@@ -198,7 +135,7 @@ pub fn parse_initial_cluster(value: &str) -> Result<BTreeMap<u64, String>, Confi
             .ok()
             .filter(|id| *id >= 1)
             .ok_or_else(|| invalid(FLAG, format!("{id:?} is not an id >= 1")))?;
-        check_host_port(FLAG, addr.trim())?;
+        split_host_port(FLAG, addr.trim())?;
         if members.insert(id, addr.trim().to_string()).is_some() {
             return Err(invalid(FLAG, format!("id {id} appears twice")));
         }
@@ -207,36 +144,18 @@ pub fn parse_initial_cluster(value: &str) -> Result<BTreeMap<u64, String>, Confi
 }
 
 impl Args {
-    /// Merges flags over the config file over defaults, and validates the result.
+    /// Validates the settings and derives the configuration from them.
     ///
     /// # Errors
     /// [`ConfigError`] naming the first flag that is missing or wrong.
     pub fn resolve(self) -> Result<Config, ConfigError> {
-        let file = match &self.config {
-            None => FileConfig::default(),
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
-                toml::from_str(&text).map_err(|e| ConfigError::File {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?
-            }
-        };
-        let id = self.id.or(file.id).ok_or(ConfigError::Missing("id"))?;
+        let id = self.id.ok_or(ConfigError::Missing("id"))?;
         if id == 0 {
             return Err(invalid("id", "must be >= 1"));
         }
-        let listen_raw = self
-            .listen
-            .or(file.listen)
-            .ok_or(ConfigError::Missing("listen"))?;
-        let listen: SocketAddr = listen_raw
-            .parse()
-            .map_err(|_| invalid("listen", format!("{listen_raw:?} is not ip:port")))?;
-        let advertise = match self.advertise.or(file.advertise) {
+        let listen_raw = self.listen.ok_or(ConfigError::Missing("listen"))?;
+        let listen = parse_socket_addr("listen", &listen_raw)?;
+        let advertise = match self.advertise {
             Some(a) => a,
             None if listen.ip().is_unspecified() => {
                 return Err(invalid(
@@ -244,14 +163,11 @@ impl Args {
                     "is required when --listen is a wildcard address",
                 ))
             }
-            None => listen_raw.clone(),
+            None => listen_raw,
         };
-        check_host_port("advertise", &advertise)?;
-        let data_dir = self
-            .data_dir
-            .or(file.data_dir)
-            .ok_or(ConfigError::Missing("data-dir"))?;
-        let initial_cluster = match self.initial_cluster.or(file.initial_cluster) {
+        split_host_port("advertise", &advertise)?;
+        let data_dir = self.data_dir.ok_or(ConfigError::Missing("data-dir"))?;
+        let initial_cluster = match self.initial_cluster {
             Some(v) => parse_initial_cluster(&v)?,
             None => BTreeMap::new(),
         };
@@ -263,30 +179,9 @@ impl Args {
                 ));
             }
         }
-        let ms =
-            |flag: &'static str, v: Option<u64>, default: u64| -> Result<Duration, ConfigError> {
-                match v.unwrap_or(default) {
-                    0 => Err(invalid(flag, "must be > 0")),
-                    n => Ok(Duration::from_millis(n)),
-                }
-            };
-        let heartbeat_interval = ms(
-            "raft-heartbeat-ms",
-            self.raft_heartbeat_ms.or(file.raft_heartbeat_ms),
-            50,
-        )?;
-        let emin = ms(
-            "election-timeout-min-ms",
-            self.election_timeout_min_ms
-                .or(file.election_timeout_min_ms),
-            150,
-        )?;
-        let emax = ms(
-            "election-timeout-max-ms",
-            self.election_timeout_max_ms
-                .or(file.election_timeout_max_ms),
-            200,
-        )?;
+        let heartbeat_interval = nonzero_ms("raft-heartbeat-ms", self.raft_heartbeat_ms)?;
+        let emin = nonzero_ms("election-timeout-min-ms", self.election_timeout_min_ms)?;
+        let emax = nonzero_ms("election-timeout-max-ms", self.election_timeout_max_ms)?;
         if emin <= heartbeat_interval {
             return Err(invalid(
                 "election-timeout-min-ms",
@@ -299,46 +194,33 @@ impl Args {
                 "must be greater than --election-timeout-min-ms",
             ));
         }
-        let snapshot_logs = self.snapshot_logs.or(file.snapshot_logs).unwrap_or(10_000);
-        if snapshot_logs == 0 {
+        if self.snapshot_logs == 0 {
             return Err(invalid("snapshot-logs", "must be > 0"));
         }
-        let log_segment_kib = self
-            .log_segment_kib
-            .or(file.log_segment_kib)
-            .unwrap_or(32 * 1024);
-        if !(4..=1024 * 1024).contains(&log_segment_kib) {
+        if !(4..=1024 * 1024).contains(&self.log_segment_kib) {
             return Err(invalid(
                 "log-segment-kib",
                 "must be between 4 and 1048576 (1 GiB)",
             ));
         }
-        let max_writes_per_entry = self
-            .max_writes_per_entry
-            .or(file.max_writes_per_entry)
-            .unwrap_or(256);
-        if !(1..=4096).contains(&max_writes_per_entry) {
+        if !(1..=4096).contains(&self.max_writes_per_entry) {
             return Err(invalid(
                 "max-writes-per-entry",
                 "must be between 1 and 4096",
             ));
         }
-        let unhealthy_after = self.unhealthy_after.or(file.unhealthy_after).unwrap_or(3);
-        let offline_after = self.offline_after.or(file.offline_after).unwrap_or(10);
-        if unhealthy_after == 0 {
+        if self.unhealthy_after == 0 {
             return Err(invalid("unhealthy-after", "must be > 0"));
         }
-        if offline_after <= unhealthy_after {
+        if self.offline_after <= self.unhealthy_after {
             return Err(invalid(
                 "offline-after",
                 "must be greater than --unhealthy-after",
             ));
         }
-        let node_interval = ms(
+        let node_interval = nonzero_ms(
             "node-heartbeat-interval-ms",
-            self.node_heartbeat_interval_ms
-                .or(file.node_heartbeat_interval_ms),
-            1000,
+            self.node_heartbeat_interval_ms,
         )?;
         if node_interval > Duration::from_secs(3600) {
             return Err(invalid(
@@ -348,21 +230,14 @@ impl Args {
         }
         let liveness = crate::liveness::LivenessConfig {
             interval: node_interval,
-            unhealthy_after,
-            offline_after,
-            failover_grace: Duration::from_millis(
-                self.failover_grace_ms
-                    .or(file.failover_grace_ms)
-                    .unwrap_or(2000),
-            ),
+            unhealthy_after: self.unhealthy_after,
+            offline_after: self.offline_after,
+            failover_grace: Duration::from_millis(self.failover_grace_ms),
         };
-        let metrics_listen = match self.metrics_listen.or(file.metrics_listen) {
-            None => None,
-            Some(v) => Some(
-                v.parse()
-                    .map_err(|_| invalid("metrics-listen", format!("{v:?} is not ip:port")))?,
-            ),
-        };
+        let metrics_listen = self
+            .metrics_listen
+            .map(|v| parse_socket_addr("metrics-listen", &v))
+            .transpose()?;
         Ok(Config {
             metrics_listen,
             liveness,
@@ -373,19 +248,11 @@ impl Args {
             initial_cluster,
             heartbeat_interval,
             election_timeout: (emin, emax),
-            snapshot_logs,
-            log_segment_bytes: log_segment_kib * 1024,
-            max_writes_per_entry,
-            request_timeout: ms(
-                "request-timeout-ms",
-                self.request_timeout_ms.or(file.request_timeout_ms),
-                5000,
-            )?,
-            shutdown_timeout: ms(
-                "shutdown-timeout-ms",
-                self.shutdown_timeout_ms.or(file.shutdown_timeout_ms),
-                5000,
-            )?,
+            snapshot_logs: self.snapshot_logs,
+            log_segment_bytes: self.log_segment_kib * 1024,
+            max_writes_per_entry: self.max_writes_per_entry,
+            request_timeout: nonzero_ms("request-timeout-ms", self.request_timeout_ms)?,
+            shutdown_timeout: nonzero_ms("shutdown-timeout-ms", self.shutdown_timeout_ms)?,
         })
     }
 }
@@ -422,108 +289,169 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory;
+    use dllm_util::layered::{try_load_from, with_changes};
+
     use super::*;
 
-    fn base() -> Args {
-        Args {
-            id: Some(1),
-            listen: Some("127.0.0.1:8080".into()),
-            data_dir: Some("d".into()),
-            ..Default::default()
-        }
+    const BASE: [&str; 3] = ["--id=1", "--listen=127.0.0.1:8080", "--data-dir=d"];
+
+    /// The settings `argv` gives (after the program name), through the same layers `main` uses.
+    fn args(argv: &[&str]) -> Args {
+        let argv = std::iter::once("dllm-control-plane").chain(argv.iter().copied());
+        try_load_from(Args::command(), argv).expect("parses")
+    }
+
+    /// [`BASE`] with `changes` (`--flag=value` each) in place of its own values.
+    fn resolve(changes: &[&str]) -> Result<Config, ConfigError> {
+        args(&with_changes(&BASE, changes)).resolve()
     }
 
     #[test]
     fn minimal_config_takes_defaults() {
-        let c = base().resolve().expect("valid");
+        let c = resolve(&[]).expect("valid");
         assert_eq!(c.advertise, "127.0.0.1:8080");
         assert_eq!(c.heartbeat_interval, Duration::from_millis(50));
         assert_eq!(
             c.election_timeout,
             (Duration::from_millis(150), Duration::from_millis(200))
         );
+        assert_eq!(c.snapshot_logs, 10_000);
+        assert_eq!(c.log_segment_bytes, 32 * 1024 * 1024);
+        assert_eq!(c.max_writes_per_entry, 256);
+        assert_eq!(c.request_timeout, Duration::from_secs(5));
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
+        assert_eq!(c.liveness.interval, Duration::from_secs(1));
+        assert_eq!(
+            (c.liveness.unhealthy_after, c.liveness.offline_after),
+            (3, 10)
+        );
+        assert_eq!(c.liveness.failover_grace, Duration::from_secs(2));
+        assert_eq!(c.metrics_listen, None);
         assert!(c.initial_cluster.is_empty());
         c.raft_config().expect("openraft accepts the defaults");
     }
 
+    /// `--help` shows every default, from the one place it is written.
     #[test]
-    fn errors_name_the_flag() {
-        let cases: Vec<(Args, &str)> = vec![
-            (Args { id: None, ..base() }, "--id"),
-            (
-                Args {
-                    id: Some(0),
-                    ..base()
-                },
-                "--id",
-            ),
-            (
-                Args {
-                    listen: Some("nope".into()),
-                    ..base()
-                },
-                "--listen",
-            ),
-            (
-                Args {
-                    data_dir: None,
-                    ..base()
-                },
-                "--data-dir",
-            ),
-            (
-                Args {
-                    initial_cluster: Some("1=127.0.0.1:8080,x=y".into()),
-                    ..base()
-                },
-                "--initial-cluster",
-            ),
-            (
-                Args {
-                    initial_cluster: Some("1=127.0.0.1:9999".into()),
-                    ..base()
-                },
-                "--initial-cluster",
-            ),
-            (
-                Args {
-                    election_timeout_min_ms: Some(30),
-                    ..base()
-                },
-                "--election-timeout-min-ms",
-            ),
-            (
-                Args {
-                    log_segment_kib: Some(1),
-                    ..base()
-                },
-                "--log-segment-kib",
-            ),
-        ];
-        for (args, flag) in cases {
-            let err = args.resolve().expect_err(flag).to_string();
-            assert!(err.starts_with(flag), "{err:?} should name {flag}");
+    fn help_shows_the_defaults() {
+        let help = Args::command().render_help().to_string();
+        for shown in ["[default: 50]", "[default: 10000]", "[default: 32768]"] {
+            assert!(help.contains(shown), "{shown} in {help}");
         }
     }
 
     #[test]
-    fn file_fills_what_flags_leave_out() {
+    fn errors_name_the_flag() {
+        let missing = |flag: &str| -> Vec<&str> {
+            BASE.iter()
+                .copied()
+                .filter(|a| !a.starts_with(flag))
+                .collect()
+        };
+        let cases: Vec<(Vec<&str>, &str)> = vec![
+            (missing("--id"), "--id"),
+            (missing("--data-dir"), "--data-dir"),
+            (missing("--listen"), "--listen"),
+        ];
+        for (argv, flag) in cases {
+            let err = args(&argv).resolve().expect_err(flag).to_string();
+            assert!(err.starts_with(flag), "{err:?} should name {flag}");
+        }
+        for (arg, flag) in [
+            ("--id=0", "--id"),
+            ("--listen=nope", "--listen"),
+            (
+                "--initial-cluster=1=127.0.0.1:8080,x=y",
+                "--initial-cluster",
+            ),
+            ("--initial-cluster=1=127.0.0.1:9999", "--initial-cluster"),
+            ("--election-timeout-min-ms=30", "--election-timeout-min-ms"),
+            ("--log-segment-kib=1", "--log-segment-kib"),
+            ("--request-timeout-ms=0", "--request-timeout-ms"),
+            ("--offline-after=3", "--offline-after"),
+            ("--metrics-listen=localhost:9", "--metrics-listen"),
+        ] {
+            let err = resolve(&[arg]).expect_err(arg).to_string();
+            assert!(err.starts_with(flag), "{arg}: {err:?} should name {flag}");
+        }
+    }
+
+    /// A flag wins over the environment, which wins over the file, which wins over the
+    /// default: for each setting, the highest layer that gives it.
+    #[test]
+    fn flag_beats_env_beats_file_beats_default() {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("cp.toml");
         std::fs::write(
             &path,
-            "id = 2\nlisten = \"127.0.0.1:8081\"\ndata_dir = \"x\"\nsnapshot_logs = 7\n",
+            "id = 2\nlisten = \"127.0.0.1:8081\"\ndata_dir = \"x\"\n\
+             request_timeout_ms = 3333\nshutdown_timeout_ms = 3333\nsnapshot_logs = 7\n",
         )
         .expect("write");
-        let c = Args {
-            config: Some(path),
-            id: Some(3),
-            ..Default::default()
-        }
-        .resolve()
-        .expect("valid");
+        // Variables only this test sets, so that it cannot change another test running at the
+        // same time; set before the command is built, since clap reads a variable when an
+        // argument is given its name.
+        std::env::set_var("DLLM_TEST_CP_REQUEST_TIMEOUT_MS", "2222");
+        std::env::set_var("DLLM_TEST_CP_SHUTDOWN_TIMEOUT_MS", "2222");
+        // The real variables renamed to them.
+        let command = Args::command()
+            .mut_arg("request_timeout_ms", |a| {
+                a.env("DLLM_TEST_CP_REQUEST_TIMEOUT_MS")
+            })
+            .mut_arg("shutdown_timeout_ms", |a| {
+                a.env("DLLM_TEST_CP_SHUTDOWN_TIMEOUT_MS")
+            });
+        let argv = [
+            "dllm-control-plane",
+            "--config",
+            path.to_str().expect("utf-8"),
+            "--id=3",
+            "--request-timeout-ms=1111",
+        ];
+        let c = try_load_from::<Args, _, _>(command, argv)
+            .expect("parses")
+            .resolve()
+            .expect("valid");
         assert_eq!(c.id, 3, "the flag wins over the file");
+        assert_eq!(
+            c.request_timeout,
+            Duration::from_millis(1111),
+            "the flag wins over the environment and the file"
+        );
+        assert_eq!(
+            c.shutdown_timeout,
+            Duration::from_millis(2222),
+            "the environment wins over the file"
+        );
         assert_eq!(c.snapshot_logs, 7, "the file wins over the default");
+        assert_eq!(
+            c.listen.port(),
+            8081,
+            "the file fills what nothing else sets"
+        );
+        assert_eq!(
+            c.liveness.failover_grace,
+            Duration::from_secs(2),
+            "the default stands where nothing sets it"
+        );
+    }
+
+    /// A value in the file is checked as its flag's would be, and the error says where it is.
+    #[test]
+    fn file_values_are_checked_like_flags() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("cp.toml");
+        std::fs::write(&path, "snapshot_logs = \"many\"\n").expect("write");
+        let path = path.to_str().expect("utf-8");
+        let err =
+            try_load_from::<Args, _, _>(Args::command(), ["dllm-control-plane", "--config", path])
+                .expect_err("not a number")
+                .to_string();
+        assert!(
+            err.starts_with(&format!("--config {path}: ")) && err.contains("--snapshot-logs"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -14,8 +14,11 @@
 //! - [`api`]: the gRPC services; [`convert`] turns wire types into validated domain types and
 //!   back; [`error`] maps every failure onto one gRPC status.
 //! - [`observability`]: Prometheus metrics and the per-RPC metrics layer.
-//! - [`config`]: flags, environment and TOML, validated before start.
+//! - [`config`]: the flags, each default written once, validated before start.
 //! - [`server`]: transport setup and [`server::run`], which `main` and tests call alike.
+//!
+//! What a replica shares with the worker (the environment and TOML layers under the flags, the
+//! clock, logging, signals, the `/metrics` listener) is in `dllm-util`.
 
 // openraft's error types (ConfigError, RaftError, StorageError) are large by design and are
 // what its API returns; boxing them at every call would only move the allocation.

@@ -34,13 +34,8 @@ pub enum RunError {
     #[error(transparent)]
     Shutdown(#[from] ShutdownError),
     /// The metrics listener could not be bound.
-    #[error("--metrics-listen {addr}: cannot bind: {source}")]
-    MetricsBind {
-        /// The address.
-        addr: std::net::SocketAddr,
-        /// What the OS said.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    MetricsBind(#[from] dllm_util::net::BindError),
 }
 
 /// Services whose health follows the replica's: SERVING while a leader is known.
@@ -91,36 +86,15 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let drain = config.shutdown_timeout;
     let metrics_listener = match config.metrics_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| RunError::MetricsBind { addr, source })?,
-        ),
+        Some(addr) => Some(dllm_util::metrics::bind(addr).await?),
         None => None,
     };
     let replica = Replica::start(config).await?;
     let rpc_metrics = Arc::new(RpcMetrics::default());
     if let Some(listener) = metrics_listener {
         let (shown, rpc) = (replica.clone(), rpc_metrics.clone());
-        let app = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let body = render(&shown, &rpc);
-                async move {
-                    (
-                        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                        body,
-                    )
-                }
-            }),
-        );
-        let serve =
-            axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        replica.spawn(async move {
-            if let Err(e) = serve.await {
-                warn!(error = %e, "metrics server failed");
-            }
-        });
+        let text = move || render(&shown, &rpc);
+        replica.spawn(dllm_util::metrics::serve(listener, text, shutdown.clone()));
     }
     info!(
         id = replica.id,

@@ -10,6 +10,7 @@ use std::{
 
 use dllm_proto::client::{connect, Channel};
 use dllm_proto::pb::{self, discovery_service_client::DiscoveryServiceClient};
+use dllm_util::clock::now_ms;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tonic::{codec::CompressionEncoding, Code};
@@ -58,14 +59,6 @@ impl View {
 pub struct Shared {
     view: Arc<Mutex<View>>,
     probe: Arc<Mutex<Probe>>,
-}
-
-/// Unix milliseconds now.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl Shared {

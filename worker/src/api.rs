@@ -4,6 +4,7 @@ use dllm_proto::server::answer;
 use std::time::Duration;
 
 use dllm_proto::{metrics, pb};
+use dllm_util::node::{node_info_answer, peers_answer};
 use futures::StreamExt;
 use pb::node_service_server::NodeService;
 use tokio_stream::wrappers::IntervalStream;
@@ -83,11 +84,7 @@ impl NodeService for WorkerNodeApi {
     ) -> Result<Response<pb::NodeInfoResponse>, Status> {
         self.check_self(&request.into_inner().node_id)?;
         let node = self.me();
-        Ok(answer(pb::NodeInfoResponse {
-            message: format!("node {} is {}", node.node_id, node.status),
-            node: Some(node),
-            success: true,
-        }))
+        Ok(node_info_answer(node))
     }
 
     async fn get_peers(
@@ -100,10 +97,7 @@ impl NodeService for WorkerNodeApi {
             peers.push(self.me());
             peers.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         }
-        Ok(answer(pb::PeersResponse {
-            total_count: peers.len() as i32,
-            peers,
-        }))
+        Ok(peers_answer(peers))
     }
 
     async fn get_metrics(

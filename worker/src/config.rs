@@ -1,15 +1,19 @@
 //! Worker configuration: flags, `DLLM_*` environment variables and an optional TOML file,
-//! validated before anything starts.
+//! in that order of precedence over the defaults written here once (the layering is
+//! `dllm_util::layered`'s), validated before anything starts.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
-use serde::Deserialize;
+pub use dllm_util::config::ConfigError;
+use dllm_util::config::{parse_duration, parse_socket_addr, split_host_port};
 
 use crate::resources::{parse_simulated_gpus, SimulatedGpu};
 
-/// Command-line flags of `dllm-worker`.
-#[derive(Parser, Debug, Default)]
+/// Command-line flags of `dllm-worker`, each with its environment variable and its default,
+/// written here once. [`dllm_util::layered`] puts the `--config` file between the environment
+/// and the defaults; [`Args::resolve`] validates.
+#[derive(Parser, Debug)]
 #[command(
     name = "dllm-worker",
     version,
@@ -22,18 +26,18 @@ pub struct Args {
     /// This node's id [default: the host name].
     #[arg(long, env = "DLLM_NODE_ID")]
     pub node_id: Option<String>,
-    /// Address to serve the worker's gRPC API on (ip:port) [default: 0.0.0.0:50051].
-    #[arg(long, env = "DLLM_LISTEN")]
-    pub listen: Option<String>,
+    /// Address to serve the worker's gRPC API on (ip:port).
+    #[arg(long, env = "DLLM_LISTEN", default_value = "0.0.0.0:50051")]
+    pub listen: String,
     /// host:port the cluster should reach this worker at [default: --listen].
     #[arg(long, env = "DLLM_ADVERTISE")]
     pub advertise: Option<String>,
     /// Control-plane replicas to join through, host:port,host:port,...
     #[arg(long, env = "DLLM_SEED_NODES")]
     pub seed_nodes: Option<String>,
-    /// Heartbeat interval until the control plane says otherwise, e.g. 1s, 500ms [default: 1s].
-    #[arg(long, env = "DLLM_HEARTBEAT_INTERVAL")]
-    pub heartbeat_interval: Option<String>,
+    /// Heartbeat interval until the control plane says otherwise, e.g. 1s, 500ms.
+    #[arg(long, env = "DLLM_HEARTBEAT_INTERVAL", default_value = "1s")]
+    pub heartbeat_interval: String,
     /// Layers this node can hold [default: one per GiB of GPU memory, or of RAM without GPUs].
     #[arg(long, env = "DLLM_MAX_LAYERS")]
     pub max_layers: Option<i32>,
@@ -44,19 +48,6 @@ pub struct Args {
     /// Serve Prometheus metrics over HTTP at /metrics on this ip:port [default: off].
     #[arg(long, env = "DLLM_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
-}
-
-#[derive(Deserialize, Debug, Default)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    node_id: Option<String>,
-    listen: Option<String>,
-    advertise: Option<String>,
-    seed_nodes: Option<String>,
-    heartbeat_interval: Option<String>,
-    max_layers: Option<i32>,
-    simulate_gpus: Option<String>,
-    metrics_listen: Option<String>,
 }
 
 /// A validated worker configuration.
@@ -82,82 +73,18 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
 }
 
-/// A setting that is missing or wrong, naming the flag.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// A required setting is absent.
-    #[error("--{0} is required")]
-    Missing(&'static str),
-    /// A setting has a bad value.
-    #[error("--{flag}: {reason}")]
-    Invalid {
-        /// The flag.
-        flag: &'static str,
-        /// What is wrong.
-        reason: String,
-    },
-}
-
-fn invalid(flag: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        flag,
-        reason: reason.into(),
-    }
-}
-
-/// Parses "1s", "500ms", "2m" or a bare number of seconds.
-pub fn parse_duration(value: &str) -> Option<Duration> {
-    let v = value.trim();
-    let (num, scale) = if let Some(n) = v.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = v.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = v.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (v, 1.0)
-    };
-    let secs = num.trim().parse::<f64>().ok()? * scale;
-    (secs.is_finite() && secs > 0.0).then(|| Duration::from_secs_f64(secs))
-}
-
-fn split_host_port(flag: &'static str, value: &str) -> Result<(String, u16), ConfigError> {
-    let (host, port) = value
-        .rsplit_once(':')
-        .ok_or_else(|| invalid(flag, format!("{value:?} is not host:port")))?;
-    let port: u16 = port
-        .parse()
-        .ok()
-        .filter(|p| *p > 0)
-        .ok_or_else(|| invalid(flag, format!("{value:?} has no valid port")))?;
-    if host.is_empty() {
-        return Err(invalid(flag, format!("{value:?} has no host")));
-    }
-    Ok((host.trim_matches(['[', ']']).to_string(), port))
-}
-
 fn default_node_id() -> Option<String> {
     sysinfo::System::host_name().ok().filter(|h| !h.is_empty())
 }
 
 impl Args {
-    /// Merges flags over the file over defaults, and validates.
+    /// Validates the settings and derives the configuration from them.
     ///
     /// # Errors
     /// [`ConfigError`] naming the first bad or missing flag.
     pub fn resolve(self) -> Result<Config, ConfigError> {
-        let file: FileConfig = match &self.config {
-            None => FileConfig::default(),
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| invalid("config", format!("{}: {e}", path.display())))?;
-                toml::from_str(&text)
-                    .map_err(|e| invalid("config", format!("{}: {e}", path.display())))?
-            }
-        };
         let node_id = self
             .node_id
-            .or(file.node_id)
             .or_else(default_node_id)
             .ok_or(ConfigError::Missing("node-id"))?;
         if node_id.is_empty()
@@ -166,33 +93,23 @@ impl Args {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
         {
-            return Err(invalid(
+            return Err(ConfigError::invalid(
                 "node-id",
                 format!("{node_id:?} must be 1 to 128 characters of [A-Za-z0-9._-]"),
             ));
         }
-        let listen_raw = self
-            .listen
-            .or(file.listen)
-            .unwrap_or_else(|| "0.0.0.0:50051".to_string());
-        let listen: SocketAddr = listen_raw
-            .parse()
-            .map_err(|_| invalid("listen", format!("{listen_raw:?} is not ip:port")))?;
-        let advertise = self.advertise.or(file.advertise);
-        let (advertise_host, advertise_port) = match &advertise {
+        let listen = parse_socket_addr("listen", &self.listen)?;
+        let (advertise_host, advertise_port) = match &self.advertise {
             Some(a) => split_host_port("advertise", a)?,
             None if listen.ip().is_unspecified() => {
-                return Err(invalid(
+                return Err(ConfigError::invalid(
                     "advertise",
                     "is required when --listen is a wildcard address",
                 ))
             }
             None => (listen.ip().to_string(), listen.port()),
         };
-        let seeds_raw = self
-            .seed_nodes
-            .or(file.seed_nodes)
-            .ok_or(ConfigError::Missing("seed-nodes"))?;
+        let seeds_raw = self.seed_nodes.ok_or(ConfigError::Missing("seed-nodes"))?;
         let seed_nodes: Vec<String> = seeds_raw
             .split(',')
             .map(str::trim)
@@ -200,38 +117,34 @@ impl Args {
             .map(String::from)
             .collect();
         if seed_nodes.is_empty() {
-            return Err(invalid("seed-nodes", "lists no address"));
+            return Err(ConfigError::invalid("seed-nodes", "lists no address"));
         }
         for seed in &seed_nodes {
             split_host_port("seed-nodes", seed)?;
         }
-        let interval_raw = self
-            .heartbeat_interval
-            .or(file.heartbeat_interval)
-            .unwrap_or_else(|| "1s".to_string());
-        let heartbeat_interval = parse_duration(&interval_raw).ok_or_else(|| {
-            invalid(
+        let heartbeat_interval = parse_duration(&self.heartbeat_interval).ok_or_else(|| {
+            ConfigError::invalid(
                 "heartbeat-interval",
-                format!("{interval_raw:?} is not a duration like 1s or 500ms"),
+                format!(
+                    "{:?} is not a duration like 1s or 500ms",
+                    self.heartbeat_interval
+                ),
             )
         })?;
-        let max_layers = self.max_layers.or(file.max_layers);
-        if max_layers.is_some_and(|m| m < 0) {
-            return Err(invalid("max-layers", "must be >= 0"));
+        if self.max_layers.is_some_and(|m| m < 0) {
+            return Err(ConfigError::invalid("max-layers", "must be >= 0"));
         }
-        let simulate_gpus = match self.simulate_gpus.or(file.simulate_gpus) {
-            Some(spec) => Some(
-                parse_simulated_gpus(&node_id, &spec).map_err(|e| invalid("simulate-gpus", e))?,
-            ),
-            None => None,
-        };
-        let metrics_listen = match self.metrics_listen.or(file.metrics_listen) {
-            None => None,
-            Some(v) => Some(
-                v.parse()
-                    .map_err(|_| invalid("metrics-listen", format!("{v:?} is not ip:port")))?,
-            ),
-        };
+        let simulate_gpus = self
+            .simulate_gpus
+            .map(|spec| {
+                parse_simulated_gpus(&node_id, &spec)
+                    .map_err(|e| ConfigError::invalid("simulate-gpus", e))
+            })
+            .transpose()?;
+        let metrics_listen = self
+            .metrics_listen
+            .map(|v| parse_socket_addr("metrics-listen", &v))
+            .transpose()?;
         Ok(Config {
             metrics_listen,
             node_id,
@@ -240,7 +153,7 @@ impl Args {
             advertise_port,
             seed_nodes,
             heartbeat_interval,
-            max_layers,
+            max_layers: self.max_layers,
             simulate_gpus,
         })
     }
@@ -248,91 +161,110 @@ impl Args {
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory;
+    use dllm_util::layered::{try_load_from, with_changes};
+
     use super::*;
 
-    fn base() -> Args {
-        Args {
-            node_id: Some("w1".into()),
-            listen: Some("127.0.0.1:7000".into()),
-            seed_nodes: Some("127.0.0.1:8080, 127.0.0.1:8081".into()),
-            ..Default::default()
-        }
+    const BASE: [&str; 3] = [
+        "--node-id=w1",
+        "--listen=127.0.0.1:7000",
+        "--seed-nodes=127.0.0.1:8080, 127.0.0.1:8081",
+    ];
+
+    /// The settings `argv` gives (after the program name), through the same layers `main` uses.
+    fn args(argv: &[&str]) -> Args {
+        let argv = std::iter::once("dllm-worker").chain(argv.iter().copied());
+        try_load_from(Args::command(), argv).expect("parses")
+    }
+
+    /// [`BASE`] with `changes` (`--flag=value` each) in place of its own values.
+    fn resolve(changes: &[&str]) -> Result<Config, ConfigError> {
+        args(&with_changes(&BASE, changes)).resolve()
     }
 
     #[test]
     fn defaults_and_seeds() {
-        let c = base().resolve().expect("valid");
+        let c = resolve(&[]).expect("valid");
         assert_eq!(c.seed_nodes.len(), 2);
         assert_eq!(c.heartbeat_interval, Duration::from_secs(1));
         assert_eq!(
             (c.advertise_host.as_str(), c.advertise_port),
             ("127.0.0.1", 7000)
         );
+        assert_eq!((c.max_layers, c.metrics_listen), (None, None));
+        assert!(c.simulate_gpus.is_none());
+        let wildcard = args(&["--node-id=w1", "--seed-nodes=h:1", "--advertise=h:2"])
+            .resolve()
+            .expect("valid");
+        assert_eq!(wildcard.listen.to_string(), "0.0.0.0:50051");
     }
 
     #[test]
     fn errors_name_the_flag() {
-        let cases: Vec<(Args, &str)> = vec![
-            (
-                Args {
-                    node_id: Some("a b".into()),
-                    ..base()
-                },
-                "--node-id",
-            ),
-            (
-                Args {
-                    seed_nodes: None,
-                    ..base()
-                },
-                "--seed-nodes",
-            ),
-            (
-                Args {
-                    seed_nodes: Some("nohost".into()),
-                    ..base()
-                },
-                "--seed-nodes",
-            ),
-            (
-                Args {
-                    heartbeat_interval: Some("soon".into()),
-                    ..base()
-                },
-                "--heartbeat-interval",
-            ),
-            (
-                Args {
-                    listen: Some("0.0.0.0:1".into()),
-                    ..base()
-                },
-                "--advertise",
-            ),
-            (
-                Args {
-                    simulate_gpus: Some("2x:x".into()),
-                    ..base()
-                },
-                "--simulate-gpus",
-            ),
-            (
-                Args {
-                    max_layers: Some(-1),
-                    ..base()
-                },
-                "--max-layers",
-            ),
-        ];
-        for (args, flag) in cases {
-            let err = args.resolve().expect_err(flag).to_string();
-            assert!(err.starts_with(flag), "{err:?} should name {flag}");
+        let err = args(&["--node-id=w1", "--listen=127.0.0.1:1"])
+            .resolve()
+            .expect_err("no seeds");
+        assert!(err.to_string().starts_with("--seed-nodes"), "{err}");
+        for (arg, flag) in [
+            ("--node-id=a b", "--node-id"),
+            ("--seed-nodes=nohost", "--seed-nodes"),
+            ("--seed-nodes=,", "--seed-nodes"),
+            ("--heartbeat-interval=soon", "--heartbeat-interval"),
+            ("--listen=0.0.0.0:1", "--advertise"),
+            ("--simulate-gpus=2x:x", "--simulate-gpus"),
+            ("--max-layers=-1", "--max-layers"),
+            ("--metrics-listen=nope", "--metrics-listen"),
+        ] {
+            let err = resolve(&[arg]).expect_err(arg).to_string();
+            assert!(err.starts_with(flag), "{arg}: {err:?} should name {flag}");
         }
     }
 
+    /// A flag wins over the environment, which wins over the file, which wins over the
+    /// default: for each setting, the highest layer that gives it.
     #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_duration("0s"), None);
+    fn flag_beats_env_beats_file_beats_default() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("worker.toml");
+        std::fs::write(
+            &path,
+            "node_id = \"from-file\"\nseed_nodes = \"h:1\"\nheartbeat_interval = \"3s\"\n\
+             max_layers = 3\nlisten = \"127.0.0.1:3\"\n",
+        )
+        .expect("write");
+        // Variables only this test sets, so that it cannot change another test running at the
+        // same time; set before the command is built, since clap reads a variable when an
+        // argument is given its name.
+        std::env::set_var("DLLM_TEST_WORKER_HEARTBEAT_INTERVAL", "2s");
+        std::env::set_var("DLLM_TEST_WORKER_MAX_LAYERS", "2");
+        // The real variables renamed to them.
+        let command = Args::command()
+            .mut_arg("heartbeat_interval", |a| {
+                a.env("DLLM_TEST_WORKER_HEARTBEAT_INTERVAL")
+            })
+            .mut_arg("max_layers", |a| a.env("DLLM_TEST_WORKER_MAX_LAYERS"));
+        let argv = [
+            "dllm-worker",
+            "--config",
+            path.to_str().expect("utf-8"),
+            "--heartbeat-interval=1500ms",
+        ];
+        let c = try_load_from::<Args, _, _>(command, argv)
+            .expect("parses")
+            .resolve()
+            .expect("valid");
+        assert_eq!(
+            c.heartbeat_interval,
+            Duration::from_millis(1500),
+            "the flag wins over the environment and the file"
+        );
+        assert_eq!(c.max_layers, Some(2), "the environment wins over the file");
+        assert_eq!(c.node_id, "from-file", "the file wins over the default");
+        assert_eq!(c.listen.port(), 3, "the file wins over a written default");
+        assert_eq!(
+            c.metrics_listen, None,
+            "the default stands where nothing sets it"
+        );
     }
 }

@@ -1,10 +1,13 @@
 //! The dllm worker: a stateless agent on a GPU host.
 //!
-//! - [`config`]: flags, environment and TOML, validated before start.
+//! - [`config`]: the flags, each default written once, validated before start.
 //! - [`resources`]: CPU and memory from sysinfo, GPUs from NVML (or simulated ones).
 //! - [`agent`]: join, heartbeat, re-join, leave; the worker's [`agent::View`] of itself.
 //! - [`api`]: the worker's own NodeService (itself, its peers, live metrics).
 //! - [`run`]: wires them on one listener until shutdown; `main` and tests call it alike.
+//!
+//! What the worker shares with a control-plane replica (the environment and TOML layers under
+//! the flags, the clock, logging, signals, the `/metrics` listener) is in `dllm-util`.
 
 pub mod agent;
 pub mod api;
@@ -23,13 +26,8 @@ pub enum RunError {
     #[error(transparent)]
     Probe(#[from] resources::ProbeError),
     /// The metrics listener could not be bound.
-    #[error("--metrics-listen {addr}: cannot bind: {source}")]
-    MetricsBind {
-        /// The address.
-        addr: std::net::SocketAddr,
-        /// What the OS said.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    MetricsBind(#[from] dllm_util::net::BindError),
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -64,31 +62,19 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let probe = resources::Probe::open(config.simulate_gpus.clone())?;
     let shared = agent::Shared::new(&config, probe);
-    if let Some(addr) = config.metrics_listen {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| RunError::MetricsBind { addr, source })?;
-        let shared = shared.clone();
-        let app = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let body = metrics_text(&shared);
-                async move {
-                    (
-                        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                        body,
-                    )
-                }
-            }),
-        );
-        let serve =
-            axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        tokio::spawn(async move {
-            if let Err(e) = serve.await {
-                tracing::warn!(error = %e, "metrics server failed");
-            }
-        });
-    }
+    let metrics_task = match config.metrics_listen {
+        Some(addr) => {
+            let listener = dllm_util::metrics::bind(addr).await?;
+            let shared = shared.clone();
+            let text = move || metrics_text(&shared);
+            Some(tokio::spawn(dllm_util::metrics::serve(
+                listener,
+                text,
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
     info!(node_id = %config.node_id, seeds = ?config.seed_nodes, "worker starting");
 
     let agent = tokio::spawn(agent::run(config, shared.clone(), shutdown.clone()));
@@ -112,6 +98,9 @@ pub async fn run(
     let served = server.await;
     // The agent leaves the cluster once shutdown is cancelled.
     let _ = agent.await;
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     served?;
     info!("worker stopped");
     Ok(())

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use dllm_proto::pb::{self, admin_service_server::AdminService};
 use tonic::{Request, Response, Status};
 
-use crate::{config, error::ApiError, forward::MembershipChange, replica::Replica};
+use crate::{error::ApiError, forward::MembershipChange, replica::Replica};
 
 /// Serves AdminService on one replica.
 pub struct AdminApi {
@@ -25,7 +25,7 @@ pub(crate) fn add_change(id: u64, address: &str) -> Result<MembershipChange, Api
     if id == 0 {
         return Err(ApiError::invalid("id", "must be >= 1"));
     }
-    config::check_host_port("address", address)
+    dllm_util::config::split_host_port("address", address)
         .map_err(|_| ApiError::invalid("address", format!("{address:?} is not host:port")))?;
     Ok(MembershipChange::Add {
         id,

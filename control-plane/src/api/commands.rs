@@ -6,8 +6,9 @@
 
 use std::{collections::HashMap, fmt::Write as _};
 
+use dllm_util::clock::now_ms;
+
 use crate::{
-    api::now_ms,
     convert,
     error::ApiError,
     forward::{MembershipChange, Proposal},

@@ -6,13 +6,13 @@ use std::{collections::HashSet, sync::Arc};
 use dllm_proto::pb::{self, discovery_service_server::DiscoveryService};
 use tonic::{Request, Response, Status};
 
-use super::now_ms;
 use crate::{
     convert::{self, ResourceFilter},
     forward::UsageQuery,
     replica::Replica,
     state::{Command, NodeSpec, Outcome},
 };
+use dllm_util::clock::now_ms;
 
 /// Serves DiscoveryService on one replica.
 pub struct DiscoveryApi {

@@ -15,11 +15,3 @@ pub use discovery::DiscoveryApi;
 pub use node::NodeApi;
 pub use raft::RaftApi;
 pub use tui::TuiApi;
-
-/// Unix milliseconds now. Decided by the replica that proposes a command and carried in it.
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}

@@ -5,6 +5,7 @@ use dllm_proto::server::answer;
 use std::sync::Arc;
 
 use dllm_proto::{metrics, pb};
+use dllm_util::node::{node_info_answer, peers_answer};
 use pb::node_service_server::NodeService;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -86,11 +87,7 @@ impl NodeService for NodeApi {
             .replica
             .read(|s| find(s, &node_id).map(convert::node_info))
             .await??;
-        Ok(answer(pb::NodeInfoResponse {
-            message: format!("node {} is {}", node.node_id, node.status),
-            node: Some(node),
-            success: true,
-        }))
+        Ok(node_info_answer(node))
     }
 
     async fn get_peers(
@@ -108,10 +105,7 @@ impl NodeService for NodeApi {
                     .collect()
             })
             .await?;
-        Ok(answer(pb::PeersResponse {
-            total_count: peers.len() as i32,
-            peers,
-        }))
+        Ok(peers_answer(peers))
     }
 
     async fn get_metrics(

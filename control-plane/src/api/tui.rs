@@ -8,7 +8,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::{commands, now_ms, streams};
+use dllm_util::clock::now_ms;
+
+use super::{commands, streams};
 use crate::{
     convert::{self, NodeFilter},
     error::ApiError,

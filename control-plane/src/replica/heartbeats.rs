@@ -26,7 +26,7 @@ impl Replica {
         self.heartbeats
             .fetch_add(requests.len() as u64, Ordering::Relaxed);
         let now = tokio::time::Instant::now();
-        let now_ms = crate::api::now_ms();
+        let now_ms = dllm_util::clock::now_ms();
         let interval_ms = self.config.liveness.interval.as_millis() as i32;
         // The detector is updated after the state's lock is released (see
         // `sweep_statuses`): heard from (the node's id, generation and status, its usage

@@ -1,0 +1,22 @@
+//! Server plumbing that `dllm-control-plane` and `dllm-worker` share, so that each is written
+//! once: nothing here knows what a replica or a worker is.
+//!
+//! - [`config`]: the typed [`config::ConfigError`] that names the flag, and the parsing helpers
+//!   both binaries validate with (host:port, ip:port, durations).
+//! - [`layered`]: flags over `DLLM_*` environment over the `--config` TOML file over the
+//!   defaults written once in each binary's clap `Args`.
+//! - [`clock`]: the wall clock in Unix milliseconds.
+//! - [`net`]: binding a listener with an error that names its flag.
+//! - [`metrics`]: the Prometheus `/metrics` HTTP listener around a render function.
+//! - [`logging`]: the `tracing` subscriber every binary installs.
+//! - [`shutdown`]: the one place SIGINT and SIGTERM become a cancelled token.
+//! - [`node`]: the NodeService answers that both a replica and a worker give.
+
+pub mod clock;
+pub mod config;
+pub mod layered;
+pub mod logging;
+pub mod metrics;
+pub mod net;
+pub mod node;
+pub mod shutdown;
