@@ -135,7 +135,9 @@ pub fn from_certificate(der: &[u8], trust_domain: &str) -> Result<Identity, Stri
             via: Via::Certificate,
         })
         .ok_or_else(|| {
-            format!("the client certificate names no spiffe://{trust_domain}/<role>/<name> identity")
+            format!(
+                "the client certificate names no spiffe://{trust_domain}/<role>/<name> identity"
+            )
         })
 }
 

@@ -86,9 +86,9 @@ impl Guard {
                     "token_not_accepted",
                 ));
             };
-            let id = verifier.verify(token.trim()).map_err(|e| {
-                Denied(Status::unauthenticated(e.to_string()), e.label())
-            })?;
+            let id = verifier
+                .verify(token.trim())
+                .map_err(|e| Denied(Status::unauthenticated(e.to_string()), e.label()))?;
             if let Via::Token { jti } = &id.via {
                 if (self.revoked)(jti) {
                     let e = TokenError::Revoked;

@@ -1,5 +1,6 @@
 //! Who may call what in a dllm cluster.
 //!
+//! - [`client`]: how every dllm client connects: plaintext or TLS, with a token or not.
 //! - [`tls`]: rustls configurations for servers and clients from PEM files, re-read when the
 //!   files change; the TLS acceptor loop for servers and the connector for tonic channels.
 //! - [`identity`]: roles, identities, and the SPIFFE URI SAN
@@ -14,6 +15,7 @@
 //! examples and `dllm dev` work as they are); a server on any other address needs TLS or an
 //! explicit `--insecure` ([`plaintext_allowed`]).
 
+pub mod client;
 pub mod identity;
 pub mod layer;
 pub mod policy;

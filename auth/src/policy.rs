@@ -43,34 +43,115 @@ pub const REPLICAS: &[Role] = &[Role::Replica];
 
 /// The table: full gRPC path -> who may call it.
 pub const TABLE: &[(&str, Access)] = &[
-    ("/distributed_llm.NodeService/GetNodeInfo", Access::Roles(READERS_AND_WORKERS)),
-    ("/distributed_llm.NodeService/GetPeers", Access::Roles(READERS_AND_WORKERS)),
-    ("/distributed_llm.NodeService/GetMetrics", Access::Roles(READERS_AND_WORKERS)),
-    ("/distributed_llm.NodeService/StreamMetrics", Access::Roles(READERS_AND_WORKERS)),
-    ("/distributed_llm.DiscoveryService/DiscoverNodes", Access::Roles(READERS_AND_WORKERS)),
-    ("/distributed_llm.DiscoveryService/RegisterWithCluster", Access::Roles(WORKERS)),
-    ("/distributed_llm.DiscoveryService/LeaveCluster", Access::Roles(LEAVERS)),
-    ("/distributed_llm.DiscoveryService/GetClusterInfo", Access::Roles(READERS_AND_WORKERS)),
-    ("/distributed_llm.DiscoveryService/Heartbeat", Access::Roles(WORKERS)),
-    ("/distributed_llm.TUIService/GetNodeList", Access::Roles(READERS)),
-    ("/distributed_llm.TUIService/GetModelList", Access::Roles(READERS)),
-    ("/distributed_llm.TUIService/StreamUpdates", Access::Roles(READERS)),
+    (
+        "/distributed_llm.NodeService/GetNodeInfo",
+        Access::Roles(READERS_AND_WORKERS),
+    ),
+    (
+        "/distributed_llm.NodeService/GetPeers",
+        Access::Roles(READERS_AND_WORKERS),
+    ),
+    (
+        "/distributed_llm.NodeService/GetMetrics",
+        Access::Roles(READERS_AND_WORKERS),
+    ),
+    (
+        "/distributed_llm.NodeService/StreamMetrics",
+        Access::Roles(READERS_AND_WORKERS),
+    ),
+    (
+        "/distributed_llm.DiscoveryService/DiscoverNodes",
+        Access::Roles(READERS_AND_WORKERS),
+    ),
+    (
+        "/distributed_llm.DiscoveryService/RegisterWithCluster",
+        Access::Roles(WORKERS),
+    ),
+    (
+        "/distributed_llm.DiscoveryService/LeaveCluster",
+        Access::Roles(LEAVERS),
+    ),
+    (
+        "/distributed_llm.DiscoveryService/GetClusterInfo",
+        Access::Roles(READERS_AND_WORKERS),
+    ),
+    (
+        "/distributed_llm.DiscoveryService/Heartbeat",
+        Access::Roles(WORKERS),
+    ),
+    (
+        "/distributed_llm.TUIService/GetNodeList",
+        Access::Roles(READERS),
+    ),
+    (
+        "/distributed_llm.TUIService/GetModelList",
+        Access::Roles(READERS),
+    ),
+    (
+        "/distributed_llm.TUIService/StreamUpdates",
+        Access::Roles(READERS),
+    ),
     // Checked again per command by the handler (`command_roles`).
-    ("/distributed_llm.TUIService/ExecuteCommand", Access::Roles(READERS)),
-    ("/distributed_llm.AdminService/GetReplicaStatus", Access::Roles(READERS)),
-    ("/distributed_llm.AdminService/AddReplica", Access::Roles(ADMINS)),
-    ("/distributed_llm.AdminService/RemoveReplica", Access::Roles(ADMINS)),
-    ("/distributed_llm.raft.RaftService/AppendEntries", Access::Roles(REPLICAS)),
-    ("/distributed_llm.raft.RaftService/AppendEntriesStream", Access::Roles(REPLICAS)),
-    ("/distributed_llm.raft.RaftService/Vote", Access::Roles(REPLICAS)),
-    ("/distributed_llm.raft.RaftService/InstallSnapshot", Access::Roles(REPLICAS)),
-    ("/distributed_llm.raft.RaftService/ForwardWrite", Access::Roles(REPLICAS)),
-    ("/distributed_llm.raft.RaftService/ForwardWriteStream", Access::Roles(REPLICAS)),
-    ("/distributed_llm.raft.RaftService/ReadIndex", Access::Roles(REPLICAS)),
-    ("/distributed_llm.raft.RaftService/ForwardMembership", Access::Roles(REPLICAS)),
-    ("/distributed_llm.raft.RaftService/ForwardHeartbeat", Access::Roles(REPLICAS)),
-    ("/distributed_llm.raft.RaftService/NodeUsage", Access::Roles(REPLICAS)),
-    ("/distributed_llm.raft.RaftService/PreVote", Access::Roles(REPLICAS)),
+    (
+        "/distributed_llm.TUIService/ExecuteCommand",
+        Access::Roles(READERS),
+    ),
+    (
+        "/distributed_llm.AdminService/GetReplicaStatus",
+        Access::Roles(READERS),
+    ),
+    (
+        "/distributed_llm.AdminService/AddReplica",
+        Access::Roles(ADMINS),
+    ),
+    (
+        "/distributed_llm.AdminService/RemoveReplica",
+        Access::Roles(ADMINS),
+    ),
+    (
+        "/distributed_llm.raft.RaftService/AppendEntries",
+        Access::Roles(REPLICAS),
+    ),
+    (
+        "/distributed_llm.raft.RaftService/AppendEntriesStream",
+        Access::Roles(REPLICAS),
+    ),
+    (
+        "/distributed_llm.raft.RaftService/Vote",
+        Access::Roles(REPLICAS),
+    ),
+    (
+        "/distributed_llm.raft.RaftService/InstallSnapshot",
+        Access::Roles(REPLICAS),
+    ),
+    (
+        "/distributed_llm.raft.RaftService/ForwardWrite",
+        Access::Roles(REPLICAS),
+    ),
+    (
+        "/distributed_llm.raft.RaftService/ForwardWriteStream",
+        Access::Roles(REPLICAS),
+    ),
+    (
+        "/distributed_llm.raft.RaftService/ReadIndex",
+        Access::Roles(REPLICAS),
+    ),
+    (
+        "/distributed_llm.raft.RaftService/ForwardMembership",
+        Access::Roles(REPLICAS),
+    ),
+    (
+        "/distributed_llm.raft.RaftService/ForwardHeartbeat",
+        Access::Roles(REPLICAS),
+    ),
+    (
+        "/distributed_llm.raft.RaftService/NodeUsage",
+        Access::Roles(REPLICAS),
+    ),
+    (
+        "/distributed_llm.raft.RaftService/PreVote",
+        Access::Roles(REPLICAS),
+    ),
 ];
 
 /// Who may call the method at `path`; `None` for a path not in the table (refused).
@@ -163,12 +244,7 @@ mod tests {
         for file in &set.file {
             for service in &file.service {
                 for method in &service.method {
-                    let path = format!(
-                        "/{}.{}/{}",
-                        file.package(),
-                        service.name(),
-                        method.name()
-                    );
+                    let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
                     assert!(
                         matches!(access(&path), Some(Access::Roles(_))),
                         "{path} has no entry in the roles table"

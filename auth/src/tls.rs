@@ -17,9 +17,7 @@ use std::{
 
 use futures::Stream;
 use hyper_util::rt::TokioIo;
-use rustls::{
-    server::WebPkiClientVerifier, ClientConfig, RootCertStore, ServerConfig,
-};
+use rustls::{server::WebPkiClientVerifier, ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -218,7 +216,10 @@ impl<T> Reloading<T> {
     ///
     /// # Errors
     /// [`TlsError`] when the files do not make a configuration.
-    pub fn load(files: TlsFiles, build: fn(&TlsFiles) -> Result<T, TlsError>) -> Result<Self, TlsError> {
+    pub fn load(
+        files: TlsFiles,
+        build: fn(&TlsFiles) -> Result<T, TlsError>,
+    ) -> Result<Self, TlsError> {
         let stamp = stamp(&files);
         let config = Arc::new(build(&files)?);
         Ok(Self {

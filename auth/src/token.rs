@@ -228,7 +228,12 @@ mod tests {
             .expect("sign");
         let id = verifier.verify(&token).expect("a good token verifies");
         assert_eq!((id.role, id.name.as_str()), (Role::Operator, "alice"));
-        assert_eq!(id.via, Via::Token { jti: claims.jti.clone() });
+        assert_eq!(
+            id.via,
+            Via::Token {
+                jti: claims.jti.clone()
+            }
+        );
 
         let with = |f: &dyn Fn(&mut Claims)| {
             let mut c = claims.clone();
@@ -266,12 +271,15 @@ mod tests {
 
         // A tampered payload: the role raised to admin, signature kept.
         let parts: Vec<&str> = token.split('.').collect();
-        let payload = String::from_utf8(
-            base64_url_decode(parts[1]).expect("payload"),
-        )
-        .expect("utf-8")
-        .replace("\"operator\"", "\"admin\"");
-        let tampered = format!("{}.{}.{}", parts[0], base64_url_encode(payload.as_bytes()), parts[2]);
+        let payload = String::from_utf8(base64_url_decode(parts[1]).expect("payload"))
+            .expect("utf-8")
+            .replace("\"operator\"", "\"admin\"");
+        let tampered = format!(
+            "{}.{}.{}",
+            parts[0],
+            base64_url_encode(payload.as_bytes()),
+            parts[2]
+        );
         assert_eq!(verifier.verify(&tampered), Err(TokenError::BadSignature));
 
         // alg: none, no signature.
@@ -280,7 +288,10 @@ mod tests {
             base64_url_encode(br#"{"alg":"none","typ":"JWT"}"#),
             parts[1]
         );
-        assert!(matches!(verifier.verify(&none), Err(TokenError::Malformed(_))));
+        assert!(matches!(
+            verifier.verify(&none),
+            Err(TokenError::Malformed(_))
+        ));
         // An unknown role, properly signed.
         let unknown_role = format!(
             "{}.{}",
@@ -311,6 +322,8 @@ mod tests {
 
     fn base64_url_decode(s: &str) -> Option<Vec<u8>> {
         use base64::Engine;
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).ok()
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s)
+            .ok()
     }
 }

@@ -29,7 +29,22 @@ pub type Channel = OneFrame<tonic::transport::Channel>;
 
 /// Wraps a tonic channel made from an [`Endpoint`](tonic::transport::Endpoint).
 pub fn connect(channel: tonic::transport::Channel) -> Channel {
-    OneFrame { inner: channel }
+    OneFrame {
+        inner: channel,
+        authorization: None,
+    }
+}
+
+/// Wraps a tonic channel whose every unary request carries `authorization` (e.g.
+/// `Bearer <jwt>`) when given.
+pub fn connect_with(
+    channel: tonic::transport::Channel,
+    authorization: Option<http::HeaderValue>,
+) -> Channel {
+    OneFrame {
+        inner: channel,
+        authorization,
+    }
 }
 
 impl<S> OneFrame<S> {
@@ -46,6 +61,8 @@ impl<S> OneFrame<S> {
 #[derive(Clone, Debug)]
 pub struct OneFrame<S> {
     inner: S,
+    /// Sent as the `authorization` header of every request, when set.
+    authorization: Option<http::HeaderValue>,
 }
 
 impl<S> Service<http::Request<Body>> for OneFrame<S>
@@ -61,7 +78,12 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        if let Some(value) = &self.authorization {
+            request
+                .headers_mut()
+                .insert(http::header::AUTHORIZATION, value.clone());
+        }
         // The service that was polled ready takes this call; its clone waits for the next.
         let ready = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, ready);
