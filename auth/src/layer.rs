@@ -35,6 +35,19 @@ impl Denials {
             .or_default() += 1;
     }
 
+    /// Appends the Prometheus family `name` (a counter by `reason`) to `out`.
+    pub fn render(&self, out: &mut String, name: &str) {
+        dllm_proto::metrics::write_family(
+            out,
+            name,
+            "counter",
+            "Requests and TLS handshakes refused, by reason",
+            self.snapshot()
+                .into_iter()
+                .map(|(reason, n)| (vec![("reason".to_string(), reason.to_string())], n as f64)),
+        );
+    }
+
     /// Every reason seen so far with its count.
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
         self.0

@@ -1,5 +1,6 @@
 //! Who may call what in a dllm cluster.
 //!
+//! - [`flags`]: the security flags every server takes, and their validation.
 //! - [`client`]: how every dllm client connects: plaintext or TLS, with a token or not.
 //! - [`tls`]: rustls configurations for servers and clients from PEM files, re-read when the
 //!   files change; the TLS acceptor loop for servers and the connector for tonic channels.
@@ -16,6 +17,7 @@
 //! explicit `--insecure` ([`plaintext_allowed`]).
 
 pub mod client;
+pub mod flags;
 pub mod identity;
 pub mod layer;
 pub mod policy;

@@ -171,6 +171,13 @@ impl Verifier {
         let mut last = TokenError::BadSignature;
         for key in &self.keys {
             match jsonwebtoken::decode::<Claims>(token, key, &self.validation) {
+                Ok(data) if data.claims.role == Role::Replica => {
+                    // Replicas prove themselves with certificates only: a token, however
+                    // signed, never opens RaftService.
+                    return Err(TokenError::Malformed(
+                        "role replica is for certificates, not tokens".into(),
+                    ));
+                }
                 Ok(data) => {
                     let c = data.claims;
                     return Ok(Identity {
@@ -308,6 +315,16 @@ mod tests {
             verifier.verify(&signed_unknown),
             Err(TokenError::Malformed(_))
         ));
+        let (replica_token, _) = signer
+            .sign("dllm.test", Role::Replica, "1", now(), 60)
+            .expect("sign");
+        assert!(
+            matches!(
+                verifier.verify(&replica_token),
+                Err(TokenError::Malformed(_))
+            ),
+            "a token never carries the replica role"
+        );
         for garbage in ["", "garbage", "a.b.c", "...."] {
             assert!(verifier.verify(garbage).is_err(), "{garbage:?}");
         }

@@ -83,6 +83,13 @@ pub struct Args {
     /// Serve Prometheus metrics over HTTP at /metrics on this ip:port [default: off].
     #[arg(long, env = "DLLM_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+    /// TLS and who may connect.
+    #[command(flatten)]
+    pub security: dllm_auth::flags::SecurityArgs,
+    /// An Ed25519 public key (PEM) that client tokens may be signed with; repeat it (or
+    /// separate with ',') to trust several during a key rotation [default: tokens refused].
+    #[arg(long, env = "DLLM_JWT_PUBLIC_KEY", action = clap::ArgAction::Append, value_delimiter = ',')]
+    pub jwt_public_key: Vec<PathBuf>,
 }
 
 /// A validated replica configuration.
@@ -116,6 +123,10 @@ pub struct Config {
     pub liveness: crate::liveness::LivenessConfig,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// TLS, trust domain, `--insecure`.
+    pub security: dllm_auth::flags::Security,
+    /// Public keys client tokens may be signed with.
+    pub jwt_public_keys: Vec<PathBuf>,
 }
 
 /// Parses `1=host:port,2=host:port`.
@@ -238,7 +249,16 @@ impl Args {
             .metrics_listen
             .map(|v| parse_socket_addr("metrics-listen", &v))
             .transpose()?;
+        let security = self.security.resolve(listen)?;
+        if !self.jwt_public_key.is_empty() && security.tls.is_none() {
+            return Err(invalid(
+                "jwt-public-key",
+                "tokens need TLS: give --tls-ca, --tls-cert and --tls-key too",
+            ));
+        }
         Ok(Config {
+            security,
+            jwt_public_keys: self.jwt_public_key,
             metrics_listen,
             liveness,
             id,

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use dllm_proto::client::{connect, Channel};
+use dllm_proto::client::Channel;
 use dllm_proto::raft::{raft_service_client::RaftServiceClient, RaftPayload};
 use openraft::{
     error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable},
@@ -21,7 +21,6 @@ use openraft::{
     BasicNode,
 };
 use serde::{de::DeserializeOwned, Serialize};
-use tonic::transport::Endpoint;
 
 use crate::raft_types::TypeConfig;
 
@@ -42,6 +41,8 @@ pub struct Peers {
     streams: Arc<Mutex<HashMap<(String, &'static str), CallStream>>>,
     /// The tasks that serve the streamed calls; [`Peers::close`] ends them.
     tasks: tokio_util::task::TaskTracker,
+    /// How this replica connects to the others (TLS with its own certificate, or plaintext).
+    auth: dllm_auth::client::ClientAuth,
 }
 
 /// Opens a streamed call on `client`, its request messages taken from the receiver; answers
@@ -91,6 +92,14 @@ pub enum PeerError {
 }
 
 impl Peers {
+    /// Channels to the other replicas, made with `auth`.
+    pub fn new(auth: dllm_auth::client::ClientAuth) -> Self {
+        Self {
+            auth,
+            ..Self::default()
+        }
+    }
+
     /// Ends every streamed call (each fails what it has not answered) and opens no new
     /// ones; part of a replica's shutdown. Returns once their tasks have ended.
     pub async fn close(&self) {
@@ -126,18 +135,18 @@ impl Peers {
         let channel = match channels.get(addr) {
             Some(c) => c.clone(),
             None => {
-                let channel = connect(
-                    Endpoint::from_shared(format!("http://{addr}"))
-                        .map_err(|e| PeerError::Failed {
-                            addr: addr.to_string(),
-                            reason: e.to_string(),
-                        })?
-                        .connect_timeout(Duration::from_millis(500))
-                        .tcp_nodelay(true)
-                        .http2_keep_alive_interval(PEER_KEEPALIVE)
-                        .keep_alive_timeout(PEER_KEEPALIVE)
-                        .connect_lazy(),
-                );
+                let endpoint = self
+                    .auth
+                    .endpoint(addr)
+                    .map_err(|e| PeerError::Failed {
+                        addr: addr.to_string(),
+                        reason: e.to_string(),
+                    })?
+                    .connect_timeout(Duration::from_millis(500))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(PEER_KEEPALIVE)
+                    .keep_alive_timeout(PEER_KEEPALIVE);
+                let channel = self.auth.connect_lazy(endpoint);
                 channels.insert(addr.to_string(), channel.clone());
                 channel
             }

@@ -172,8 +172,9 @@ where
 }
 
 /// The whole exposition of a replica.
-pub fn render(replica: &Replica, rpc: &RpcMetrics) -> String {
+pub fn render(replica: &Replica, rpc: &RpcMetrics, denials: &dllm_auth::layer::Denials) -> String {
     let mut out = String::new();
+    denials.render(&mut out, "distributed_llm_auth_denials_total");
     let none = Vec::new;
     let status = replica.status();
     let gauge = |out: &mut String, name: &str, help: &str, v: Option<u64>| {

@@ -1,7 +1,9 @@
 //! Transport setup, in one place: the one gRPC server of a replica with every service on one
 //! port, compression, reflection, health, and the request hook where authentication will go.
 
-use std::sync::Arc;
+use std::{future::Future, pin::Pin, sync::Arc};
+
+use dllm_auth::layer::{AuthLayer, Denials, Guard};
 
 use dllm_proto::{pb, raft::raft_service_server::RaftServiceServer};
 use tokio::net::TcpListener;
@@ -36,6 +38,26 @@ pub enum RunError {
     /// The metrics listener could not be bound.
     #[error(transparent)]
     MetricsBind(#[from] dllm_util::net::BindError),
+    /// The TLS files do not load.
+    #[error(transparent)]
+    Tls(#[from] dllm_auth::tls::TlsError),
+    /// A `--jwt-public-key` file does not load.
+    #[error("--jwt-public-key {0}")]
+    JwtKey(String),
+}
+
+/// A verifier of client tokens signed by any of `keys` (PEM files).
+fn token_verifier(
+    trust_domain: &str,
+    keys: &[std::path::PathBuf],
+) -> Result<dllm_auth::token::Verifier, RunError> {
+    let pems = keys
+        .iter()
+        .map(|path| {
+            std::fs::read(path).map_err(|e| RunError::JwtKey(format!("{}: {e}", path.display())))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    dllm_auth::token::Verifier::new(trust_domain, &pems).map_err(RunError::JwtKey)
 }
 
 /// Services whose health follows the replica's: SERVING while a leader is known.
@@ -89,11 +111,36 @@ pub async fn run(
         Some(addr) => Some(dllm_util::metrics::bind(addr).await?),
         None => None,
     };
+    let security = config.security.clone();
+    let tls = security
+        .tls
+        .clone()
+        .map(dllm_auth::tls::server)
+        .transpose()?;
+    let tokens = match config.jwt_public_keys.as_slice() {
+        [] => None,
+        keys => Some(token_verifier(&security.trust_domain, keys)?),
+    };
+    if tls.is_none() && !config.listen.ip().is_loopback() {
+        warn!(listen = %config.listen, "--insecure: serving plaintext with no authentication; anyone who reaches this port can change the cluster");
+    }
     let replica = Replica::start(config).await?;
+    let denials = Denials::default();
+    let revoked = {
+        let state = replica.local_state().clone();
+        Arc::new(move |jti: &str| state.read(|s| s.revoked_tokens.contains_key(jti)))
+    };
+    let guard = Arc::new(Guard {
+        enforce: tls.is_some(),
+        trust_domain: security.trust_domain.clone(),
+        tokens,
+        revoked,
+        denials: denials.clone(),
+    });
     let rpc_metrics = Arc::new(RpcMetrics::default());
     if let Some(listener) = metrics_listener {
-        let (shown, rpc) = (replica.clone(), rpc_metrics.clone());
-        let text = move || render(&shown, &rpc);
+        let (shown, rpc, denied) = (replica.clone(), rpc_metrics.clone(), denials.clone());
+        let text = move || render(&shown, &rpc, &denied);
         replica.spawn(dllm_util::metrics::serve(listener, text, shutdown.clone()));
     }
     info!(
@@ -116,9 +163,12 @@ pub async fn run(
         // died without closing its connections) ends the long-lived Raft streams it held.
         .http2_keepalive_interval(Some(PEER_KEEPALIVE))
         .http2_keepalive_timeout(Some(PEER_KEEPALIVE))
-        // Every request passes here: the place for authentication and roles.
+        // Every request passes here: metrics, the size-limit status, then authentication
+        // and roles (`dllm_auth::layer`).
         .trace_fn(|req| tracing::debug_span!("rpc", path = %req.uri().path()))
         .layer(RpcMetricsLayer(rpc_metrics))
+        .layer(dllm_util::grpc::SizeLimitLayer)
+        .layer(AuthLayer(guard))
         .add_service(health)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
@@ -159,11 +209,26 @@ pub async fn run(
     // Accepted connections get TCP_NODELAY here: Server::tcp_nodelay only applies to
     // listeners tonic binds itself, and without it small answers wait out delayed ACKs
     // (a 40 ms tail on every request path).
-    let serve = router.serve_with_incoming_shutdown(
-        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-        shutdown.clone().cancelled_owned(),
-    );
-    tokio::pin!(serve);
+    let signal = shutdown.clone().cancelled_owned();
+    let serve: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match tls
+    {
+        Some(tls) => {
+            let counted = denials.clone();
+            let incoming = dllm_auth::tls::incoming(listener, tls, move |reason| {
+                counted.count(if reason == "tls_handshake" {
+                    "tls_handshake"
+                } else {
+                    "tls_handshake_timeout"
+                })
+            });
+            Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
+        }
+        None => Box::pin(router.serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            signal,
+        )),
+    };
+    let mut serve = serve;
     tokio::select! {
         result = &mut serve => result?,
         _ = shutdown.cancelled() => {

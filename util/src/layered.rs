@@ -84,12 +84,15 @@ fn file_args(
     let settings: Vec<_> = command
         .get_arguments()
         .filter(|a| a.get_id() != CONFIG_ARG && a.get_action().takes_values())
-        .filter_map(|a| Some((a.get_id().as_str(), a.get_long()?)))
+        .filter_map(|a| {
+            let repeatable = matches!(a.get_action(), clap::ArgAction::Append);
+            Some((a.get_id().as_str(), a.get_long()?, repeatable))
+        })
         .collect();
     let mut args = Vec::new();
     for (key, value) in table {
-        let Some((id, long)) = settings.iter().find(|(id, _)| *id == key) else {
-            let keys: Vec<&str> = settings.iter().map(|(id, _)| *id).collect();
+        let Some((id, long, repeatable)) = settings.iter().find(|(id, _, _)| *id == key) else {
+            let keys: Vec<&str> = settings.iter().map(|(id, _, _)| *id).collect();
             return Err(file_error(
                 path,
                 format!("{key:?} is not a setting; the keys are {}", keys.join(", ")),
@@ -101,19 +104,26 @@ fn file_args(
         ) {
             continue;
         }
-        let text = match value {
-            toml::Value::String(s) => s,
-            toml::Value::Integer(n) => n.to_string(),
-            toml::Value::Float(x) => x.to_string(),
-            toml::Value::Boolean(b) => b.to_string(),
-            other => {
-                return Err(file_error(
-                    path,
-                    format!("{key}: give a string or a number, not {}", other.type_str()),
-                ))
-            }
+        // A list (a repeatable flag) is that flag once per item.
+        let items = match value {
+            toml::Value::Array(items) if *repeatable => items,
+            one => vec![one],
         };
-        args.push(format!("--{long}={text}").into());
+        for value in items {
+            let text = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(n) => n.to_string(),
+                toml::Value::Float(x) => x.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(file_error(
+                        path,
+                        format!("{key}: give a string or a number, not {}", other.type_str()),
+                    ))
+                }
+            };
+            args.push(format!("--{long}={text}").into());
+        }
     }
     Ok(args)
 }

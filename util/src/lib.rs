@@ -10,10 +10,12 @@
 //! - [`metrics`]: the Prometheus `/metrics` HTTP listener around a render function.
 //! - [`logging`]: the `tracing` subscriber every binary installs.
 //! - [`shutdown`]: the one place SIGINT and SIGTERM become a cancelled token.
+//! - [`grpc`]: the status of an over-size request (`RESOURCE_EXHAUSTED`).
 //! - [`node`]: the NodeService answers that both a replica and a worker give.
 
 pub mod clock;
 pub mod config;
+pub mod grpc;
 pub mod layered;
 pub mod logging;
 pub mod metrics;

@@ -8,7 +8,8 @@ use std::{
     time::Duration,
 };
 
-use dllm_proto::client::{connect, Channel};
+use dllm_auth::client::ClientAuth;
+use dllm_proto::client::Channel;
 use dllm_proto::pb::{self, discovery_service_client::DiscoveryServiceClient};
 use dllm_util::clock::now_ms;
 use rand::Rng;
@@ -107,18 +108,21 @@ impl Shared {
 /// by its node id, so a fleet spreads its heartbeats over the replicas (followers forward
 /// them to the leader in batches) instead of loading the leader with every request.
 struct Seeds {
+    /// How to connect (TLS, certificate or token).
+    auth: ClientAuth,
     addrs: Vec<String>,
     channels: Vec<Option<Channel>>,
     current: usize,
 }
 
 impl Seeds {
-    fn new(addrs: Vec<String>, node_id: &str) -> Self {
+    fn new(addrs: Vec<String>, node_id: &str, auth: ClientAuth) -> Self {
         // FNV-1a: stable across runs and builds, unlike std's randomized hasher.
         let hash = node_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
         });
         Self {
+            auth,
             channels: vec![None; addrs.len()],
             current: (hash % addrs.len().max(1) as u64) as usize,
             addrs,
@@ -128,13 +132,13 @@ impl Seeds {
     fn client(&mut self) -> DiscoveryServiceClient<Channel> {
         let addr = &self.addrs[self.current];
         let channel = self.channels[self.current].get_or_insert_with(|| {
-            connect(
-                tonic::transport::Channel::from_shared(format!("http://{addr}"))
-                    .expect("seed addresses are validated as host:port")
-                    .connect_timeout(Duration::from_secs(1))
-                    .timeout(CALL_TIMEOUT)
-                    .connect_lazy(),
-            )
+            let endpoint = self
+                .auth
+                .endpoint(addr)
+                .expect("seed addresses are validated as host:port")
+                .connect_timeout(Duration::from_secs(1))
+                .timeout(CALL_TIMEOUT);
+            self.auth.connect_lazy(endpoint)
         });
         // Requests are small (a heartbeat is a few hundred bytes): compressing them would cost
         // more CPU on both ends than it saves. Answers (peer lists) may come compressed.
@@ -179,8 +183,8 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 /// Runs the agent until `shutdown`, then leaves the cluster (reason `shutdown`).
-pub async fn run(config: Config, shared: Shared, shutdown: CancellationToken) {
-    let mut seeds = Seeds::new(config.seed_nodes.clone(), &config.node_id);
+pub async fn run(config: Config, shared: Shared, auth: ClientAuth, shutdown: CancellationToken) {
+    let mut seeds = Seeds::new(config.seed_nodes.clone(), &config.node_id, auth);
     let mut interval = config.heartbeat_interval;
     'join: loop {
         // Join, retrying across seeds until it works or we are told to stop.

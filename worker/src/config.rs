@@ -48,6 +48,15 @@ pub struct Args {
     /// Serve Prometheus metrics over HTTP at /metrics on this ip:port [default: off].
     #[arg(long, env = "DLLM_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+    /// TLS and who may connect (this worker's certificate is also its identity to the
+    /// control plane: spiffe://<trust-domain>/worker/<node-id>).
+    #[command(flatten)]
+    pub security: dllm_auth::flags::SecurityArgs,
+    /// A `worker` token whose subject is this node id, instead of a certificate, for the
+    /// control plane (with --tls-ca alone; the worker's own port then serves plaintext, so
+    /// only on loopback or with --insecure).
+    #[arg(long, env = "DLLM_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// A validated worker configuration.
@@ -71,6 +80,39 @@ pub struct Config {
     pub simulate_gpus: Option<Vec<SimulatedGpu>>,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// The worker's own port: TLS, trust domain, `--insecure`.
+    pub security: dllm_auth::flags::Security,
+    /// How the worker reaches the control plane: the CA, its certificate or token.
+    pub client: ClientCredentials,
+}
+
+/// The worker's credentials towards the control plane (kept as paths and text, so the
+/// configuration stays plain data; [`ClientCredentials::load`] reads them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientCredentials {
+    /// The cluster CA (TLS on).
+    pub ca: Option<PathBuf>,
+    /// The worker's certificate and key.
+    pub cert: Option<(PathBuf, PathBuf)>,
+    /// A worker token.
+    pub token: Option<String>,
+}
+
+impl ClientCredentials {
+    /// The client credentials, loaded.
+    ///
+    /// # Errors
+    /// When a file does not load or the token cannot be sent.
+    pub fn load(
+        &self,
+    ) -> Result<dllm_auth::client::ClientAuth, dllm_auth::client::ClientAuthError> {
+        dllm_auth::client::ClientAuth::from_flags(
+            self.ca.as_deref(),
+            self.cert.as_ref().map(|(c, _)| c.as_path()),
+            self.cert.as_ref().map(|(_, k)| k.as_path()),
+            self.token.as_deref(),
+        )
+    }
 }
 
 fn default_node_id() -> Option<String> {
@@ -145,7 +187,28 @@ impl Args {
             .metrics_listen
             .map(|v| parse_socket_addr("metrics-listen", &v))
             .transpose()?;
+        // With --tls-ca and --token alone, TLS is for reaching the control plane only.
+        let mut server_side = self.security.clone();
+        let token_only = self.token.is_some()
+            && server_side.tls_ca.is_some()
+            && server_side.tls_cert.is_none()
+            && server_side.tls_key.is_none();
+        if token_only {
+            server_side.tls_ca = None;
+        }
+        let client = ClientCredentials {
+            ca: self.security.tls_ca.clone(),
+            cert: self
+                .security
+                .tls_cert
+                .clone()
+                .zip(self.security.tls_key.clone()),
+            token: self.token.clone(),
+        };
+        let security = server_side.resolve(listen)?;
         Ok(Config {
+            security,
+            client,
             metrics_listen,
             node_id,
             listen,
@@ -194,10 +257,20 @@ mod tests {
         );
         assert_eq!((c.max_layers, c.metrics_listen), (None, None));
         assert!(c.simulate_gpus.is_none());
-        let wildcard = args(&["--node-id=w1", "--seed-nodes=h:1", "--advertise=h:2"])
+        let plain = args(&["--node-id=w1", "--seed-nodes=h:1", "--advertise=h:2"])
             .resolve()
-            .expect("valid");
+            .expect_err("plaintext on the default wildcard address");
+        assert!(plain.to_string().contains("--insecure"), "{plain}");
+        let wildcard = args(&[
+            "--node-id=w1",
+            "--seed-nodes=h:1",
+            "--advertise=h:2",
+            "--insecure",
+        ])
+        .resolve()
+        .expect("valid with --insecure");
         assert_eq!(wildcard.listen.to_string(), "0.0.0.0:50051");
+        assert!(wildcard.security.insecure);
     }
 
     #[test]

@@ -34,6 +34,7 @@ commands:
   members                           control-plane replicas and the leader
   member add <id> <host:port>       add a control-plane replica (learner, then voter)
   member remove <id>                remove a control-plane replica
+  token revoke <jti>                refuse a client token (its id) on every replica
   help                              this text
 ";
 
@@ -64,6 +65,8 @@ pub enum Cmd {
     Members,
     /// `member add` / `member remove`.
     Member(MembershipChange),
+    /// `token revoke <jti>`.
+    RevokeToken(String),
 }
 
 /// A usage error: what is wrong and the usage of the command.
@@ -240,6 +243,21 @@ pub fn parse(
             _ => Err(usage(
                 "member needs add or remove",
                 "member add <id> <host:port>\n       member remove <id>",
+            )),
+        },
+        "token" => match args {
+            [sub, jti] if sub == "revoke" => {
+                if jti.is_empty() || jti.len() > convert::MAX_TEXT_LEN {
+                    return Err(usage(
+                        "jti: a token id, as `dllm token create` printed it",
+                        "token revoke <jti>",
+                    ));
+                }
+                Ok(Cmd::RevokeToken(jti.clone()))
+            }
+            _ => Err(usage(
+                "token needs revoke and the token's id",
+                "token revoke <jti>",
             )),
         },
         other => Err(Usage(format!("unknown command {other:?}\n{HELP}"))),
@@ -439,6 +457,20 @@ pub async fn run(replica: &Replica, cmd: Cmd) -> Result<String, ApiError> {
             );
             out.push_str(&table(rows));
             Ok(out)
+        }
+        Cmd::RevokeToken(jti) => {
+            let outcome = replica
+                .write(Command::RevokeToken {
+                    jti: jti.clone(),
+                    now_ms: dllm_util::clock::now_ms(),
+                })
+                .await?;
+            Ok(match outcome {
+                Outcome::TokenRevoked { already: true } => {
+                    format!("token {jti} was already revoked\n")
+                }
+                _ => format!("token {jti} revoked on every replica\n"),
+            })
         }
         Cmd::Member(change) => {
             if let MembershipChange::Add { id, addr } = &change {

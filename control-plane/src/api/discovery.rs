@@ -12,6 +12,7 @@ use crate::{
     replica::Replica,
     state::{Command, NodeSpec, Outcome},
 };
+use dllm_auth::policy::{self, Caller};
 use dllm_util::clock::now_ms;
 
 /// Serves DiscoveryService on one replica.
@@ -59,9 +60,11 @@ impl DiscoveryService for DiscoveryApi {
         &self,
         request: Request<pb::ClusterJoinRequest>,
     ) -> Result<Response<pb::ClusterJoinResponse>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
         let request = request.into_inner();
         let skip_existing = request.skip_existing_nodes;
         let spec = NodeSpec::try_from(request)?;
+        policy::require_own_node(caller.as_ref(), &spec.node_id)?;
         let node_id = spec.node_id.clone();
         let cluster_id = self.replica.ensure_cluster_id().await?;
         let command = Command::RegisterNode {
@@ -109,9 +112,11 @@ impl DiscoveryService for DiscoveryApi {
         &self,
         request: Request<pb::ClusterLeaveRequest>,
     ) -> Result<Response<pb::ClusterLeaveResponse>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
         let req = request.into_inner();
         let node_id = convert::node_id("node_id", &req.node_id)?;
         convert::text("reason", &req.reason, convert::MAX_TEXT_LEN)?;
+        policy::require_own_node(caller.as_ref(), &node_id)?;
         let outcome = self
             .replica
             .write(Command::LeaveNode {
@@ -162,8 +167,10 @@ impl DiscoveryService for DiscoveryApi {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
         let req = request.into_inner();
         convert::heartbeat(&req)?;
+        policy::require_own_node(caller.as_ref(), &req.node_id)?;
         // Any replica takes heartbeats (followers forward them to the leader in batches), so
         // workers stay on the replica they reached and spread the load over the replicas.
         Ok(answer(self.replica.heartbeat(req).await?))

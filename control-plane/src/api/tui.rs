@@ -10,6 +10,8 @@ use tonic::{Request, Response, Status};
 
 use dllm_util::clock::now_ms;
 
+use dllm_auth::policy::{self, Caller};
+
 use super::{commands, streams};
 use crate::{
     convert::{self, NodeFilter},
@@ -157,10 +159,17 @@ impl TuiService for TuiApi {
         &self,
         request: Request<pb::CommandRequest>,
     ) -> Result<Response<pb::CommandResponse>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
         let req = request.into_inner();
         convert::text("requester_id", &req.requester_id, convert::MAX_TEXT_LEN)?;
         convert::text("command", &req.command, convert::MAX_TEXT_LEN)?;
-        let parsed = commands::parse(req.command.trim(), &req.args, &req.options);
+        let command = req.command.trim();
+        policy::require(
+            caller.as_ref(),
+            policy::command_roles(command),
+            &format!("the command {command:?}"),
+        )?;
+        let parsed = commands::parse(command, &req.args, &req.options);
         let (output, error, exit_code) = match parsed {
             Err(usage) => (String::new(), usage.0, 2),
             Ok(cmd) => match commands::run(&self.replica, cmd).await {

@@ -100,6 +100,9 @@ pub enum StartError {
     /// openraft failed to start.
     #[error("Raft failed to start: {0}")]
     Raft(#[from] openraft::error::Fatal<u64>),
+    /// The TLS files do not load.
+    #[error(transparent)]
+    Tls(#[from] dllm_auth::tls::TlsError),
 }
 
 /// Why a replica did not stop cleanly.
@@ -139,7 +142,15 @@ impl Replica {
             tracker: TaskTracker::new(),
             stop: CancellationToken::new(),
         };
-        let peers = Peers::default();
+        // Replicas reach each other with their own certificate (identity `replica/<id>`).
+        let peer_auth = match &config.security.tls {
+            Some(files) => dllm_auth::client::ClientAuth {
+                tls: Some(dllm_auth::tls::client(files.clone())?),
+                authorization: None,
+            },
+            None => dllm_auth::client::ClientAuth::plaintext(),
+        };
+        let peers = Peers::new(peer_auth);
         let raft = Raft::new(
             config.id,
             Arc::new(config.raft_config()?),

@@ -153,6 +153,13 @@ pub enum Command {
         /// The proposer's clock, Unix milliseconds.
         now_ms: i64,
     },
+    /// Revokes a client token by its id (`jti`): every replica refuses it once applied.
+    RevokeToken {
+        /// The token's id.
+        jti: String,
+        /// The proposer's clock, Unix milliseconds.
+        now_ms: i64,
+    },
 }
 
 /// One node's status transition, compare-and-set on `from` and `generation` so that a
@@ -225,6 +232,11 @@ pub enum Outcome {
     },
     /// The command was not applied because of the state it met.
     Rejected(Rejection),
+    /// A token was revoked.
+    TokenRevoked {
+        /// True when it already was.
+        already: bool,
+    },
 }
 
 /// Why the state machine refused a command. Decided deterministically at apply time, so every

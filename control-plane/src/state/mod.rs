@@ -50,6 +50,10 @@ pub struct ClusterState {
     /// written, so scratch copies of the state (placement planning) do not copy it.
     #[serde(default)]
     pub requests: Arc<RecentRequests>,
+    /// Revoked client token ids (`jti`), with when they were revoked (Unix ms). Kept for
+    /// good: an id is a few dozen bytes, and a token's expiry is not known here.
+    #[serde(default)]
+    pub revoked_tokens: imbl::OrdMap<String, i64>,
     /// Which nodes changed status or generation, for the leader's failure detector. Not
     /// part of the state's value: not encoded, and equal in every copy.
     #[serde(skip)]
@@ -200,6 +204,9 @@ impl ClusterState {
             Command::RemoveModel { id } => self.remove_model(&id),
             Command::SetPlacements { changes } => self.set_placements(changes),
             Command::SetDrain { node_id, drain } => self.set_drain(&node_id, drain),
+            Command::RevokeToken { jti, now_ms } => Outcome::TokenRevoked {
+                already: self.revoked_tokens.insert(jti, now_ms).is_some(),
+            },
         }
     }
 
