@@ -129,8 +129,9 @@ pub fn init(
     for i in 1..=replicas {
         let id = i.to_string();
         let (cert, key) = leaf(&issuer, trust_domain, Role::Replica, &id, &server_sans)?;
-        write_key(&dir.join(format!("replica-{i}.key")), &key)?;
-        write_public(&dir.join(format!("replica-{i}.crt")), &cert)?;
+        let stem = file_stem(Role::Replica, &id);
+        write_key(&dir.join(format!("{stem}.key")), &key)?;
+        write_public(&dir.join(format!("{stem}.crt")), &cert)?;
     }
 
     let jwt = KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(generate("the JWT key"))?;
@@ -140,7 +141,8 @@ pub fn init(
 }
 
 /// Issues a certificate for `role`/`name` signed by the CA in `dir`, written to
-/// `dir/<name>.crt` and `dir/<name>.key` (replacing them if there, so it also renews). Its
+/// `dir/<name>.crt` and `dir/<name>.key`, or `replica-<name>.*` for a replica as [`init`]
+/// names them (replacing them if there, so it also renews). Its
 /// URI SAN is `spiffe://<trust_domain>/<role>/<name>`; it is for client use, and for a worker
 /// or replica (which serve gRPC too) also for server use with the DNS/IP SANs `hosts` plus
 /// `localhost` and `127.0.0.1`. A worker's name is its node id.
@@ -158,9 +160,10 @@ pub fn issue(
 ) -> Result<(PathBuf, PathBuf), CertsError> {
     check_name(trust_domain, role, name)?;
     let reserved = [CA_CERT, CA_KEY, JWT_SIGNING_KEY, JWT_PUBLIC_KEY];
+    let stem = file_stem(role, name);
     let (cert_path, key_path) = (
-        dir.join(format!("{name}.crt")),
-        dir.join(format!("{name}.key")),
+        dir.join(format!("{stem}.crt")),
+        dir.join(format!("{stem}.key")),
     );
     if reserved
         .iter()
@@ -181,6 +184,15 @@ pub fn issue(
     write_key(&key_path, &key)?;
     write_public(&cert_path, &cert)?;
     Ok((cert_path, key_path))
+}
+
+/// The name of `role`/`name`'s files in the certificate folder, without the extension:
+/// `replica-<id>` for a replica, the name for everyone else.
+pub fn file_stem(role: Role, name: &str) -> String {
+    match role {
+        Role::Replica => format!("replica-{name}"),
+        _ => name.to_string(),
+    }
 }
 
 /// The CA in `dir`, ready to sign.
@@ -482,7 +494,14 @@ mod tests {
         let (cert, _) = issue(tmp.path(), Role::Viewer, "alice", TD, &[]).expect("issue viewer");
         assert_eq!(identity_of(&cert), (Role::Viewer, "alice".into()));
         client_config(&files(tmp.path(), "alice")).expect("a viewer calls");
+
+        // A replica added later is named as `init` names the first ones.
+        let (cert, _) = issue(tmp.path(), Role::Replica, "2", TD, &hosts()).expect("issue replica");
+        assert_eq!(cert, tmp.path().join("replica-2.crt"));
+        server_config(&files(tmp.path(), "replica-2")).expect("a new replica serves");
+
         // Reissuing renews in place.
+        let cert = tmp.path().join("alice.crt");
         issue(tmp.path(), Role::Admin, "alice", TD, &[]).expect("reissue");
         assert_eq!(identity_of(&cert), (Role::Admin, "alice".into()));
     }
