@@ -237,6 +237,7 @@ fn leaf(
         },
     )?)];
     params.subject_alt_names.extend_from_slice(server_sans);
+    params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     if !server_sans.is_empty() {
