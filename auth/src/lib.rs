@@ -2,6 +2,8 @@
 //!
 //! - [`flags`]: the security flags every server takes, and their validation.
 //! - [`client`]: how every dllm client connects: plaintext or TLS, with a token or not.
+//! - [`certs`]: the files a secure cluster needs (`dllm certs init` / `issue`): the cluster
+//!   CA, certificates naming their holder's role, the token signing key pair.
 //! - [`tls`]: rustls configurations for servers and clients from PEM files, re-read when the
 //!   files change; the TLS acceptor loop for servers and the connector for tonic channels.
 //! - [`identity`]: roles, identities, and the SPIFFE URI SAN
@@ -16,6 +18,7 @@
 //! examples and `dllm dev` work as they are); a server on any other address needs TLS or an
 //! explicit `--insecure` ([`plaintext_allowed`]).
 
+pub mod certs;
 pub mod client;
 pub mod flags;
 pub mod identity;

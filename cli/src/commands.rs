@@ -4,7 +4,7 @@
 use dllm_proto::pb;
 use serde_json::{json, Value};
 
-use crate::client::{first_answer, CallError};
+use crate::client::{CallError, Cluster};
 
 /// How results are printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -109,23 +109,24 @@ pub fn model_rows(models: &[pb::ModelInfo]) -> Vec<Vec<String>> {
 ///
 /// # Errors
 /// When no endpoint answers.
-pub async fn status(endpoints: &[String], output: Output) -> Result<String, CallError> {
-    let (replicas, info) = first_answer(endpoints, |mut c| async move {
-        let replicas = c
-            .admin
-            .get_replica_status(pb::ReplicaStatusRequest {})
-            .await?
-            .into_inner();
-        let info = c
-            .discovery
-            .get_cluster_info(pb::ClusterInfoRequest {
-                requester_id: "dllm-cli".into(),
-            })
-            .await?
-            .into_inner();
-        Ok((replicas, info))
-    })
-    .await?;
+pub async fn status(cluster: &Cluster, output: Output) -> Result<String, CallError> {
+    let (replicas, info) = cluster
+        .first_answer(|mut c| async move {
+            let replicas = c
+                .admin
+                .get_replica_status(pb::ReplicaStatusRequest {})
+                .await?
+                .into_inner();
+            let info = c
+                .discovery
+                .get_cluster_info(pb::ClusterInfoRequest {
+                    requester_id: "dllm-cli".into(),
+                })
+                .await?
+                .into_inner();
+            Ok((replicas, info))
+        })
+        .await?;
     let m = info.metrics.unwrap_or_default();
     let placed = info
         .models
@@ -176,19 +177,20 @@ pub async fn status(endpoints: &[String], output: Output) -> Result<String, Call
 ///
 /// # Errors
 /// When no endpoint answers.
-pub async fn nodes(endpoints: &[String], output: Output) -> Result<String, CallError> {
-    let list = first_answer(endpoints, |mut c| async move {
-        Ok(c.tui
-            .get_node_list(pb::NodeListRequest {
-                requester_id: "dllm-cli".into(),
-                include_metrics: false,
-                filter: None,
-            })
-            .await?
-            .into_inner()
-            .nodes)
-    })
-    .await?;
+pub async fn nodes(cluster: &Cluster, output: Output) -> Result<String, CallError> {
+    let list = cluster
+        .first_answer(|mut c| async move {
+            Ok(c.tui
+                .get_node_list(pb::NodeListRequest {
+                    requester_id: "dllm-cli".into(),
+                    include_metrics: false,
+                    filter: None,
+                })
+                .await?
+                .into_inner()
+                .nodes)
+        })
+        .await?;
     Ok(match output {
         Output::Json => Value::Array(list.iter().map(node_json).collect()).to_string() + "\n",
         Output::Table => table(&node_rows(&list)),
@@ -199,17 +201,18 @@ pub async fn nodes(endpoints: &[String], output: Output) -> Result<String, CallE
 ///
 /// # Errors
 /// When no endpoint answers.
-pub async fn models(endpoints: &[String], output: Output) -> Result<String, CallError> {
-    let list = first_answer(endpoints, |mut c| async move {
-        Ok(c.tui
-            .get_model_list(pb::ModelListRequest {
-                requester_id: "dllm-cli".into(),
-            })
-            .await?
-            .into_inner()
-            .models)
-    })
-    .await?;
+pub async fn models(cluster: &Cluster, output: Output) -> Result<String, CallError> {
+    let list = cluster
+        .first_answer(|mut c| async move {
+            Ok(c.tui
+                .get_model_list(pb::ModelListRequest {
+                    requester_id: "dllm-cli".into(),
+                })
+                .await?
+                .into_inner()
+                .models)
+        })
+        .await?;
     Ok(match output {
         Output::Json => Value::Array(list.iter().map(model_json).collect()).to_string() + "\n",
         Output::Table => table(&model_rows(&list)),
@@ -221,20 +224,21 @@ pub async fn models(endpoints: &[String], output: Output) -> Result<String, Call
 /// # Errors
 /// When no endpoint answers.
 pub async fn exec(
-    endpoints: &[String],
+    cluster: &Cluster,
     command: &str,
     args: &[String],
 ) -> Result<pb::CommandResponse, CallError> {
-    first_answer(endpoints, |mut c| {
-        let request = pb::CommandRequest {
-            requester_id: "dllm-cli".into(),
-            command: command.to_string(),
-            args: args.to_vec(),
-            options: Default::default(),
-        };
-        async move { Ok(c.tui.execute_command(request).await?.into_inner()) }
-    })
-    .await
+    cluster
+        .first_answer(|mut c| {
+            let request = pb::CommandRequest {
+                requester_id: "dllm-cli".into(),
+                command: command.to_string(),
+                args: args.to_vec(),
+                options: Default::default(),
+            };
+            async move { Ok(c.tui.execute_command(request).await?.into_inner()) }
+        })
+        .await
 }
 
 /// One line describing an update, for `dllm watch`.

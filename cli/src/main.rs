@@ -1,9 +1,13 @@
-//! `dllm`: the operator's command. `dllm dev` runs a whole local cluster; the other commands
-//! talk to a running one through any of its control-plane endpoints.
+//! `dllm`: the operator's command. `dllm dev` runs a whole local cluster; `dllm certs` and
+//! `dllm token` make a secure cluster's certificates and tokens; the other commands talk to a
+//! running cluster through any of its control-plane endpoints, with the credentials of
+//! [`client::CredentialFlags`].
 
+mod certs;
 mod client;
 mod commands;
 mod dev;
+mod token;
 mod tui;
 
 use std::process::ExitCode;
@@ -20,12 +24,15 @@ use futures::StreamExt;
     about = "Operate a dllm cluster: local dev cluster, status, admin commands, terminal UI."
 )]
 struct Cli {
-    /// Control-plane endpoints to try, in order (host:port,host:port).
+    /// Control-plane endpoints to try, in order: host:port, http://host:port or
+    /// https://host:port, comma-separated. TLS is on when --tls-ca is given.
     #[arg(long, global = true, env = "DLLM_ENDPOINTS", default_value = client::DEFAULT_ENDPOINTS)]
     endpoints: String,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
+    #[command(flatten)]
+    credentials: client::CredentialFlags,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -34,6 +41,19 @@ struct Cli {
 enum Cmd {
     /// Start a local cluster (replicas and workers as separate processes) in the foreground.
     Dev(dev::DevArgs),
+    /// Make a secure cluster's CA, certificates and token signing key.
+    #[command(subcommand)]
+    Certs(certs::CertsCmd),
+    /// Make tokens for clients without a certificate.
+    #[command(subcommand)]
+    Token(token::TokenCmd),
+    #[command(flatten)]
+    Cluster(ClusterCmd),
+}
+
+/// The commands that talk to a running cluster.
+#[derive(Subcommand, Debug)]
+enum ClusterCmd {
     /// Leader, replicas, node and model counts, utilization.
     Status,
     /// Worker nodes.
@@ -62,21 +82,23 @@ enum Cmd {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let endpoints = client::parse_endpoints(&cli.endpoints);
-    if endpoints.is_empty() && !matches!(cli.command, Cmd::Dev(_)) {
-        anyhow::bail!("--endpoints lists no endpoint");
-    }
+    let command = match cli.command {
+        Cmd::Dev(args) => return dev::run(args).await.map(|()| ExitCode::SUCCESS),
+        Cmd::Certs(cmd) => return certs::run(cmd).map(|()| ExitCode::SUCCESS),
+        Cmd::Token(cmd) => return token::run(cmd, cli.output).map(|()| ExitCode::SUCCESS),
+        Cmd::Cluster(command) => command,
+    };
+    let cluster = client::Cluster::from_flags(&cli.endpoints, &cli.credentials)?;
     let print = |s: String| {
         print!("{s}");
         Ok(ExitCode::SUCCESS)
     };
-    match cli.command {
-        Cmd::Dev(args) => dev::run(args).await.map(|()| ExitCode::SUCCESS),
-        Cmd::Status => print(commands::status(&endpoints, cli.output).await?),
-        Cmd::Nodes => print(commands::nodes(&endpoints, cli.output).await?),
-        Cmd::Models => print(commands::models(&endpoints, cli.output).await?),
-        Cmd::Exec { command, args } => {
-            let out = commands::exec(&endpoints, &command, &args).await?;
+    match command {
+        ClusterCmd::Status => print(commands::status(&cluster, cli.output).await?),
+        ClusterCmd::Nodes => print(commands::nodes(&cluster, cli.output).await?),
+        ClusterCmd::Models => print(commands::models(&cluster, cli.output).await?),
+        ClusterCmd::Exec { command, args } => {
+            let out = commands::exec(&cluster, &command, &args).await?;
             if cli.output == Output::Json {
                 println!(
                     "{}",
@@ -90,22 +112,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::from(out.exit_code.clamp(0, 255) as u8))
         }
-        Cmd::Watch { interval, types } => {
-            let mut stream = client::first_answer(&endpoints, |mut c| {
-                let request = dllm_proto::pb::UpdateStreamRequest {
-                    requester_id: "dllm-cli".into(),
-                    interval_seconds: interval,
-                    update_types: types.clone(),
-                };
-                async move { Ok(c.tui.stream_updates(request).await?.into_inner()) }
-            })
-            .await?;
+        ClusterCmd::Watch { interval, types } => {
+            let mut stream = cluster
+                .first_answer(|mut c| {
+                    let request = dllm_proto::pb::UpdateStreamRequest {
+                        requester_id: "dllm-cli".into(),
+                        interval_seconds: interval,
+                        update_types: types.clone(),
+                    };
+                    async move { Ok(c.tui.stream_updates(request).await?.into_inner()) }
+                })
+                .await?;
             while let Some(update) = stream.next().await {
                 println!("{}", commands::update_line(&update?, cli.output));
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Tui => tui::run(endpoints).await.map(|()| ExitCode::SUCCESS),
+        ClusterCmd::Tui => tui::run(cluster).await.map(|()| ExitCode::SUCCESS),
     }
 }
 

@@ -13,7 +13,7 @@ use futures::StreamExt;
 use ratatui::crossterm::event::{self, Event, KeyEventKind};
 use tokio::sync::mpsc;
 
-use crate::client::{connect, first_answer};
+use crate::client::Cluster;
 
 /// What reaches the UI loop.
 enum AppEvent {
@@ -26,14 +26,14 @@ enum AppEvent {
 }
 
 /// Keeps a `StreamUpdates` stream open against the endpoints in turn, forever.
-async fn follow(endpoints: Vec<String>, tx: mpsc::Sender<AppEvent>) {
+async fn follow(cluster: Cluster, tx: mpsc::Sender<AppEvent>) {
     let mut attempt = 0u32;
     let mut next = 0usize;
     loop {
-        let endpoint = endpoints[next % endpoints.len()].clone();
+        let endpoint = cluster.endpoints[next % cluster.endpoints.len()].clone();
         next += 1;
         attempt += 1;
-        let error = match connect(&endpoint).await {
+        let error = match cluster.connect(&endpoint).await {
             Err(e) => e,
             Ok(mut c) => {
                 let request = pb::UpdateStreamRequest {
@@ -85,15 +85,16 @@ async fn follow(endpoints: Vec<String>, tx: mpsc::Sender<AppEvent>) {
 }
 
 /// Polls replica status every 2 s for the Cluster tab.
-async fn poll_replicas(endpoints: Vec<String>, tx: mpsc::Sender<AppEvent>) {
+async fn poll_replicas(cluster: Cluster, tx: mpsc::Sender<AppEvent>) {
     loop {
-        let status = first_answer(&endpoints, |mut c| async move {
-            Ok(c.admin
-                .get_replica_status(pb::ReplicaStatusRequest {})
-                .await?
-                .into_inner())
-        })
-        .await;
+        let status = cluster
+            .first_answer(|mut c| async move {
+                Ok(c.admin
+                    .get_replica_status(pb::ReplicaStatusRequest {})
+                    .await?
+                    .into_inner())
+            })
+            .await;
         if let Ok(s) = status {
             if tx.send(AppEvent::Replicas(s)).await.is_err() {
                 return;
@@ -135,10 +136,10 @@ fn read_keys(tx: mpsc::Sender<AppEvent>) {
 ///
 /// # Errors
 /// When the terminal cannot be drawn to.
-pub async fn run(endpoints: Vec<String>) -> anyhow::Result<()> {
+pub async fn run(cluster: Cluster) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::channel(256);
-    let follower = tokio::spawn(follow(endpoints.clone(), tx.clone()));
-    let poller = tokio::spawn(poll_replicas(endpoints.clone(), tx.clone()));
+    let follower = tokio::spawn(follow(cluster.clone(), tx.clone()));
+    let poller = tokio::spawn(poll_replicas(cluster.clone(), tx.clone()));
     let keys_tx = tx.clone();
     std::thread::spawn(move || read_keys(keys_tx));
 
@@ -155,12 +156,12 @@ pub async fn run(endpoints: Vec<String>) -> anyhow::Result<()> {
         match event {
             AppEvent::Key(k) => {
                 if let Some(Action::Execute(line)) = app.on_key(k) {
-                    let (endpoints, tx) = (endpoints.clone(), tx.clone());
+                    let (cluster, tx) = (cluster.clone(), tx.clone());
                     tokio::spawn(async move {
                         let mut words = line.split_whitespace().map(String::from);
                         let command = words.next().unwrap_or_default();
                         let args: Vec<String> = words.collect();
-                        let result = crate::commands::exec(&endpoints, &command, &args)
+                        let result = crate::commands::exec(&cluster, &command, &args)
                             .await
                             .map_err(|e| e.to_string());
                         let _ = tx.send(AppEvent::Output(line, result)).await;

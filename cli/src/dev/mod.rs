@@ -1,7 +1,10 @@
 //! `dllm dev`: a whole local cluster in one command. It starts the real binaries (the ones a
 //! user deploys) as separate processes on loopback: control-plane replicas, then workers with
 //! simulated GPUs of different sizes, registers a demo model, prints what to try, and stays
-//! in the foreground until Ctrl-C, which stops every child.
+//! in the foreground until Ctrl-C, which stops every child. With `--secure` every connection
+//! is mutual TLS and every call is checked against its caller's role ([`secure`]).
+
+mod secure;
 
 use std::{
     net::TcpListener,
@@ -13,7 +16,7 @@ use std::{
 use anyhow::{bail, Context};
 use dllm_proto::pb;
 
-use crate::client::connect;
+use crate::client::Cluster;
 
 /// Flags of `dllm dev`.
 #[derive(clap::Args, Debug)]
@@ -33,6 +36,10 @@ pub struct DevArgs {
     /// Do not register the demo model.
     #[arg(long)]
     pub no_model: bool,
+    /// Mutual TLS and roles: a CA and certificates in DATA_DIR/certs, every process started
+    /// with them, and the exports that make `dllm` use the admin certificate printed.
+    #[arg(long)]
+    pub secure: bool,
 }
 
 /// Simulated GPUs the dev workers get, in turn.
@@ -204,6 +211,22 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .enumerate()
         .map(|(i, e)| format!("{}={e}", i + 1))
         .collect();
+    let worker_names: Vec<String> = (1..=args.workers).map(|i| format!("worker-{i}")).collect();
+    let secure = match args.secure {
+        true => Some(secure::Secure::prepare(
+            data.join("certs"),
+            args.replicas as u32,
+            &worker_names,
+        )?),
+        false => None,
+    };
+    let cluster = Cluster {
+        endpoints: endpoints.clone(),
+        auth: match &secure {
+            Some(s) => s.admin_auth()?,
+            None => dllm_auth::client::ClientAuth::plaintext(),
+        },
+    };
     let mut children = Children(Vec::new());
     for (i, endpoint) in endpoints.iter().enumerate() {
         let id = i + 1;
@@ -217,15 +240,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 .args([
                     "--metrics-listen",
                     &format!("127.0.0.1:{}", metrics_ports[i]),
-                ]),
+                ])
+                .args(secure.iter().flat_map(|s| s.replica_args(id))),
             &data.join(format!("cp{id}.log")),
         )?;
     }
     let first = endpoints[0].clone();
     wait_until("a leader", || {
-        let first = first.clone();
+        let (cluster, first) = (cluster.clone(), first.clone());
         async move {
-            let mut c = connect(&first).await.ok()?;
+            let mut c = cluster.connect(&first).await.ok()?;
             let s = c
                 .admin
                 .get_replica_status(pb::ReplicaStatusRequest {})
@@ -236,28 +260,28 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     })
     .await?;
     let seeds = endpoints.join(",");
-    for (i, port) in worker_ports.iter().enumerate() {
-        let name = format!("worker-{}", i + 1);
+    for ((i, port), name) in worker_ports.iter().enumerate().zip(&worker_names) {
         let metrics = metrics_ports[args.replicas as usize + i];
         children.spawn(
-            &name,
+            name,
             Command::new(&worker_bin)
-                .args(["--node-id", &name, "--listen", &format!("127.0.0.1:{port}")])
+                .args(["--node-id", name, "--listen", &format!("127.0.0.1:{port}")])
                 .args([
                     "--seed-nodes",
                     &seeds,
                     "--simulate-gpus",
                     GPUS[i % GPUS.len()],
                 ])
-                .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")]),
+                .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
+                .args(secure.iter().flat_map(|s| s.worker_args(name))),
             &data.join(format!("{name}.log")),
         )?;
     }
     let workers = args.workers as usize;
     wait_until("the workers to join", || {
-        let first = first.clone();
+        let (cluster, first) = (cluster.clone(), first.clone());
         async move {
-            let mut c = connect(&first).await.ok()?;
+            let mut c = cluster.connect(&first).await.ok()?;
             let peers = c
                 .node
                 .get_peers(pb::PeersRequest::default())
@@ -270,7 +294,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     .await?;
     let mut model_line = String::new();
     if !args.no_model {
-        let mut c = connect(&first).await.map_err(anyhow::Error::msg)?;
+        let mut c = cluster.connect(&first).await.map_err(anyhow::Error::msg)?;
         let out = c
             .tui
             .execute_command(pb::CommandRequest {
@@ -293,6 +317,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         };
     }
     let ep = endpoints.join(",");
+    let (secure_lines, grpcurl) = match &secure {
+        Some(s) => (
+            format!(
+                "\nmutual TLS and roles are on (certificates in {}); to use the admin certificate:\n{}",
+                data.join("certs").display(),
+                s.exports()
+            ),
+            s.grpcurl_flags(),
+        ),
+        None => (String::new(), "-plaintext".to_string()),
+    };
     println!(
         "dllm dev cluster is up
   replicas   {ep}
@@ -300,14 +335,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
   metrics    http://127.0.0.1:{}/metrics (replica 1) .. :{}
   data, logs {}
   {model_line}
-
+{secure_lines}
 try:
   dllm status
   dllm nodes
   dllm models
   dllm tui
   dllm exec drain worker-1
-  grpcurl -plaintext -d '{{\"node_id\": \"worker-1\"}}' {first} distributed_llm.NodeService/GetMetrics
+  grpcurl {grpcurl} -d '{{\"node_id\": \"worker-1\"}}' {first} distributed_llm.NodeService/GetMetrics
 
 Ctrl-C stops the cluster.",
         worker_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(","),
