@@ -229,7 +229,7 @@ mod tests {
         let (private, public) = keypair();
         let (other_private, other_public) = keypair();
         let signer = Signer::from_pem(&private).expect("signer");
-        let verifier = Verifier::new("dllm.test", &[public.clone()]).expect("verifier");
+        let verifier = Verifier::new("dllm.test", std::slice::from_ref(&public)).expect("verifier");
         let (token, claims) = signer
             .sign("dllm.test", Role::Operator, "alice", now(), 3600)
             .expect("sign");
