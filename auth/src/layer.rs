@@ -59,6 +59,49 @@ impl Denials {
     }
 }
 
+/// Identities already proven, by the SHA-256 of the credential (a token, or a certificate
+/// the TLS handshake verified): a worker sends the same token or certificate with every
+/// heartbeat, and an EdDSA verification or an X.509 parse per request would cost the
+/// replicas more than the heartbeat itself. A token's entry ends with the token; the cache
+/// is emptied when it reaches [`IdentityCache::CAPACITY`] entries. Revocation is checked on
+/// every request, cached or not.
+#[derive(Default)]
+pub struct IdentityCache(Mutex<std::collections::HashMap<[u8; 32], (Identity, Option<u64>)>>);
+
+impl IdentityCache {
+    /// Most identities kept.
+    pub const CAPACITY: usize = 200_000;
+
+    fn key(credential: &[u8]) -> [u8; 32] {
+        let digest = ring::digest::digest(&ring::digest::SHA256, credential);
+        let mut key = [0u8; 32];
+        key.copy_from_slice(digest.as_ref());
+        key
+    }
+
+    fn get(&self, key: &[u8; 32], now: u64) -> Option<Identity> {
+        let cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match cache.get(key) {
+            Some((id, until)) if until.is_none_or(|u| now < u) => Some(id.clone()),
+            _ => None,
+        }
+    }
+
+    fn put(&self, key: [u8; 32], id: Identity, until: Option<u64>) {
+        let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= Self::CAPACITY {
+            cache.clear();
+        }
+        cache.insert(key, (id, until));
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Whether a token id has been revoked (the control plane answers from its replicated
 /// state; a worker has no revocations of its own).
 pub type Revoked = Arc<dyn Fn(&str) -> bool + Send + Sync>;
@@ -75,6 +118,8 @@ pub struct Guard {
     pub revoked: Revoked,
     /// Denials by reason.
     pub denials: Denials,
+    /// Identities already proven.
+    pub cache: IdentityCache,
 }
 
 /// Why a request was denied: the status, and the reason label for metrics.
@@ -99,9 +144,18 @@ impl Guard {
                     "token_not_accepted",
                 ));
             };
-            let id = verifier
-                .verify(token.trim())
-                .map_err(|e| Denied(Status::unauthenticated(e.to_string()), e.label()))?;
+            let token = token.trim();
+            let key = IdentityCache::key(token.as_bytes());
+            let id = match self.cache.get(&key, unix_now()) {
+                Some(id) => id,
+                None => {
+                    let (id, exp) = verifier
+                        .verify_until(token)
+                        .map_err(|e| Denied(Status::unauthenticated(e.to_string()), e.label()))?;
+                    self.cache.put(key, id.clone(), Some(exp));
+                    id
+                }
+            };
             if let Via::Token { jti } = &id.via {
                 if (self.revoked)(jti) {
                     let e = TokenError::Revoked;
@@ -115,8 +169,16 @@ impl Guard {
             .get::<tonic::transport::server::TlsConnectInfo<TcpConnectInfo>>()
             .and_then(|info| info.peer_certs());
         match certs.as_deref().and_then(|c| c.first()) {
-            Some(cert) => identity::from_certificate(cert, &self.trust_domain)
-                .map_err(|e| Denied(Status::unauthenticated(e), "certificate_identity")),
+            Some(cert) => {
+                let key = IdentityCache::key(cert.as_ref());
+                if let Some(id) = self.cache.get(&key, 0) {
+                    return Ok(id);
+                }
+                let id = identity::from_certificate(cert, &self.trust_domain)
+                    .map_err(|e| Denied(Status::unauthenticated(e), "certificate_identity"))?;
+                self.cache.put(key, id.clone(), None);
+                Ok(id)
+            }
             None => Err(Denied(
                 Status::unauthenticated(
                     "no credentials: present a client certificate of this cluster or `authorization: Bearer <token>`",

@@ -164,6 +164,14 @@ impl Verifier {
     /// # Errors
     /// [`TokenError`] naming why it was refused.
     pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
+        self.verify_until(token).map(|(id, _)| id)
+    }
+
+    /// As [`Verifier::verify`], with the token's expiry (Unix seconds).
+    ///
+    /// # Errors
+    /// [`TokenError`] naming why it was refused.
+    pub fn verify_until(&self, token: &str) -> Result<(Identity, u64), TokenError> {
         use jsonwebtoken::errors::ErrorKind;
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::TooLong);
@@ -180,11 +188,14 @@ impl Verifier {
                 }
                 Ok(data) => {
                     let c = data.claims;
-                    return Ok(Identity {
-                        role: c.role,
-                        name: c.sub,
-                        via: Via::Token { jti: c.jti },
-                    });
+                    return Ok((
+                        Identity {
+                            role: c.role,
+                            name: c.sub,
+                            via: Via::Token { jti: c.jti },
+                        },
+                        c.exp,
+                    ));
                 }
                 Err(e) => {
                     last = match e.kind() {

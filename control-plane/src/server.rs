@@ -136,6 +136,7 @@ pub async fn run(
         tokens,
         revoked,
         denials: denials.clone(),
+        cache: Default::default(),
     });
     let rpc_metrics = Arc::new(RpcMetrics::default());
     if let Some(listener) = metrics_listener {

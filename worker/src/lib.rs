@@ -105,6 +105,7 @@ pub async fn run(
         tokens: None,
         revoked: Arc::new(|_: &str| false),
         denials: denials.clone(),
+        cache: Default::default(),
     });
     let agent = tokio::spawn(agent::run(
         config,

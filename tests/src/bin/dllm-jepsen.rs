@@ -53,6 +53,11 @@ enum Cmd {
         /// Output folder [default: target/jepsen/seed-<seed>].
         #[arg(long)]
         out: Option<PathBuf>,
+        /// mTLS and roles on (a CA made for the run; the harness calls as an admin, workers
+        /// with their own certificates and tokens); after the heal every replica must still
+        /// refuse a caller without credentials.
+        #[arg(long)]
+        secure: bool,
     },
     /// Re-check a recorded history.
     Check {
@@ -75,6 +80,7 @@ fn main() -> ExitCode {
             control_plane_bin,
             planted_bug,
             out,
+            secure,
         } => {
             let bin_dir = bin_dir.unwrap_or_else(|| {
                 std::env::current_exe()
@@ -92,6 +98,7 @@ fn main() -> ExitCode {
                 control_plane_bin,
                 planted_bug,
                 out_dir: out.unwrap_or_else(|| run::default_out_dir(seed)),
+                secure,
             };
             match run::run(&config) {
                 Ok(summary) => {

@@ -70,7 +70,7 @@ impl Run {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             };
-            let Some(st) = status(leader).await else {
+            let Some(st) = status(&self.auth, leader).await else {
                 continue;
             };
             for (slot, id) in &want {

@@ -91,7 +91,7 @@ impl Run {
                 let mut req = join_request(node, 0);
                 req.port = i32::try_from(*port).unwrap_or(1);
                 DiscoveryServiceClient::new(ch)
-                    .register_with_cluster(req)
+                    .register_with_cluster(self.as_node(node, req))
                     .await
                     .map(|_| Ret::Done)
             }
@@ -107,10 +107,13 @@ impl Run {
                 Err(e) => Err(e),
             },
             Op::Heartbeat { node } => match DiscoveryServiceClient::new(ch)
-                .heartbeat(pb::HeartbeatRequest {
-                    node_id: node.clone(),
-                    usage: None,
-                })
+                .heartbeat(self.as_node(
+                    node,
+                    pb::HeartbeatRequest {
+                        node_id: node.clone(),
+                        usage: None,
+                    },
+                ))
                 .await
             {
                 Ok(_) => Ok(Ret::Done),

@@ -4,8 +4,11 @@
 use std::{collections::BTreeMap, process::Command, time::Duration};
 
 use anyhow::Result;
-use dllm_proto::pb::{self, admin_service_client::AdminServiceClient};
-use tonic::transport::Channel;
+use dllm_auth::{certs, client::ClientAuth, Role, DEFAULT_TRUST_DOMAIN};
+use dllm_proto::{
+    client::Channel,
+    pb::{self, admin_service_client::AdminServiceClient},
+};
 
 use super::{
     net,
@@ -47,15 +50,93 @@ pub(super) fn addr(slot: usize) -> String {
     format!("{}:{REPLICA_PORT}", net::replica_ip(slot))
 }
 
-pub(super) fn channel(address: &str, timeout: Duration) -> Result<Channel> {
-    Ok(Channel::from_shared(format!("http://{address}"))?
+pub(super) fn channel(auth: &ClientAuth, address: &str, timeout: Duration) -> Result<Channel> {
+    let endpoint = auth
+        .endpoint(address)?
         .connect_timeout(Duration::from_millis(500))
-        .timeout(timeout)
-        .connect_lazy())
+        .timeout(timeout);
+    Ok(auth.connect_lazy(endpoint))
 }
 
-pub(super) async fn status(slot: usize) -> Option<pb::ReplicaStatusResponse> {
-    let ch = channel(&addr(slot), Duration::from_millis(400)).ok()?;
+/// Every address a replica or worker of a run is reached at (the certificates' host names).
+fn all_hosts() -> Vec<String> {
+    (1..=SLOTS)
+        .map(net::replica_ip)
+        .chain([net::HUB_ADDR.to_string()])
+        .collect()
+}
+
+/// The certificates of a secure run: made once per run, in `dir`.
+pub(super) struct Certs {
+    pub(super) dir: std::path::PathBuf,
+    pub(super) signer: dllm_auth::token::Signer,
+}
+
+impl Certs {
+    /// A new CA, the founding replicas' certificates and the token key, in `dir`.
+    pub(super) fn create(dir: &std::path::Path) -> Result<Self> {
+        certs::init(dir, &all_hosts(), SLOTS as u32, DEFAULT_TRUST_DOMAIN)?;
+        let signer =
+            dllm_auth::token::Signer::from_pem(&std::fs::read(dir.join(certs::JWT_SIGNING_KEY))?)
+                .map_err(anyhow::Error::msg)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            signer,
+        })
+    }
+
+    /// `--tls-ca`, `--tls-cert`, `--tls-key` for `role`/`name`, issuing its certificate
+    /// the first time.
+    pub(super) fn flags(&self, role: Role, name: &str) -> Result<Vec<String>> {
+        let stem = certs::file_stem(role, name);
+        let (cert, key) = (
+            self.dir.join(format!("{stem}.crt")),
+            self.dir.join(format!("{stem}.key")),
+        );
+        if !cert.exists() {
+            certs::issue(&self.dir, role, name, DEFAULT_TRUST_DOMAIN, &all_hosts())?;
+        }
+        let path = |p: &std::path::Path| p.display().to_string();
+        Ok(vec![
+            "--tls-ca".into(),
+            path(&self.dir.join(certs::CA_CERT)),
+            "--tls-cert".into(),
+            path(&cert),
+            "--tls-key".into(),
+            path(&key),
+        ])
+    }
+
+    /// The harness's own credentials: an admin certificate.
+    pub(super) fn admin(&self) -> Result<ClientAuth> {
+        let flags = self.flags(Role::Admin, "jepsen")?;
+        Ok(ClientAuth::from_flags(
+            Some(flags[1].as_ref()),
+            Some(flags[3].as_ref()),
+            Some(flags[5].as_ref()),
+            None,
+        )?)
+    }
+
+    /// `Bearer <token>` of a worker token for `node`, an hour long.
+    pub(super) fn worker_token(
+        &self,
+        node: &str,
+    ) -> Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs();
+        let (token, _) = self
+            .signer
+            .sign(DEFAULT_TRUST_DOMAIN, Role::Worker, node, now, 3600)
+            .ok()?;
+        format!("Bearer {token}").parse().ok()
+    }
+}
+
+pub(super) async fn status(auth: &ClientAuth, slot: usize) -> Option<pb::ReplicaStatusResponse> {
+    let ch = channel(auth, &addr(slot), Duration::from_millis(400)).ok()?;
     AdminServiceClient::new(ch)
         .get_replica_status(pb::ReplicaStatusRequest {})
         .await
@@ -84,6 +165,7 @@ impl Run {
             .args(crate::FAST_LIVENESS)
             .args(REQUEST_BUDGET)
             .args(STORAGE_CHURN)
+            .args(self.security_flags(Role::Replica, &r.id.to_string()))
             .env("RUST_LOG", "info,openraft=warn");
         if r.founding {
             cmd.args(["--initial-cluster", &self.initial_cluster]);
@@ -113,6 +195,7 @@ impl Run {
             "--simulate-gpus",
             "1x16384:SIM GPU",
         ])
+        .args(self.security_flags(Role::Worker, &w.node_id))
         .env("RUST_LOG", "info");
         let log = self
             .config
@@ -122,12 +205,28 @@ impl Run {
         w.process = Some(ChildProcess::spawn(&w.node_id, cmd, log));
     }
 
+    /// The TLS flags of `role`/`name` in a secure run (and the token key for replicas);
+    /// `--insecure` otherwise, since the run's addresses are not loopback.
+    fn security_flags(&self, role: Role, name: &str) -> Vec<String> {
+        let Some(certs) = &self.certs else {
+            return vec!["--insecure".into()];
+        };
+        let mut flags = certs
+            .flags(role, name)
+            .unwrap_or_else(|e| panic!("certificate for {role}/{name}: {e}"));
+        if role == Role::Replica {
+            flags.push("--jwt-public-key".into());
+            flags.push(certs.dir.join(certs::JWT_PUBLIC_KEY).display().to_string());
+        }
+        flags
+    }
+
     /// The slot of the leader the running replicas agree on.
     pub(super) async fn leader_slot(&self) -> Option<usize> {
         let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
         let mut ids: BTreeMap<u64, usize> = BTreeMap::new();
         for slot in 1..=SLOTS {
-            if let Some(s) = status(slot).await {
+            if let Some(s) = status(&self.auth, slot).await {
                 ids.insert(s.answered_by, slot);
                 if s.leader_id != 0 {
                     *votes.entry(s.leader_id).or_default() += 1;

@@ -17,9 +17,9 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context, Result};
+use dllm_proto::client::Channel;
 use dllm_proto::pb::{self, discovery_service_client::DiscoveryServiceClient};
 use tokio::sync::Mutex;
-use tonic::transport::Channel;
 
 use super::{
     checks::{self, Verdict},
@@ -27,7 +27,7 @@ use super::{
     history::{Event, Recorder},
     nemesis::NetHandle,
     net::Net,
-    procs::{addr, channel, Procs, ReplicaProc, WorkerProc},
+    procs::{addr, channel, Certs, Procs, ReplicaProc, WorkerProc},
 };
 pub use super::{
     nemesis::{parse_nemeses, Nemesis},
@@ -65,6 +65,10 @@ pub struct Config {
     pub planted_bug: Option<String>,
     /// Output folder: history, summary, logs, data.
     pub out_dir: PathBuf,
+    /// mTLS and roles on: every replica and worker gets a certificate of a CA made for the
+    /// run, the harness calls as an admin, and registrations and heartbeats carry a worker
+    /// token for their node. Off: plaintext with `--insecure`.
+    pub secure: bool,
 }
 
 /// Runs one fault run end to end: sets up the network, enters the hub namespace (call it
@@ -115,6 +119,10 @@ pub(super) struct Run {
     pub(super) history: Arc<Recorder>,
     pub(super) procs: Arc<Mutex<Procs>>,
     pub(super) channels: Vec<Channel>,
+    /// How the harness connects (an admin certificate in a secure run).
+    pub(super) auth: dllm_auth::client::ClientAuth,
+    /// The run's certificates and token key, in a secure run.
+    pub(super) certs: Option<Certs>,
     pub(super) initial_cluster: String,
     pub(super) stop: Arc<AtomicBool>,
     pub(super) counter: Arc<AtomicU64>,
@@ -123,8 +131,17 @@ pub(super) struct Run {
 impl Run {
     fn new(config: &Config, cp_bin: PathBuf, net: Arc<NetHandle>) -> Result<Self> {
         let history = Arc::new(Recorder::create(&config.out_dir.join("history.jsonl"))?);
+        let certs = if config.secure {
+            Some(Certs::create(&config.out_dir.join("certs"))?)
+        } else {
+            None
+        };
+        let auth = match &certs {
+            Some(certs) => certs.admin()?,
+            None => dllm_auth::client::ClientAuth::plaintext(),
+        };
         let channels = (1..=SLOTS)
-            .map(|s| channel(&addr(s), OP_TIMEOUT))
+            .map(|s| channel(&auth, &addr(s), OP_TIMEOUT))
             .collect::<Result<Vec<_>>>()?;
         let initial_cluster = (1..=SLOTS)
             .map(|s| format!("{s}={}", addr(s)))
@@ -141,10 +158,59 @@ impl Run {
                 next_id: SLOTS as u64 + 1,
             })),
             channels,
+            auth,
+            certs,
             initial_cluster,
             stop: Arc::new(AtomicBool::new(false)),
             counter: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// In a secure run: a replica that answers a caller with no credentials (TLS with the
+    /// CA, no certificate, no token), or refuses it other than `UNAUTHENTICATED`.
+    async fn unauthenticated_hole(&self) -> Option<String> {
+        let certs = self.certs.as_ref()?;
+        let anonymous = dllm_auth::client::ClientAuth::from_flags(
+            Some(&certs.dir.join(dllm_auth::certs::CA_CERT)),
+            None,
+            None,
+            None,
+        )
+        .ok()?;
+        for slot in 1..=SLOTS {
+            let Ok(ch) = channel(&anonymous, &addr(slot), OP_TIMEOUT) else {
+                continue;
+            };
+            let answer = pb::tui_service_client::TuiServiceClient::new(ch)
+                .get_node_list(pb::NodeListRequest::default())
+                .await;
+            match answer {
+                Err(e) if e.code() == tonic::Code::Unauthenticated => {}
+                // Not reachable right now (a replica removed by the nemesis): no hole.
+                Err(e) if e.code() == tonic::Code::Unavailable => {}
+                Err(e) => {
+                    return Some(format!(
+                        "replica in slot {slot} refused a caller without credentials with {:?}, not UNAUTHENTICATED",
+                        e.code()
+                    ))
+                }
+                Ok(_) => {
+                    return Some(format!(
+                        "replica in slot {slot} answered a caller without credentials"
+                    ))
+                }
+            }
+        }
+        None
+    }
+
+    /// `message` as a request from worker `node`: with that node's token in a secure run.
+    pub(super) fn as_node<T>(&self, node: &str, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(token) = self.certs.as_ref().and_then(|c| c.worker_token(node)) {
+            request.metadata_mut().insert("authorization", token);
+        }
+        request
     }
 
     async fn wait<T, F, Fut>(
@@ -278,7 +344,7 @@ impl Run {
                 || async {
                     for ch in &run.channels {
                         let ok = DiscoveryServiceClient::new(ch.clone())
-                            .register_with_cluster(probe.clone())
+                            .register_with_cluster(run.as_node("jepsen-probe", probe.clone()))
                             .await
                             .is_ok();
                         if ok {
@@ -294,6 +360,9 @@ impl Run {
                 recovery.insert("write".to_string(), healed.elapsed().as_secs_f64());
             }
             Err(e) => liveness_problems.push(e.to_string()),
+        }
+        if let Some(hole) = run.unauthenticated_hole().await {
+            liveness_problems.push(hole);
         }
         match run
             .wait(

@@ -84,7 +84,7 @@ impl Run {
         let mut tick = 0u64;
         while !self.stop.load(Ordering::SeqCst) {
             for slot in 1..=SLOTS {
-                let Some(s) = status(slot).await else {
+                let Some(s) = status(&self.auth, slot).await else {
                     continue;
                 };
                 let role = s
