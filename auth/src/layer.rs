@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// Denials by reason, for the servers' metrics.
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Denials(Arc<Mutex<BTreeMap<&'static str, u64>>>);
 
 impl Denials {
@@ -200,7 +200,9 @@ impl Guard {
         }
         let id = self.caller(request)?;
         match access {
-            Some(Access::Roles(roles)) if roles.contains(&id.role) => Ok(Caller::Known(id)),
+            Some(Access::Roles(roles)) if roles.contains(&id.role) => {
+                Ok(Caller::Known(id, self.denials.clone()))
+            }
             Some(Access::Roles(roles)) => Err(Denied(
                 Status::permission_denied(format!(
                     "{path} needs the role {}; {} has {}",

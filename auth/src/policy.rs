@@ -15,7 +15,10 @@
 
 use tonic::Status;
 
-use crate::identity::{Identity, Role};
+use crate::{
+    identity::{Identity, Role},
+    layer::Denials,
+};
 
 /// Who may call a method.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -177,46 +180,63 @@ pub fn command_roles(command: &str) -> &'static [Role] {
 
 /// What a handler knows of its caller: put into every request's extensions by
 /// [`crate::layer::AuthLayer`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Caller {
     /// Authentication is off on this server (plaintext on loopback, or `--insecure`).
     Unchecked,
-    /// An authenticated caller.
-    Known(Identity),
+    /// An authenticated caller, and where the server counts denials.
+    Known(Identity, Denials),
 }
 
-/// `PERMISSION_DENIED` naming what is needed, unless the caller has one of `roles`.
+/// `PERMISSION_DENIED` naming what is needed, unless the caller has one of `roles`. A denial
+/// is logged and counted like the layer's.
 ///
 /// # Errors
 /// The status to answer.
 pub fn require(caller: Option<&Caller>, roles: &[Role], what: &str) -> Result<(), Status> {
     match caller {
         None | Some(Caller::Unchecked) => Ok(()),
-        Some(Caller::Known(id)) if roles.contains(&id.role) => Ok(()),
-        Some(Caller::Known(id)) => Err(Status::permission_denied(format!(
-            "{what} needs the role {}; {} has {}",
-            names(roles),
-            id.name,
-            id.role
-        ))),
+        Some(Caller::Known(id, _)) if roles.contains(&id.role) => Ok(()),
+        Some(Caller::Known(id, denials)) => Err(denied(
+            denials,
+            id,
+            "role",
+            format!(
+                "{what} needs the role {}; {} has {}",
+                names(roles),
+                id.name,
+                id.role
+            ),
+        )),
     }
 }
 
 /// For a worker: `PERMISSION_DENIED` unless `node_id` is its own. Other roles pass (the
-/// table decides whether they may call at all).
+/// table decides whether they may call at all). A denial is logged and counted.
 ///
 /// # Errors
 /// The status to answer.
 pub fn require_own_node(caller: Option<&Caller>, node_id: &str) -> Result<(), Status> {
     match caller {
-        Some(Caller::Known(id)) if id.role == Role::Worker && id.name != node_id => {
-            Err(Status::permission_denied(format!(
-                "node_id: worker {} may act only for its own node, not {node_id:?}",
-                id.name
-            )))
+        Some(Caller::Known(id, denials)) if id.role == Role::Worker && id.name != node_id => {
+            Err(denied(
+                denials,
+                id,
+                "other_node",
+                format!(
+                    "node_id: worker {} may act only for its own node, not {node_id:?}",
+                    id.name
+                ),
+            ))
         }
         _ => Ok(()),
     }
+}
+
+fn denied(denials: &Denials, id: &Identity, reason: &'static str, message: String) -> Status {
+    tracing::warn!(caller = %id, reason, message, "request denied");
+    denials.count(reason);
+    Status::permission_denied(message)
 }
 
 /// "a or b or c".
