@@ -175,6 +175,12 @@ impl Cluster {
             tonic::Code::PermissionDenied => {
                 " (the certificate or token's role may not do this; see `dllm certs issue --role`)"
             }
+            // A plaintext client talking to a TLS port sees only a broken HTTP/2 connection.
+            tonic::Code::Internal | tonic::Code::Unknown
+                if !self.auth.is_tls() && status.message().contains("h2 protocol error") =>
+            {
+                " (is the cluster using TLS? give --tls-ca, or an https:// endpoint)"
+            }
             _ => "",
         }
     }
