@@ -66,7 +66,10 @@ impl Denials {
 /// is emptied when it reaches [`IdentityCache::CAPACITY`] entries. Revocation is checked on
 /// every request, cached or not.
 #[derive(Default)]
-pub struct IdentityCache(Mutex<std::collections::HashMap<[u8; 32], (Identity, Option<u64>)>>);
+pub struct IdentityCache(Mutex<std::collections::HashMap<[u8; 32], Proven>>);
+
+/// A proven identity, and until when (Unix seconds; `None`: as long as its connection).
+type Proven = (Identity, Option<u64>);
 
 impl IdentityCache {
     /// Most identities kept.

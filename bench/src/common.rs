@@ -2,12 +2,43 @@
 
 use std::time::Duration;
 
-use dllm_proto::client::{connect, Channel};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, OnceLock, RwLock},
+};
+
+use dllm_auth::{client::ClientAuth, token::Signer, Role};
+use dllm_proto::client::Channel;
 use dllm_proto::pb::{self, admin_service_client::AdminServiceClient};
 use dllm_tests::Cluster;
 
 /// Extra flags every replica gets (`dllm-bench --replica-arg ...`), e.g. Raft timings.
-pub static REPLICA_ARGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+pub static REPLICA_ARGS: OnceLock<Vec<String>> = OnceLock::new();
+
+/// `dllm-bench --tls`: every cluster runs with mTLS and roles, as a secure deployment would.
+pub static TLS: OnceLock<bool> = OnceLock::new();
+
+/// What the bench's clients present to the cluster started last: an admin certificate, and
+/// for requests a worker makes (registrations, heartbeats) a token for that worker's node id,
+/// one per node, made once and sent with each of its requests, as a worker started with
+/// `--token` would. Plaintext without `--tls`. Process-wide, since every scenario runs one
+/// cluster at a time and reaches it through [`channel`].
+struct Credentials {
+    auth: ClientAuth,
+    signer: Option<Signer>,
+    tokens: Mutex<HashMap<String, tonic::metadata::MetadataValue<tonic::metadata::Ascii>>>,
+}
+
+static CURRENT: RwLock<Option<Arc<Credentials>>> = RwLock::new(None);
+
+fn current() -> Option<Arc<Credentials>> {
+    CURRENT.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Whether this run uses TLS.
+pub fn tls() -> bool {
+    TLS.get().copied().unwrap_or(false)
+}
 
 /// Three replicas with the default settings plus any `--replica-arg`s.
 pub fn start_cluster() -> Cluster {
@@ -23,20 +54,79 @@ pub fn start_cluster_with(extra: &[&str]) -> Cluster {
         .flatten()
         .map(String::as_str)
         .collect();
-    Cluster::start(3, &dllm_util::layered::with_changes(extra, &user))
+    let args = dllm_util::layered::with_changes(extra, &user);
+    let cluster = if tls() {
+        Cluster::start_secure(3, &args)
+    } else {
+        Cluster::start(3, &args)
+    };
+    let credentials = if tls() {
+        let key = std::fs::read(cluster.certs_dir().join(dllm_auth::certs::JWT_SIGNING_KEY))
+            .expect("the cluster's token signing key");
+        Credentials {
+            auth: cluster.admin(),
+            signer: Some(Signer::from_pem(&key).expect("an Ed25519 key")),
+            tokens: Mutex::default(),
+        }
+    } else {
+        Credentials {
+            auth: ClientAuth::plaintext(),
+            signer: None,
+            tokens: Mutex::default(),
+        }
+    };
+    *CURRENT.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(credentials));
+    cluster
 }
 
-/// A lazily connected channel to `addr`, made like every dllm client's (one DATA frame per
-/// request); the etcd runs use the same.
+/// A lazily connected channel to `addr` of the cluster started last, made like every dllm
+/// client's (one DATA frame per request; TLS with an admin certificate under `--tls`).
 pub fn channel(addr: &str) -> Channel {
-    connect(
-        tonic::transport::Channel::from_shared(format!("http://{addr}"))
-            .expect("host:port")
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(10))
-            .tcp_nodelay(true)
-            .connect_lazy(),
-    )
+    let auth = current().map_or_else(ClientAuth::plaintext, |c| c.auth.clone());
+    channel_with(&auth, addr)
+}
+
+/// A lazily connected channel to `addr` with `auth` (the etcd runs use it too).
+pub fn channel_with(auth: &ClientAuth, addr: &str) -> Channel {
+    let endpoint = auth
+        .endpoint(addr)
+        .expect("host:port")
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10))
+        .tcp_nodelay(true);
+    auth.connect_lazy(endpoint)
+}
+
+/// `message` as a request of the worker `node_id`: under `--tls`, with that node's token.
+pub fn as_worker<T>(node_id: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let Some(credentials) = current() else {
+        return request;
+    };
+    let Some(signer) = &credentials.signer else {
+        return request;
+    };
+    let token = {
+        let mut tokens = credentials.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        tokens
+            .entry(node_id.to_string())
+            .or_insert_with(|| {
+                let now = dllm_tests::unix_now();
+                let (token, _) = signer
+                    .sign(
+                        dllm_tests::TRUST_DOMAIN,
+                        Role::Worker,
+                        node_id,
+                        now,
+                        24 * 3600,
+                    )
+                    .expect("sign a worker token");
+                format!("Bearer {token}").parse().expect("ascii")
+            })
+            .clone()
+    };
+    request.metadata_mut().insert("authorization", token);
+    request
 }
 
 /// A registration for a simulated 8-GPU worker; the answer skips the member list.

@@ -32,6 +32,11 @@ struct Cli {
     /// (repeatable; default settings otherwise).
     #[arg(long = "replica-arg", global = true, allow_hyphen_values = true)]
     replica_args: Vec<String>,
+    /// mTLS and roles on every cluster (certificates from a CA made per cluster; clients as an
+    /// admin, workers' requests with a token for their node id), and etcd, when compared, with
+    /// client and peer TLS and client certificate authentication.
+    #[arg(long, global = true)]
+    tls: bool,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -166,7 +171,13 @@ async fn main() -> anyhow::Result<()> {
     common::REPLICA_ARGS
         .set(cli.replica_args.clone())
         .expect("set once");
-    let config = format!("{:?} replica args {:?}", cli.scenario, cli.replica_args);
+    common::TLS.set(cli.tls).expect("set once");
+    let config = format!(
+        "{:?} replica args {:?}{}",
+        cli.scenario,
+        cli.replica_args,
+        if cli.tls { " tls" } else { "" }
+    );
     let results = run(cli.scenario).await?;
     let report = json!({
         "machine": procfs::machine(),

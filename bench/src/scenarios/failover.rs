@@ -34,7 +34,10 @@ pub async fn run(kills: usize) -> anyhow::Result<Value> {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let _ = c
-                        .register_with_cluster(registration(&format!("load-{w}-{i}")))
+                        .register_with_cluster({
+                            let id = format!("load-{w}-{i}");
+                            crate::common::as_worker(&id, registration(&id))
+                        })
                         .await;
                     i += 1;
                 }
@@ -62,7 +65,7 @@ pub async fn run(kills: usize) -> anyhow::Result<Value> {
                     let mut c = DiscoveryServiceClient::new(channel(a));
                     let id = format!("probe-{k}-{seq}-{}", a.replace(['.', ':'], "-"));
                     tokio::spawn(async move {
-                        c.register_with_cluster(registration(&id))
+                        c.register_with_cluster(crate::common::as_worker(&id, registration(&id)))
                             .await
                             .ok()
                             .map(|_| Instant::now())

@@ -72,7 +72,10 @@ pub async fn run(workers: usize, duration: Duration) -> anyhow::Result<Value> {
             let mut c = DiscoveryServiceClient::new(channels[i % channels.len()].clone());
             async move {
                 for _ in 0..5 {
-                    if c.register_with_cluster(registration(id)).await.is_ok() {
+                    if c.register_with_cluster(crate::common::as_worker(id, registration(id)))
+                        .await
+                        .is_ok()
+                    {
                         return;
                     }
                 }
@@ -179,10 +182,13 @@ pub async fn run(workers: usize, duration: Duration) -> anyhow::Result<Value> {
                         tokio::time::sleep_until(next).await;
                         let permit = in_flight.clone().acquire_owned().await.expect("open");
                         let (mut client, tx) = (client.clone(), tx.clone());
-                        let request = pb::HeartbeatRequest {
-                            node_id: id.clone(),
-                            usage: Some(usage(i)),
-                        };
+                        let request = crate::common::as_worker(
+                            id,
+                            pb::HeartbeatRequest {
+                                node_id: id.clone(),
+                                usage: Some(usage(i)),
+                            },
+                        );
                         tokio::spawn(async move {
                             let t = Instant::now();
                             let answer = client.heartbeat(request).await;

@@ -32,7 +32,8 @@ pub async fn run(nodes: usize, models: usize) -> anyhow::Result<Value> {
             let mut c = DiscoveryServiceClient::new(channels[i % 3].clone());
             async move {
                 for _ in 0..5 {
-                    if c.register_with_cluster(registration(&format!("m-{i:06}")))
+                    let id = format!("m-{i:06}");
+                    if c.register_with_cluster(crate::common::as_worker(&id, registration(&id)))
                         .await
                         .is_ok()
                     {

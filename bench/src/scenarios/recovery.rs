@@ -42,7 +42,10 @@ pub async fn run(entries: u64) -> anyhow::Result<Value> {
             let id = format!("r-{}", (c as u64 * 7919 + seq) % 1000);
             async move {
                 client
-                    .register_with_cluster(crate::common::registration(&id))
+                    .register_with_cluster(crate::common::as_worker(
+                        &id,
+                        crate::common::registration(&id),
+                    ))
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string())

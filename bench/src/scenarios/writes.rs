@@ -9,13 +9,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+use dllm_auth::client::ClientAuth;
 use dllm_proto::pb::discovery_service_client::DiscoveryServiceClient;
 use dllm_tests::{free_port, wait_for, ChildProcess};
 use prost::Message;
 use serde_json::{json, Value};
 
 use crate::{
-    common::{channel, node_info, registration},
+    common::{channel, channel_with, node_info, registration},
     etcd_pb::{
         kv_client::KvClient, maintenance_client::MaintenanceClient, PutRequest, StatusRequest,
     },
@@ -173,7 +174,7 @@ pub async fn dllm(addrs: &[String], clients: usize, duration: Duration, tag: &st
         let id = format!("{tag}-{c}-{seq}");
         async move {
             client
-                .register_with_cluster(registration(&id))
+                .register_with_cluster(crate::common::as_worker(&id, registration(&id)))
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string())
@@ -186,37 +187,73 @@ pub async fn dllm(addrs: &[String], clients: usize, duration: Duration, tag: &st
 pub struct Etcd {
     /// Client endpoints.
     pub endpoints: Vec<String>,
+    /// How its clients connect (TLS with a client certificate under `--tls`).
+    pub auth: ClientAuth,
     members: Vec<ChildProcess>,
     _dir: tempfile::TempDir,
 }
 
-/// Starts etcd (Debian's etcd-server, 3.4) with its default settings but for addresses.
+/// Starts etcd (Debian's etcd-server, 3.4) with its default settings but for addresses; under
+/// `--tls`, with client and peer TLS and client certificate authentication
+/// (`--client-cert-auth`, `--peer-client-cert-auth`), certificates from a CA of its own.
 pub async fn start_etcd(binary: &str) -> anyhow::Result<Etcd> {
     let dir = tempfile::tempdir()?;
+    let tls = crate::common::tls();
+    let certs = dir.path().join("certs");
+    let auth = if tls {
+        let hosts = vec!["127.0.0.1".to_string()];
+        dllm_auth::certs::init(&certs, &hosts, 3, "etcd.bench")?;
+        let (cert, key) =
+            dllm_auth::certs::issue(&certs, dllm_auth::Role::Admin, "bench", "etcd.bench", &[])?;
+        ClientAuth::from_flags(
+            Some(&certs.join(dllm_auth::certs::CA_CERT)),
+            Some(&cert),
+            Some(&key),
+            None,
+        )?
+    } else {
+        ClientAuth::plaintext()
+    };
+    let scheme = if tls { "https" } else { "http" };
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
     let initial: Vec<String> = ports
         .iter()
         .enumerate()
-        .map(|(i, (_, peer))| format!("e{i}=http://127.0.0.1:{peer}"))
+        .map(|(i, (_, peer))| format!("e{i}={scheme}://127.0.0.1:{peer}"))
         .collect();
     let mut members = Vec::new();
     for (i, (client, peer)) in ports.iter().enumerate() {
         let mut cmd = std::process::Command::new(binary);
+        if tls {
+            let file = |name: String| certs.join(name).display().to_string();
+            let (ca, cert, key) = (
+                file(dllm_auth::certs::CA_CERT.to_string()),
+                file(format!("replica-{}.crt", i + 1)),
+                file(format!("replica-{}.key", i + 1)),
+            );
+            cmd.args(["--cert-file", &cert, "--key-file", &key])
+                .args(["--trusted-ca-file", &ca, "--client-cert-auth"])
+                .args(["--peer-cert-file", &cert, "--peer-key-file", &key])
+                .args(["--peer-trusted-ca-file", &ca, "--peer-client-cert-auth"]);
+        }
         cmd.args(["--name", &format!("e{i}")])
             .arg("--data-dir")
             .arg(dir.path().join(format!("e{i}")))
             .args([
                 "--listen-client-urls",
-                &format!("http://127.0.0.1:{client}"),
+                &format!("{scheme}://127.0.0.1:{client}"),
             ])
             .args([
                 "--advertise-client-urls",
-                &format!("http://127.0.0.1:{client}"),
+                &format!("{scheme}://127.0.0.1:{client}"),
             ])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args([
+                "--listen-peer-urls",
+                &format!("{scheme}://127.0.0.1:{peer}"),
+            ])
             .args([
                 "--initial-advertise-peer-urls",
-                &format!("http://127.0.0.1:{peer}"),
+                &format!("{scheme}://127.0.0.1:{peer}"),
             ])
             .args(["--initial-cluster", &initial.join(",")])
             .args([
@@ -239,9 +276,9 @@ pub async fn start_etcd(binary: &str) -> anyhow::Result<Etcd> {
     for e in &endpoints {
         let e = e.clone();
         wait_for("etcd to accept a put", Duration::from_secs(30), || {
-            let e = e.clone();
+            let (e, auth) = (e.clone(), auth.clone());
             async move {
-                KvClient::new(channel(&e))
+                KvClient::new(channel_with(&auth, &e))
                     .put(PutRequest {
                         key: b"warmup".to_vec(),
                         value: b"1".to_vec(),
@@ -256,14 +293,24 @@ pub async fn start_etcd(binary: &str) -> anyhow::Result<Etcd> {
     }
     Ok(Etcd {
         endpoints,
+        auth,
         members,
         _dir: dir,
     })
 }
 
 /// Puts of a serialized NodeInfo under distinct keys, through the members in turn.
-pub async fn etcd(endpoints: &[String], clients: usize, duration: Duration, tag: &str) -> Run {
-    let channels: Vec<_> = endpoints.iter().map(|a| channel(a)).collect();
+pub async fn etcd(
+    etcd: &Etcd,
+    endpoints: &[String],
+    clients: usize,
+    duration: Duration,
+    tag: &str,
+) -> Run {
+    let channels: Vec<_> = endpoints
+        .iter()
+        .map(|a| channel_with(&etcd.auth, a))
+        .collect();
     let tag = tag.to_string();
     drive(clients, duration, move |c, seq| {
         let mut client = KvClient::new(channels[c % channels.len()].clone());
@@ -331,9 +378,9 @@ fn plan(client_counts: &[usize]) -> Vec<(usize, Via)> {
 }
 
 /// The position of etcd's leader among `endpoints`.
-async fn etcd_leader(endpoints: &[String]) -> anyhow::Result<usize> {
-    for (i, e) in endpoints.iter().enumerate() {
-        let status = MaintenanceClient::new(channel(e))
+async fn etcd_leader(etcd: &Etcd) -> anyhow::Result<usize> {
+    for (i, e) in etcd.endpoints.iter().enumerate() {
+        let status = MaintenanceClient::new(channel_with(&etcd.auth, e))
             .status(StatusRequest {})
             .await?
             .into_inner();
@@ -431,11 +478,11 @@ pub async fn run(
                         (run, &mut dllm_runs[i])
                     }
                     (_, Some(e)) => {
-                        let leader = etcd_leader(&e.endpoints).await?;
+                        let leader = etcd_leader(e).await?;
                         let through = via.pick(&e.endpoints, leader);
                         let pids = e.pids();
                         let cpu = cpu_of(&pids);
-                        let mut run = etcd(&through, c, duration, &tag).await;
+                        let mut run = etcd(e, &through, c, duration, &tag).await;
                         run.server_cpu_secs = Some(cpu_of(&pids) - cpu);
                         (run, &mut etcd_runs[i])
                     }
