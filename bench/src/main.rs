@@ -92,6 +92,12 @@ enum Scenario {
         #[arg(long, default_value_t = 100)]
         models: usize,
     },
+    /// Many workers reconnecting at once (under --tls: as many TLS handshakes).
+    ReconnectStorm {
+        /// Workers, each on a connection of its own.
+        #[arg(long, default_value_t = 10_000)]
+        workers: usize,
+    },
     /// A tiny run of every scenario, to keep them working (CI).
     Smoke,
 }
@@ -129,6 +135,7 @@ async fn run(scenario: Scenario) -> anyhow::Result<Value> {
         Scenario::Failover { kills } => scenarios::failover::run(kills).await?,
         Scenario::Recovery { entries } => scenarios::recovery::run(entries).await?,
         Scenario::Memory { nodes, models } => scenarios::memory::run(nodes, models).await?,
+        Scenario::ReconnectStorm { workers } => scenarios::reconnect::run(workers).await?,
         Scenario::Smoke => {
             let etcd = std::path::Path::new("/usr/bin/etcd")
                 .exists()
@@ -139,6 +146,7 @@ async fn run(scenario: Scenario) -> anyhow::Result<Value> {
                 scenarios::failover::run(1).await?,
                 scenarios::recovery::run(500).await?,
                 scenarios::memory::run(100, 3).await?,
+                scenarios::reconnect::run(50).await?,
             ])
         }
     })

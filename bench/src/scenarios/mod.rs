@@ -3,5 +3,6 @@
 pub mod failover;
 pub mod heartbeats;
 pub mod memory;
+pub mod reconnect;
 pub mod recovery;
 pub mod writes;
