@@ -285,15 +285,15 @@ pub type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
 /// The connections `listener` accepts, after their TLS handshake (with TCP_NODELAY, each
 /// handshake on its own task, at most [`HANDSHAKE_TIMEOUT`] long). A failed handshake
 /// (plaintext on this port, a certificate from another CA, an expired one) drops that
-/// connection, is logged at debug and counted by `failed`, and the server goes on. Ends
-/// when the returned stream is dropped.
+/// connection, is logged at debug and counted in `failed` (`tls_handshake`,
+/// `tls_handshake_timeout`), and the server goes on. Ends when the returned stream is
+/// dropped.
 pub fn incoming(
     listener: TcpListener,
     tls: ServerTls,
-    failed: impl Fn(&str) + Send + Sync + 'static,
+    failed: crate::layer::Denials,
 ) -> impl Stream<Item = Result<TlsStream, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let failed = Arc::new(failed);
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -318,11 +318,11 @@ pub fn incoming(
                     }
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        failed("tls_handshake");
+                        failed.count("tls_handshake");
                     }
                     Err(_) => {
                         tracing::debug!(%peer, "TLS handshake timed out");
-                        failed("tls_handshake_timeout");
+                        failed.count("tls_handshake_timeout");
                     }
                 }
             });

@@ -214,14 +214,7 @@ pub async fn run(
     let serve: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match tls
     {
         Some(tls) => {
-            let counted = denials.clone();
-            let incoming = dllm_auth::tls::incoming(listener, tls, move |reason| {
-                counted.count(if reason == "tls_handshake" {
-                    "tls_handshake"
-                } else {
-                    "tls_handshake_timeout"
-                })
-            });
+            let incoming = dllm_auth::tls::incoming(listener, tls, denials.clone());
             Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
         }
         None => Box::pin(router.serve_with_incoming_shutdown(

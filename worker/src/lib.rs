@@ -130,14 +130,7 @@ pub async fn run(
     let signal = shutdown.clone().cancelled_owned();
     let served = match tls {
         Some(tls) => {
-            let counted = denials.clone();
-            let incoming = dllm_auth::tls::incoming(listener, tls, move |reason| {
-                counted.count(if reason == "tls_handshake" {
-                    "tls_handshake"
-                } else {
-                    "tls_handshake_timeout"
-                })
-            });
+            let incoming = dllm_auth::tls::incoming(listener, tls, denials.clone());
             router.serve_with_incoming_shutdown(incoming, signal).await
         }
         // TCP_NODELAY on accepted connections (see the control plane's server).

@@ -3,25 +3,7 @@
 use openraft::LogId;
 
 use super::*;
-use crate::state::{Command, Gpu, NodeSpec, Resources};
-
-fn spec(id: &str, memory_mb: i64) -> NodeSpec {
-    NodeSpec {
-        node_id: id.to_string(),
-        address: "10.0.0.1".to_string(),
-        port: 9000,
-        resources: Resources {
-            cpu_cores: 8,
-            memory_mb,
-            gpus: vec![Gpu {
-                name: "NVIDIA H100 80GB HBM3".to_string(),
-                memory_mb: 81559,
-                uuid: format!("GPU-{id}"),
-            }],
-            max_layers: 40,
-        },
-    }
-}
+use crate::state::{test_support::spec, Command};
 
 /// A command travels the log as bytes: through an entry's encoding and back it is the same
 /// command, and applying it through the store's hook does what applying the command does.

@@ -409,4 +409,30 @@ impl ClusterState {
 }
 
 #[cfg(test)]
+pub(crate) mod test_support {
+    //! States and specs for unit tests here and in the crate's other modules.
+
+    use super::{Gpu, NodeSpec, Resources};
+
+    /// A node with one H100 and `memory_mb` of RAM.
+    pub(crate) fn spec(id: &str, memory_mb: i64) -> NodeSpec {
+        NodeSpec {
+            node_id: id.to_string(),
+            address: "10.0.0.1".to_string(),
+            port: 9000,
+            resources: Resources {
+                cpu_cores: 8,
+                memory_mb,
+                gpus: vec![Gpu {
+                    name: "NVIDIA H100 80GB HBM3".to_string(),
+                    memory_mb: 81559,
+                    uuid: format!("GPU-{id}"),
+                }],
+                max_layers: 40,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests;

@@ -2,23 +2,7 @@
 
 use super::*;
 
-fn spec(id: &str, memory_mb: i64) -> NodeSpec {
-    NodeSpec {
-        node_id: id.to_string(),
-        address: "10.0.0.1".to_string(),
-        port: 9000,
-        resources: Resources {
-            cpu_cores: 8,
-            memory_mb,
-            gpus: vec![Gpu {
-                name: "NVIDIA H100 80GB HBM3".to_string(),
-                memory_mb: 81559,
-                uuid: format!("GPU-{id}"),
-            }],
-            max_layers: 40,
-        },
-    }
-}
+use super::test_support::spec;
 
 #[test]
 fn register_creates_then_updates_and_returns_to_service() {
