@@ -23,7 +23,7 @@ use tracing::info;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_every_replica_mid_write_keeps_every_acknowledged_write() {
     init_tracing();
-    let mut cluster = Cluster::start(3, &["--snapshot-logs", "100", "--log-segment-kib", "16"]);
+    let mut cluster = Cluster::start(3, &["--snapshot-logs", "100"]);
     cluster.wait_leader(&[1, 2, 3]).await;
 
     info!("--- four writers, each through its own replica");
@@ -95,7 +95,7 @@ async fn sigkill_every_replica_mid_write_keeps_every_acknowledged_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_follower_catches_up_by_snapshot() {
     init_tracing();
-    let mut cluster = Cluster::start(3, &["--snapshot-logs", "20", "--log-segment-kib", "8"]);
+    let mut cluster = Cluster::start(3, &["--snapshot-logs", "20"]);
     let leader = cluster.wait_leader(&[1, 2, 3]).await;
     let lagging = if leader == 1 { 2 } else { 1 };
     let lagging_last = replica_status(&cluster.addr(lagging))
