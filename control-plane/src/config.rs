@@ -54,10 +54,6 @@ pub struct Args {
     /// (plus 0-20% by replica id, so replicas take turns).
     #[arg(long, env = "DLLM_SNAPSHOT_LOGS", default_value_t = 10_000)]
     pub snapshot_logs: u64,
-    /// Size at which the Raft log starts a new segment file, in KiB; old segments are deleted
-    /// once a snapshot's purge leaves no live entry in them.
-    #[arg(long, env = "DLLM_LOG_SEGMENT_KIB", default_value_t = 32 * 1024)]
-    pub log_segment_kib: u64,
     /// Most client writes the leader packs into one log entry (group commit); 1 turns group
     /// commit off: every write is its own entry.
     #[arg(long, env = "DLLM_MAX_WRITES_PER_ENTRY", default_value_t = 256)]
@@ -111,8 +107,6 @@ pub struct Config {
     pub election_timeout: (Duration, Duration),
     /// Snapshot every this many entries.
     pub snapshot_logs: u64,
-    /// Raft log segment size in bytes.
-    pub log_segment_bytes: u64,
     /// Group commit: most client writes in one log entry.
     pub max_writes_per_entry: usize,
     /// Client request budget.
@@ -208,12 +202,6 @@ impl Args {
         if self.snapshot_logs == 0 {
             return Err(invalid("snapshot-logs", "must be > 0"));
         }
-        if !(4..=1024 * 1024).contains(&self.log_segment_kib) {
-            return Err(invalid(
-                "log-segment-kib",
-                "must be between 4 and 1048576 (1 GiB)",
-            ));
-        }
         if !(1..=4096).contains(&self.max_writes_per_entry) {
             return Err(invalid(
                 "max-writes-per-entry",
@@ -269,7 +257,6 @@ impl Args {
             heartbeat_interval,
             election_timeout: (emin, emax),
             snapshot_logs: self.snapshot_logs,
-            log_segment_bytes: self.log_segment_kib * 1024,
             max_writes_per_entry: self.max_writes_per_entry,
             request_timeout: nonzero_ms("request-timeout-ms", self.request_timeout_ms)?,
             shutdown_timeout: nonzero_ms("shutdown-timeout-ms", self.shutdown_timeout_ms)?,
@@ -337,7 +324,6 @@ mod tests {
             (Duration::from_millis(150), Duration::from_millis(200))
         );
         assert_eq!(c.snapshot_logs, 10_000);
-        assert_eq!(c.log_segment_bytes, 32 * 1024 * 1024);
         assert_eq!(c.max_writes_per_entry, 256);
         assert_eq!(c.request_timeout, Duration::from_secs(5));
         assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
@@ -387,7 +373,6 @@ mod tests {
             ),
             ("--initial-cluster=1=127.0.0.1:9999", "--initial-cluster"),
             ("--election-timeout-min-ms=30", "--election-timeout-min-ms"),
-            ("--log-segment-kib=1", "--log-segment-kib"),
             ("--request-timeout-ms=0", "--request-timeout-ms"),
             ("--offline-after=3", "--offline-after"),
             ("--metrics-listen=localhost:9", "--metrics-listen"),

@@ -22,7 +22,7 @@ pub type Raft = openraft::Raft<TypeConfig>;
 /// The log store of a replica.
 pub type LogStore = dllm_storage::LogStore<TypeConfig>;
 /// The state machine of a replica.
-pub type StateMachine = dllm_storage::SledStateMachine<TypeConfig, ClusterState>;
+pub type StateMachine = dllm_storage::StateMachine<TypeConfig, ClusterState>;
 /// Read access to the applied cluster state.
 pub type StateHandle = dllm_storage::StateHandle<ClusterState>;
 
@@ -40,44 +40,6 @@ impl dllm_storage::AppData<TypeConfig> for ClusterState {
                 )))
             }
         }
-    }
-
-    fn upgrade_legacy_entry(bytes: &[u8]) -> Result<Vec<u8>, String> {
-        legacy::upgrade_entry(bytes)
-    }
-}
-
-/// Log entries as versions before [`EncodedCommand`] wrote them: the command itself.
-mod legacy {
-    use std::io::Cursor;
-
-    use openraft::{Entry, EntryPayload};
-
-    use super::TypeConfig;
-    use crate::state::{Command, EncodedCommand, Outcome};
-
-    openraft::declare_raft_types!(
-        /// The entry layout of older versions: payloads are [`Command`]s.
-        pub Legacy:
-            D = Command,
-            R = Outcome,
-    );
-
-    /// Re-encodes an entry an older version wrote (moved from its sled log) as this version's.
-    pub(super) fn upgrade_entry(bytes: &[u8]) -> Result<Vec<u8>, String> {
-        let old: Entry<Legacy> = bincode::deserialize(bytes).map_err(|e| e.to_string())?;
-        let payload = match old.payload {
-            EntryPayload::Blank => EntryPayload::Blank,
-            EntryPayload::Normal(command) => {
-                EntryPayload::Normal(EncodedCommand::encode(&command).map_err(|e| e.to_string())?)
-            }
-            EntryPayload::Membership(m) => EntryPayload::Membership(m),
-        };
-        let new: Entry<TypeConfig> = Entry {
-            log_id: old.log_id,
-            payload,
-        };
-        bincode::serialize(&new).map_err(|e| e.to_string())
     }
 }
 

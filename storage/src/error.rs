@@ -14,19 +14,30 @@ pub enum OpenError {
         /// What sled said.
         source: sled::Error,
     },
-    /// sled panicked while opening the directory, which it does on some kinds of damage.
-    #[error("the data directory {path} is damaged: the storage engine failed while opening it")]
+    /// sled panicked while opening or reading the directory, which it does on some kinds of
+    /// damage.
+    #[error("the data directory {path} is damaged: the storage engine failed while reading it")]
     Panicked {
         /// The data directory.
         path: PathBuf,
     },
-    /// sled failed while reading the store.
-    #[error("cannot read {what} from the data directory: {source}")]
+    /// sled failed while reading the store (it reports damage it finds on the way here too).
+    #[error("cannot read the {what} from the data directory {path}: {source}")]
     Read {
+        /// The data directory.
+        path: PathBuf,
         /// Which record.
         what: &'static str,
         /// What sled said.
         source: sled::Error,
+    },
+    /// A file or directory of the store cannot be synced or created.
+    #[error("cannot sync {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
     },
     /// The snapshot file could not be read.
     #[error("cannot read the snapshot file {path}: {source}")]
@@ -36,32 +47,24 @@ pub enum OpenError {
         /// What the OS said.
         source: std::io::Error,
     },
-    /// A record in the store does not decode: the directory is damaged or was written by an
-    /// incompatible version.
-    #[error("the data directory holds an undecodable {what}: {source}")]
+    /// A record does not decode: the file is damaged or was written by an incompatible
+    /// version.
+    #[error("{path} holds an undecodable {what}: {source}")]
     Corrupt {
+        /// The data directory or snapshot file.
+        path: PathBuf,
         /// Which record.
         what: &'static str,
         /// What the decoder said.
         source: bincode::Error,
     },
-    /// A file of the Raft log cannot be read, created or written.
-    #[error("cannot use the Raft log file {path}: {source}")]
-    Log {
-        /// The file or directory.
+    /// The records decode but do not fit together (a hole in the log, an entry under the wrong
+    /// key, a log that ends before its committed id): the store lost part of what it held.
+    #[error("the Raft log in {path} is damaged: {what}")]
+    Inconsistent {
+        /// The data directory.
         path: PathBuf,
-        /// What the OS said.
-        source: std::io::Error,
-    },
-    /// A record of the Raft log does not check out, and not where a crash could have torn it
-    /// (the end of the newest segment).
-    #[error("the Raft log file {path} is damaged at byte {offset}: {what}")]
-    LogDamaged {
-        /// The segment file.
-        path: PathBuf,
-        /// Where the bad record starts.
-        offset: u64,
-        /// What is wrong with it.
+        /// What does not fit.
         what: String,
     },
 }

@@ -1,260 +1,197 @@
-//! The Raft log, vote and committed id, in the append-only log of [`crate::wal`].
+//! The Raft log, vote, committed id and purge point in sled: entries in tree `log` keyed by
+//! big-endian index (so a range scan reads them in order), the rest in tree `meta`.
 
 use std::{
     fmt::Debug,
     marker::PhantomData,
-    ops::RangeBounds,
-    path::Path,
-    sync::{mpsc, Arc, Mutex, MutexGuard},
+    ops::{Bound, RangeBounds},
+    path::PathBuf,
+    sync::{Arc, Mutex},
 };
 
 use openraft::{
     storage::{LogFlushed, LogState, RaftLogStorage},
     LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote,
 };
+use serde::Serialize;
 
 use crate::{
-    wal::{self, Batch, Wal},
-    OpenError, SledTypeConfig,
+    flusher::{Flusher, Job},
+    StoreTypeConfig,
 };
 
-/// Work for the sync thread.
-enum Job<C: SledTypeConfig> {
-    /// openraft's completion callback of an append.
-    Raft(LogFlushed<C>),
-    /// A caller waiting for everything written so far to be durable.
-    Caller(tokio::sync::oneshot::Sender<Result<(), String>>),
-    /// Delete the segments a purge left without live entries, after the next sync.
-    Collect,
+mod open;
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_PURGED: &[u8] = b"last_purged";
+
+/// The log half of the store. Cheap to clone: clones share one database, which is how
+/// openraft's log reader and the log writer see the same data.
+///
+/// Appends are group-committed: [`RaftLogStorage::append`] inserts the entries into sled (one
+/// batch, readable at once) and returns, and the flusher thread makes everything inserted so
+/// far durable with one flush, then completes every append that was waiting for it. So while
+/// one flush runs, openraft keeps appending, and the next flush covers all of those appends at
+/// once; no append is reported durable before a flush that started after it was inserted.
+pub struct LogStore<C: StoreTypeConfig> {
+    inner: Arc<Inner<C>>,
 }
 
-/// The log half of the store. Cheap to clone: clones share one log, which is how openraft's
-/// log reader and the log writer see the same data.
-///
-/// Appends are group-committed: [`RaftLogStorage::append`] writes the entries to the newest
-/// segment file and returns at once, and a sync thread makes everything written so far durable
-/// with one `fdatasync`, then completes every append that was waiting for it. So while one
-/// sync runs, openraft keeps appending, and the next sync covers all of those appends at once;
-/// no append is reported durable before a sync that started after it was written.
-pub struct LogStore<C: SledTypeConfig> {
-    wal: Arc<Mutex<Wal>>,
-    /// The sync thread's queue. The thread ends when every clone of the store is gone.
-    jobs: Arc<Mutex<mpsc::Sender<Job<C>>>>,
+struct Inner<C: StoreTypeConfig> {
+    /// First, so that it is dropped (its thread joined) before the trees.
+    flusher: Flusher<C>,
+    /// The data directory, for error messages.
+    dir: PathBuf,
+    log: sled::Tree,
+    meta: sled::Tree,
+    /// The last committed log id saved, for status reporting.
+    committed: Mutex<Option<LogId<u64>>>,
+    /// The last purged log id: entries at or below it are gone for readers, even while the
+    /// flusher is still deleting them.
+    purged: Mutex<Option<LogId<u64>>>,
     _c: PhantomData<fn() -> C>,
 }
 
-impl<C: SledTypeConfig> Clone for LogStore<C> {
+impl<C: StoreTypeConfig> Clone for LogStore<C> {
     fn clone(&self) -> Self {
         Self {
-            wal: self.wal.clone(),
-            jobs: self.jobs.clone(),
-            _c: PhantomData,
+            inner: self.inner.clone(),
         }
     }
 }
 
-/// Syncs the log once for every group of jobs that queued up meanwhile.
-fn sync_loop<C: SledTypeConfig>(wal: Arc<Mutex<Wal>>, jobs: mpsc::Receiver<Job<C>>) {
-    let mut batch = Vec::new();
-    while let Ok(job) = jobs.recv() {
-        batch.push(job);
-        batch.extend(jobs.try_iter());
-        // Every job's writes happened before it was queued, so before this look at which file
-        // is the newest; syncing that one covers them all. The vendored openraft relies on
-        // that order (vendor/openraft/DLLM-PATCH.md): a vote or truncation made durable here
-        // makes every append before it durable too, and callbacks complete in queue order.
-        // What may be deleted is decided now, before the sync: only what the purges and
-        // truncations written so far made dead, since the sync covers exactly those.
-        let collect = batch.iter().any(|job| matches!(job, Job::Collect));
-        let (file, failed, dead_below) = {
-            let wal = lock(&wal);
-            (wal.active_file(), wal.failed(), wal.dead_below())
-        };
-        let mut result = match failed {
-            Some(e) => Err(e),
-            None => file.sync_data().map_err(|e| e.to_string()),
-        };
-        {
-            let mut wal = lock(&wal);
-            match &result {
-                Err(e) => wal.fail(e),
-                // A roll may have failed to sync this same file meanwhile; the kernel reports
-                // such an error once, so this sync may have said Ok for lost pages.
-                Ok(()) => {
-                    if let Some(e) = wal.failed() {
-                        result = Err(e);
-                    }
-                }
-            }
-        }
-        if result.is_ok() && collect {
-            let (dead, dir) = {
-                let mut wal = lock(&wal);
-                (wal.take_dead(dead_below), wal.dir().to_path_buf())
-            };
-            let removed = !dead.is_empty();
-            for path in dead {
-                match std::fs::remove_file(&path) {
-                    Ok(()) => {
-                        tracing::debug!(path = %path.display(), "removed a purged log segment")
-                    }
-                    Err(e) => {
-                        tracing::warn!(path = %path.display(), error = %e, "cannot remove a purged log segment")
-                    }
-                }
-            }
-            // Not needed for safety (replay handles a segment that comes back), but keeps the
-            // deletions in order on filesystems that would not.
-            if removed {
-                if let Err(e) = wal::sync_dir(&dir) {
-                    tracing::warn!(error = %e, "cannot sync the log directory after removing segments");
-                }
-            }
-        }
-        for job in batch.drain(..) {
-            match job {
-                Job::Raft(callback) => {
-                    callback.log_io_completed(result.clone().map_err(std::io::Error::other));
-                }
-                Job::Caller(done) => {
-                    let _ = done.send(result.clone());
-                }
-                Job::Collect => {}
-            }
-        }
-    }
+fn key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
 }
 
-fn lock(wal: &Mutex<Wal>) -> MutexGuard<'_, Wal> {
-    wal.lock().unwrap_or_else(|e| e.into_inner())
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, std::io::Error> {
+    bincode::serialize(value).map_err(std::io::Error::other)
 }
 
 fn stopped() -> std::io::Error {
-    std::io::Error::other("the log's sync thread has stopped")
+    std::io::Error::other("the log's flusher thread has stopped")
 }
 
-impl<C: SledTypeConfig> LogStore<C> {
-    /// Opens the log in `dir` (see [`crate::open`], which also brings over a log that an older
-    /// version kept in sled).
-    pub(crate) fn open(dir: &Path, segment_bytes: u64) -> Result<Self, OpenError> {
-        let wal = Arc::new(Mutex::new(Wal::open(dir, segment_bytes)?));
-        let (tx, rx) = mpsc::channel();
-        let thread_wal = wal.clone();
-        std::thread::Builder::new()
-            .name("raft-log-sync".into())
-            .spawn(move || sync_loop::<C>(thread_wal, rx))
-            .map_err(|source| OpenError::Log {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-        Ok(Self {
-            wal,
-            jobs: Arc::new(Mutex::new(tx)),
-            _c: PhantomData,
-        })
-    }
+fn locked<T>(value: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    value.lock().unwrap_or_else(|e| e.into_inner())
+}
 
-    fn wal(&self) -> MutexGuard<'_, Wal> {
-        lock(&self.wal)
-    }
-
-    fn send(&self, job: Job<C>) -> Result<(), Job<C>> {
-        self.jobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(job)
-            .map_err(|e| e.0)
-    }
-
+impl<C: StoreTypeConfig> LogStore<C> {
     /// The highest log index known committed on this replica.
     pub fn committed_index(&self) -> Option<u64> {
-        self.wal().committed().map(|id| id.index)
+        locked(&self.inner.committed).map(|id| id.index)
     }
 
-    /// Makes everything written so far durable, through the same sync thread that completes
+    /// Makes everything written so far durable, through the same flusher thread that completes
     /// openraft's appends.
     ///
     /// # Errors
-    /// When the sync fails or failed before.
+    /// When the flush fails or failed before.
     pub async fn flush(&self) -> Result<(), std::io::Error> {
         let (done, durable) = tokio::sync::oneshot::channel();
-        self.send(Job::Caller(done)).map_err(|_| stopped())?;
+        self.inner
+            .flusher
+            .send(Job::Caller(done))
+            .map_err(|_| stopped())?;
         durable
             .await
             .map_err(|_| stopped())?
             .map_err(std::io::Error::other)
     }
 
-    /// Writes `entries` (readable at once, durable at the next sync).
-    fn write_entries<I>(&self, entries: I) -> Result<(), std::io::Error>
+    /// Inserts `entries` as one batch (readable at once, durable at the next flush).
+    fn insert_entries<I>(&self, entries: I) -> Result<(), std::io::Error>
     where
         I: IntoIterator<Item = C::Entry>,
     {
-        // Encoded before taking the lock, so readers wait only for the write itself.
-        let mut batch = Batch::default();
+        let mut batch = sled::Batch::default();
         for entry in entries {
-            batch.push(entry.log_id, &entry)?;
+            batch.insert(&key(entry.log_id.index), encode(&entry)?);
         }
-        if batch.is_empty() {
-            return Ok(());
-        }
-        self.wal().append(&batch)
+        self.inner
+            .log
+            .apply_batch(batch)
+            .map_err(std::io::Error::other)
     }
 
-    /// Writes `entries` and returns once they are on disk, through the same group-commit sync
+    /// Writes `entries` and returns once they are on disk, through the same group-commit flush
     /// that completes openraft's appends (so crash tests drive that path).
     ///
     /// # Errors
-    /// When an entry does not encode, would leave a hole, or the write or sync fails.
+    /// When an entry does not encode, or the write or flush fails.
     pub async fn append_durably<I>(&self, entries: I) -> Result<(), std::io::Error>
     where
         I: IntoIterator<Item = C::Entry>,
     {
-        self.write_entries(entries)?;
+        self.insert_entries(entries)?;
         self.flush().await
+    }
+
+    /// How many entries the log tree holds, purged or not.
+    #[cfg(test)]
+    pub(crate) fn inner_log_len(&self) -> usize {
+        self.inner.log.len()
+    }
+
+    fn insert_meta<T: Serialize>(&self, key: &[u8], value: &T) -> Result<(), std::io::Error> {
+        self.inner
+            .meta
+            .insert(key, encode(value)?)
+            .map(drop)
+            .map_err(std::io::Error::other)
     }
 }
 
-impl<C: SledTypeConfig> RaftLogReader<C> for LogStore<C> {
+impl<C: StoreTypeConfig> RaftLogReader<C> for LogStore<C> {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
     ) -> Result<Vec<C::Entry>, StorageError<u64>> {
-        use std::ops::Bound;
+        // Entries at or below the purge point may still be there (the flusher deletes them
+        // after the purge returned); they are never returned.
+        let floor = locked(&self.inner.purged).map_or(0, |p| p.index + 1);
         let from = match range.start_bound() {
             Bound::Included(i) => *i,
             Bound::Excluded(i) => i.saturating_add(1),
             Bound::Unbounded => 0,
         };
         let to = match range.end_bound() {
-            Bound::Included(i) => *i,
-            Bound::Excluded(0) => return Ok(Vec::new()),
-            Bound::Excluded(i) => i - 1,
-            Bound::Unbounded => u64::MAX,
+            Bound::Included(i) => Bound::Included(key(*i)),
+            Bound::Excluded(i) => Bound::Excluded(key(*i)),
+            Bound::Unbounded => Bound::Unbounded,
         };
-        // Only where the entries lie is looked up under the lock; the reads happen after it.
-        // Written bytes never change, so a concurrent truncation or purge cannot tear them.
-        let runs = self.wal().locate(from, to);
-        let mut entries = Vec::new();
-        for run in runs {
-            run.read(|bytes| {
-                entries.push(bincode::deserialize(bytes).map_err(std::io::Error::other)?);
-                Ok(())
+        self.inner
+            .log
+            .range((Bound::Included(key(from.max(floor))), to))
+            .values()
+            .map(|bytes| {
+                let bytes = bytes.map_err(|e| StorageIOError::read_logs(&e))?;
+                bincode::deserialize(&bytes).map_err(|e| StorageIOError::read_logs(&e).into())
             })
-            .map_err(|e| StorageIOError::read_logs(&e))?;
-        }
-        Ok(entries)
+            .collect()
     }
 }
 
-impl<C: SledTypeConfig> RaftLogStorage<C> for LogStore<C> {
+impl<C: StoreTypeConfig> RaftLogStorage<C> for LogStore<C> {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError<u64>> {
-        let wal = self.wal();
+        let purged = *locked(&self.inner.purged);
+        let last = self
+            .inner
+            .log
+            .last()
+            .map_err(|e| StorageIOError::read_logs(&e))?
+            // An entry's encoding starts with its log id.
+            .map(|(_, bytes)| bincode::deserialize::<LogId<u64>>(&bytes))
+            .transpose()
+            .map_err(|e| StorageIOError::read_logs(&e))?;
+        // An entry at or below the purge point may not be deleted yet; it does not count.
+        let last = last.filter(|l| purged.is_none_or(|p| l.index > p.index));
         Ok(LogState {
-            last_purged_log_id: wal.purged(),
-            last_log_id: wal.last_log_id(),
+            last_purged_log_id: purged,
+            last_log_id: last.or(purged),
         })
     }
 
@@ -263,8 +200,7 @@ impl<C: SledTypeConfig> RaftLogStorage<C> for LogStore<C> {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError<u64>> {
-        self.wal()
-            .save_vote(vote)
+        self.insert_meta(KEY_VOTE, vote)
             .map_err(|e| StorageIOError::write_vote(&e))?;
         self.flush()
             .await
@@ -272,22 +208,31 @@ impl<C: SledTypeConfig> RaftLogStorage<C> for LogStore<C> {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError<u64>> {
-        Ok(self.wal().vote())
+        let bytes = self
+            .inner
+            .meta
+            .get(KEY_VOTE)
+            .map_err(|e| StorageIOError::read_vote(&e))?;
+        bytes
+            .map(|b| bincode::deserialize(&b))
+            .transpose()
+            .map_err(|e| StorageIOError::read_vote(&e).into())
     }
 
     async fn save_committed(
         &mut self,
         committed: Option<LogId<u64>>,
     ) -> Result<(), StorageError<u64>> {
-        // Not synced on its own: a committed id lost in a crash only means the tail is
-        // re-applied after the leader re-confirms it. The next sync carries it anyway.
-        self.wal()
-            .save_committed(committed)
-            .map_err(|e| StorageIOError::write(&e).into())
+        // Not flushed on its own: a committed id lost in a crash only means the tail is
+        // re-applied after the leader re-confirms it. The next flush carries it anyway.
+        self.insert_meta(KEY_COMMITTED, &committed)
+            .map_err(|e| StorageIOError::write(&e))?;
+        *locked(&self.inner.committed) = committed;
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StorageError<u64>> {
-        Ok(self.wal().committed())
+        Ok(*locked(&self.inner.committed))
     }
 
     async fn append<I>(
@@ -299,13 +244,13 @@ impl<C: SledTypeConfig> RaftLogStorage<C> for LogStore<C> {
         I: IntoIterator<Item = C::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        if let Err(e) = self.write_entries(entries) {
+        if let Err(e) = self.insert_entries(entries) {
             let storage_error = StorageIOError::write_logs(&e);
             callback.log_io_completed(Err(e));
             return Err(storage_error.into());
         }
-        // Completed by the sync thread once a sync that began after this write is done.
-        if let Err(Job::Raft(callback)) = self.send(Job::Raft(callback)) {
+        // Completed by the flusher once a flush that began after this insert is done.
+        if let Err(Job::Raft(callback)) = self.inner.flusher.send(Job::Raft(callback)) {
             callback.log_io_completed(Err(stopped()));
             return Err(StorageIOError::write_logs(&stopped()).into());
         }
@@ -313,8 +258,14 @@ impl<C: SledTypeConfig> RaftLogStorage<C> for LogStore<C> {
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
-        self.wal()
-            .truncate(log_id.index)
+        // Only a follower's unflushed or uncommitted suffix: a few entries.
+        let mut batch = sled::Batch::default();
+        for k in self.inner.log.range(key(log_id.index)..).keys() {
+            batch.remove(k.map_err(|e| StorageIOError::write_logs(&e))?);
+        }
+        self.inner
+            .log
+            .apply_batch(batch)
             .map_err(|e| StorageIOError::write_logs(&e))?;
         self.flush()
             .await
@@ -322,112 +273,21 @@ impl<C: SledTypeConfig> RaftLogStorage<C> for LogStore<C> {
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
-        // Readers stop seeing the purged entries at once; the files that hold nothing else are
-        // deleted by the sync thread after the purge record is durable.
-        self.wal()
-            .purge(log_id)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        self.send(Job::Collect)
+        // openraft awaits this in its core task, so it only records the point (readers skip
+        // everything at or below it at once) and leaves deleting thousands of entries to the
+        // flusher. The point is written before any entry goes, and sled recovers a prefix of
+        // what was written, so a crash in between leaves a store that agrees with itself; open
+        // deletes what is left.
+        self.insert_meta(KEY_PURGED, &Some(log_id))
+            .map_err(|e| StorageIOError::write(&e))?;
+        {
+            let mut purged = locked(&self.inner.purged);
+            *purged = (*purged).max(Some(log_id));
+        }
+        self.inner
+            .flusher
+            .send(Job::Purge(log_id.index))
             .map_err(|_| StorageIOError::write_logs(&stopped()))?;
         Ok(())
     }
-}
-
-/// Brings a log that an older version kept in sled (trees `log` and `meta`) over into the
-/// segment log at `dir`, once: it is written to a scratch directory, synced and renamed into
-/// place, so a crash leaves either no new log (and the migration runs again) or a whole one.
-/// Each entry goes through `upgrade` (the application's [`crate::AppData::upgrade_legacy_entry`])
-/// on the way. The sled trees are emptied afterwards.
-///
-/// # Errors
-/// When sled cannot be read, a record does not decode, or the new log cannot be written.
-pub(crate) fn migrate_from_sled(
-    db: &sled::Db,
-    dir: &Path,
-    upgrade: fn(&[u8]) -> Result<Vec<u8>, String>,
-) -> Result<(), OpenError> {
-    let tree = |name: &'static str| {
-        db.open_tree(name)
-            .map_err(|source| OpenError::Read { what: name, source })
-    };
-    let (log, meta) = (tree("log")?, tree("meta")?);
-    let sled_has_log = !(log.is_empty() && meta.is_empty());
-    if sled_has_log && !dir.exists() {
-        let io_err = |source| OpenError::Log {
-            path: dir.to_path_buf(),
-            source,
-        };
-        let scratch = dir.with_extension("migrating");
-        if scratch.exists() {
-            std::fs::remove_dir_all(&scratch).map_err(io_err)?;
-        }
-        let mut wal = Wal::open(&scratch, wal::SEGMENT_BYTES)?;
-        let get = |key: &'static str| {
-            meta.get(key).map_err(|source| OpenError::Read {
-                what: "log metadata",
-                source,
-            })
-        };
-        let corrupt = |what| move |source| OpenError::Corrupt { what, source };
-        if let Some(bytes) = get("vote")? {
-            let vote: Vote<u64> = bincode::deserialize(&bytes).map_err(corrupt("vote"))?;
-            wal.save_vote(&vote).map_err(io_err)?;
-        }
-        if let Some(bytes) = get("committed")? {
-            let committed: Option<LogId<u64>> =
-                bincode::deserialize(&bytes).map_err(corrupt("committed log id"))?;
-            wal.save_committed(committed).map_err(io_err)?;
-        }
-        let mut purged = None;
-        if let Some(bytes) = get("last_purged")? {
-            let id: Option<LogId<u64>> =
-                bincode::deserialize(&bytes).map_err(corrupt("last purged log id"))?;
-            if let Some(id) = id {
-                wal.purge(id).map_err(io_err)?;
-                purged = Some(id.index);
-            }
-        }
-        let mut batch = Batch::default();
-        for item in log.iter() {
-            let (_, bytes) = item.map_err(|source| OpenError::Read {
-                what: "log entry",
-                source,
-            })?;
-            // An entry's encoding starts with its log id.
-            let log_id: LogId<u64> = bincode::deserialize(&bytes).map_err(corrupt("log entry"))?;
-            if purged.is_some_and(|p| log_id.index <= p) {
-                continue; // the old store deleted purged entries in the background
-            }
-            let bytes = upgrade(&bytes).map_err(|what| OpenError::LogDamaged {
-                path: dir.to_path_buf(),
-                offset: log_id.index,
-                what: format!("log entry {} cannot be upgraded: {what}", log_id.index),
-            })?;
-            batch.push_encoded(log_id, &bytes).map_err(io_err)?;
-            if batch.len_bytes() > 4 << 20 {
-                wal.append(&batch).map_err(io_err)?;
-                batch = Batch::default();
-            }
-        }
-        wal.append(&batch).map_err(io_err)?;
-        wal.sync().map_err(io_err)?;
-        drop(wal);
-        std::fs::rename(&scratch, dir).map_err(io_err)?;
-        if let Some(parent) = dir.parent() {
-            wal::sync_dir(parent).map_err(io_err)?;
-        }
-        tracing::info!(entries = log.len(), dir = %dir.display(), "moved the Raft log out of sled");
-    }
-    if sled_has_log {
-        // Moved (now or by a run that crashed before this point): the old copy goes.
-        let clear =
-            |t: &sled::Tree, what| t.clear().map_err(|source| OpenError::Read { what, source });
-        clear(&log, "log entry")?;
-        clear(&meta, "log metadata")?;
-        db.flush().map_err(|source| OpenError::Read {
-            what: "log metadata",
-            source,
-        })?;
-    }
-    Ok(())
 }

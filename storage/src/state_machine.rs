@@ -1,5 +1,5 @@
 //! The state machine half: the application's state in memory, its latest snapshot in a file
-//! beside sled (older stores kept it in sled's `snapshot` tree, which is still read).
+//! beside sled.
 
 use std::{
     io::{Cursor, Write},
@@ -14,9 +14,7 @@ use openraft::{
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use crate::{OpenError, SledTypeConfig};
-
-const KEY_CURRENT: &[u8] = b"current";
+use crate::{OpenError, StoreTypeConfig};
 
 /// The application's replicated state: a plain data structure that applies commands
 /// deterministically. Everything that varies between replicas (clocks, randomness) must be
@@ -24,21 +22,11 @@ const KEY_CURRENT: &[u8] = b"current";
 ///
 /// `Clone` should be cheap (persistent collections): a snapshot copies the state under the
 /// lock and encodes the copy while apply goes on.
-pub trait AppData<C: SledTypeConfig>:
+pub trait AppData<C: StoreTypeConfig>:
     Clone + Default + Serialize + DeserializeOwned + Send + Sync + 'static
 {
     /// Applies one committed command and returns what the proposer is answered.
     fn apply(&mut self, log_id: &LogId<u64>, command: C::D) -> C::R;
-
-    /// Re-encodes a log entry (a bincode `Entry<C>` of an older version) that is being moved
-    /// out of an old store's sled log, when the entry layout changed since. The default keeps
-    /// it as it is.
-    ///
-    /// # Errors
-    /// When the entry cannot be read as the older layout.
-    fn upgrade_legacy_entry(bytes: &[u8]) -> Result<Vec<u8>, String> {
-        Ok(bytes.to_vec())
-    }
 }
 
 /// What is applied so far, behind a lock shared with readers.
@@ -87,39 +75,30 @@ impl<S> StateHandle<S> {
     }
 }
 
-/// The state machine half of the store. Cheap to clone; clones share state and trees.
-pub struct SledStateMachine<C, S> {
+/// The state machine half of the store. Cheap to clone; clones share the state.
+pub struct StateMachine<C, S> {
     applied: Arc<RwLock<Applied<S>>>,
     /// Where the latest snapshot is written.
     snapshot_path: Arc<PathBuf>,
-    /// Where stores before the snapshot file kept their snapshot (read only as a fallback).
-    legacy: sled::Tree,
     _c: std::marker::PhantomData<fn() -> C>,
 }
 
-impl<C, S> Clone for SledStateMachine<C, S> {
+impl<C, S> Clone for StateMachine<C, S> {
     fn clone(&self) -> Self {
         Self {
             applied: self.applied.clone(),
             snapshot_path: self.snapshot_path.clone(),
-            legacy: self.legacy.clone(),
             _c: std::marker::PhantomData,
         }
     }
 }
 
-impl<C: SledTypeConfig, S: AppData<C>> SledStateMachine<C, S> {
-    pub(crate) fn open(db: sled::Db, snapshot_path: PathBuf) -> Result<Self, OpenError> {
-        let what = "snapshot";
-        let legacy = db
-            .open_tree("snapshot")
-            .map_err(|source| OpenError::Read { what, source })?;
+impl<C: StoreTypeConfig, S: AppData<C>> StateMachine<C, S> {
+    /// Loads the latest snapshot from `snapshot_path`, if there is one.
+    pub(crate) fn open(snapshot_path: PathBuf) -> Result<Self, OpenError> {
         let bytes = match std::fs::read(&snapshot_path) {
             Ok(bytes) => Some(bytes),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => legacy
-                .get(KEY_CURRENT)
-                .map_err(|source| OpenError::Read { what, source })?
-                .map(|b| b.to_vec()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(source) => {
                 return Err(OpenError::SnapshotFile {
                     path: snapshot_path,
@@ -129,19 +108,30 @@ impl<C: SledTypeConfig, S: AppData<C>> SledStateMachine<C, S> {
         };
         let mut applied = Applied::<S>::default();
         if let Some(bytes) = bytes {
-            let stored: StoredSnapshot = bincode::deserialize(&bytes)
-                .map_err(|source| OpenError::Corrupt { what, source })?;
-            applied.data = bincode::deserialize(&stored.data)
-                .map_err(|source| OpenError::Corrupt { what, source })?;
+            let corrupt = |source| OpenError::Corrupt {
+                path: snapshot_path.clone(),
+                what: "snapshot",
+                source,
+            };
+            let stored: StoredSnapshot = bincode::deserialize(&bytes).map_err(corrupt)?;
+            applied.data = bincode::deserialize(&stored.data).map_err(corrupt)?;
             applied.last_applied = stored.meta.last_log_id;
             applied.last_membership = stored.meta.last_membership;
         }
         Ok(Self {
             applied: Arc::new(RwLock::new(applied)),
             snapshot_path: Arc::new(snapshot_path),
-            legacy,
             _c: std::marker::PhantomData,
         })
+    }
+
+    /// The last log id the latest snapshot covers: what is applied, before openraft applies
+    /// anything (called by [`crate::open`]).
+    pub(crate) fn snapshot_last_log_id(&self) -> Option<LogId<u64>> {
+        self.applied
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_applied
     }
 
     /// A read handle on the applied state.
@@ -173,11 +163,7 @@ impl<C: SledTypeConfig, S: AppData<C>> SledStateMachine<C, S> {
     fn load_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError<u64>> {
         let bytes = match std::fs::read(self.snapshot_path.as_path()) {
             Ok(bytes) => Some(bytes),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self
-                .legacy
-                .get(KEY_CURRENT)
-                .map_err(|e| StorageIOError::read_snapshot(None, &e))?
-                .map(|b| b.to_vec()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(StorageIOError::read_snapshot(None, &e).into()),
         };
         bytes
@@ -212,7 +198,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-impl<C: SledTypeConfig, S: AppData<C>> RaftSnapshotBuilder<C> for SledStateMachine<C, S> {
+impl<C: StoreTypeConfig, S: AppData<C>> RaftSnapshotBuilder<C> for StateMachine<C, S> {
     async fn build_snapshot(&mut self) -> Result<Snapshot<C>, StorageError<u64>> {
         let started = std::time::Instant::now();
         // Copy under the lock (cheap), encode the copy on a blocking thread: apply and readers
@@ -257,7 +243,7 @@ impl<C: SledTypeConfig, S: AppData<C>> RaftSnapshotBuilder<C> for SledStateMachi
     }
 }
 
-impl<C: SledTypeConfig, S: AppData<C>> RaftStateMachine<C> for SledStateMachine<C, S>
+impl<C: StoreTypeConfig, S: AppData<C>> RaftStateMachine<C> for StateMachine<C, S>
 where
     C::R: Default,
 {

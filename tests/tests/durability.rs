@@ -23,7 +23,7 @@ use tracing::info;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_every_replica_mid_write_keeps_every_acknowledged_write() {
     init_tracing();
-    let mut cluster = Cluster::start(3, &["--snapshot-logs", "100", "--log-segment-kib", "16"]);
+    let mut cluster = Cluster::start(3, &["--snapshot-logs", "100"]);
     cluster.wait_leader(&[1, 2, 3]).await;
 
     info!("--- four writers, each through its own replica");
@@ -95,7 +95,7 @@ async fn sigkill_every_replica_mid_write_keeps_every_acknowledged_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_follower_catches_up_by_snapshot() {
     init_tracing();
-    let mut cluster = Cluster::start(3, &["--snapshot-logs", "20", "--log-segment-kib", "8"]);
+    let mut cluster = Cluster::start(3, &["--snapshot-logs", "20"]);
     let leader = cluster.wait_leader(&[1, 2, 3]).await;
     let lagging = if leader == 1 { 2 } else { 1 };
     let lagging_last = replica_status(&cluster.addr(lagging))
@@ -284,6 +284,85 @@ async fn a_leader_that_lost_its_unflushed_tail_does_not_reuse_its_log_ids() {
             missing.is_empty(),
             "replica {id} (leader before: {leader}, after: {new_leader}) lacks acknowledged {missing:?}\n{}",
             cluster.logs()
+        );
+    }
+}
+
+/// A replica whose storage is damaged refuses to start, with a message that names what is
+/// damaged; it never starts with an empty or shortened log (which could vote a stale node in
+/// or lose acknowledged writes). Damaged here, each on a stopped follower of a cluster that
+/// took writes: sled's database file `db` (overwritten; sled alone would open it as an empty
+/// database) and the snapshot file (cut in half). The other two replicas keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_damaged_storage_refuses_to_start() {
+    init_tracing();
+    let mut cluster = Cluster::start(3, &["--snapshot-logs", "20"]);
+    let leader = cluster.wait_leader(&[1, 2, 3]).await;
+    let mut c = clients(&cluster.addr(leader)).await;
+    register_all(&mut c, &cluster, "before-", 0..60).await;
+    let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let addr = cluster.addr(followers[0]);
+    wait_for(
+        "a follower to hold a snapshot",
+        Duration::from_secs(30),
+        || {
+            let addr = addr.clone();
+            async move { replica_status(&addr).await.ok()?.snapshot_index.map(drop) }
+        },
+    )
+    .await;
+    let store = |id: u64| cluster.dir().join(format!("cp{id}")).join("raft");
+    // (replica, what is damaged, its path, what the refusal must name)
+    let damages = [
+        (
+            followers[0],
+            "db",
+            store(followers[0]).join("db"),
+            store(followers[0]),
+        ),
+        (
+            followers[1],
+            "snapshot",
+            store(followers[1]).join(dllm_storage::SNAPSHOT_FILE),
+            store(followers[1]).join(dllm_storage::SNAPSHOT_FILE),
+        ),
+    ];
+    for (id, what, path, named) in damages {
+        info!(
+            "--- stop replica {id}, damage its {what} ({})",
+            path.display()
+        );
+        assert!(
+            cluster.replica(id).terminate().success(),
+            "replica {id} stops cleanly"
+        );
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let damaged = if what == "db" {
+            vec![0xA5; bytes.len()]
+        } else {
+            bytes[..bytes.len() / 2].to_vec()
+        };
+        std::fs::write(&path, damaged).expect("damage");
+        info!("--- restart replica {id}: it must refuse");
+        let log_file = cluster.replica(id).log.clone();
+        let before = std::fs::metadata(&log_file).map_or(0, |m| m.len() as usize);
+        cluster.restart(id);
+        wait_for(
+            "the damaged replica to exit",
+            Duration::from_secs(30),
+            || {
+                let running = cluster.replica(id).is_running();
+                async move { (!running).then_some(()) }
+            },
+        )
+        .await;
+        // All this run wrote: a backtrace may follow the error.
+        let log = std::fs::read(&log_file).expect("replica log");
+        let log = String::from_utf8_lossy(&log[before..]);
+        assert!(
+            log.contains(&named.display().to_string()),
+            "replica {id}'s refusal names {}:\n{log}",
+            named.display()
         );
     }
 }

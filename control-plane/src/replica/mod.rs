@@ -132,10 +132,7 @@ impl Replica {
         })?;
         let (log_store, state_machine): (LogStore, StateMachine) = dllm_storage::open(
             &config.data_dir.join("raft"),
-            &dllm_storage::StoreOptions {
-                log_segment_bytes: config.log_segment_bytes,
-                ..Default::default()
-            },
+            &dllm_storage::StoreOptions::default(),
         )?;
         let state = state_machine.state();
         let tasks = Tasks {

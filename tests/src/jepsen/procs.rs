@@ -21,10 +21,10 @@ const REPLICA_PORT: u16 = 7000;
 /// The request budget of every replica, below the client's deadline (flags added to
 /// [`crate::FAST_LIVENESS`]).
 const REQUEST_BUDGET: &[&str] = &["--request-timeout-ms", "2000"];
-/// Snapshots, purges and log segment files turn over every few hundred entries, so kills and
-/// restarts land on every stage of them (replay across segments, deleted segments, a purge
-/// point newer than a segment's header).
-const STORAGE_CHURN: &[&str] = &["--snapshot-logs", "300", "--log-segment-kib", "64"];
+/// Snapshots and purges turn over every few hundred entries, so kills and restarts land on
+/// every stage of them (a purge point written with its entries not yet deleted, a snapshot
+/// ahead of the durable log).
+const STORAGE_CHURN: &[&str] = &["--snapshot-logs", "300"];
 
 pub(super) struct ReplicaProc {
     pub(super) id: u64,
