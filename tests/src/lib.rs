@@ -4,14 +4,21 @@
 //!
 //! Binaries are looked up next to the test executable's target directory (what
 //! `cargo test --workspace` builds), or in `DLLM_BIN_DIR` when set.
+//!
+//! [`Cluster::start_secure`] starts a cluster with mutual TLS and tokens: a fresh CA and
+//! certificates from `dllm_auth::certs`, every replica given its own certificate, and
+//! [`Cluster::auth`] / [`Cluster::token`] to make callers of any role.
 
 use std::{
     collections::BTreeMap,
     net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
+    sync::Mutex,
     time::Duration,
 };
+
+use dllm_auth::{certs, client::ClientAuth, token::Claims, Role};
 
 use dllm_proto::pb::{
     self, admin_service_client::AdminServiceClient,
@@ -211,6 +218,62 @@ impl Replica {
     }
 }
 
+/// The trust domain of the clusters [`Cluster::start_secure`] starts (not the default one,
+/// so that `--trust-domain` is exercised).
+pub const TRUST_DOMAIN: &str = "dllm.test";
+
+/// The host names every certificate of a secure test cluster is valid for.
+pub fn cert_hosts() -> Vec<String> {
+    vec!["127.0.0.1".to_string(), "localhost".to_string()]
+}
+
+/// A secure cluster's certificate folder, and which role each certificate in it was issued
+/// for (certificate files are named after their holder only, so one name serves one role).
+struct Certs {
+    dir: PathBuf,
+    issued: Mutex<BTreeMap<String, Role>>,
+}
+
+impl Certs {
+    /// The certificate and key of `role`/`name`, issued on first use.
+    fn files(&self, role: Role, name: &str) -> (PathBuf, PathBuf) {
+        let stem = certs::file_stem(role, name);
+        let mut issued = self.issued.lock().unwrap_or_else(|e| e.into_inner());
+        match issued.get(&stem) {
+            Some(had) => assert_eq!(
+                *had, role,
+                "the certificate name {stem:?} is already used by a {had} in this cluster"
+            ),
+            None => {
+                certs::issue(&self.dir, role, name, TRUST_DOMAIN, &cert_hosts())
+                    .unwrap_or_else(|e| panic!("issue a certificate for {role}/{name}: {e}"));
+                issued.insert(stem.clone(), role);
+            }
+        }
+        (
+            self.dir.join(format!("{stem}.crt")),
+            self.dir.join(format!("{stem}.key")),
+        )
+    }
+
+    /// `--tls-ca`, `--tls-cert`, `--tls-key` and `--trust-domain` for a server holding
+    /// `role`/`name`'s certificate.
+    fn server_flags(&self, role: Role, name: &str) -> Vec<String> {
+        let (cert, key) = self.files(role, name);
+        let ca = self.dir.join(certs::CA_CERT);
+        vec![
+            "--tls-ca".to_string(),
+            ca.display().to_string(),
+            "--tls-cert".to_string(),
+            cert.display().to_string(),
+            "--tls-key".to_string(),
+            key.display().to_string(),
+            "--trust-domain".to_string(),
+            TRUST_DOMAIN.to_string(),
+        ]
+    }
+}
+
 /// A control-plane cluster of child processes.
 pub struct Cluster {
     /// The replicas by id.
@@ -218,6 +281,8 @@ pub struct Cluster {
     initial_cluster: String,
     dir: tempfile::TempDir,
     extra_args: Vec<String>,
+    /// Set for a cluster started with [`Cluster::start_secure`].
+    certs: Option<Certs>,
 }
 
 impl Cluster {
@@ -226,8 +291,42 @@ impl Cluster {
         Self::start_in(tempfile::tempdir().expect("temp dir"), n, extra_args)
     }
 
+    /// Like [`Cluster::start`], with mutual TLS and tokens: a new CA, replica certificates
+    /// and token key in `<dir>/certs` (`dllm_auth::certs::init` for 127.0.0.1 and localhost,
+    /// trust domain [`TRUST_DOMAIN`]), and every replica started (and restarted) with its own
+    /// `--tls-ca`/`--tls-cert`/`--tls-key` and `--jwt-public-key`.
+    pub fn start_secure(n: u64, extra_args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let certs_dir = dir.path().join("certs");
+        certs::init(&certs_dir, &cert_hosts(), n as u32, TRUST_DOMAIN)
+            .unwrap_or_else(|e| panic!("certs init: {e}"));
+        let certs = Certs {
+            dir: certs_dir,
+            issued: Mutex::new(
+                (1..=n)
+                    .map(|id| {
+                        (
+                            certs::file_stem(Role::Replica, &id.to_string()),
+                            Role::Replica,
+                        )
+                    })
+                    .collect(),
+            ),
+        };
+        Self::start_with(dir, n, extra_args, Some(certs))
+    }
+
     /// Like [`Cluster::start`], with data and logs in `dir`.
     pub fn start_in(dir: tempfile::TempDir, n: u64, extra_args: &[&str]) -> Self {
+        Self::start_with(dir, n, extra_args, None)
+    }
+
+    fn start_with(
+        dir: tempfile::TempDir,
+        n: u64,
+        extra_args: &[&str],
+        certs: Option<Certs>,
+    ) -> Self {
         let members: BTreeMap<u64, String> = (1..=n)
             .map(|id| (id, format!("127.0.0.1:{}", free_port())))
             .collect();
@@ -241,6 +340,7 @@ impl Cluster {
             initial_cluster,
             dir,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            certs,
         };
         for (id, addr) in members {
             cluster.add_process(id, addr, true);
@@ -272,6 +372,11 @@ impl Cluster {
             .arg(&replica.data_dir)
             .args(&self.extra_args)
             .env("RUST_LOG", "info,openraft=info");
+        if let Some(certs) = &self.certs {
+            cmd.args(certs.server_flags(Role::Replica, &replica.id.to_string()))
+                .arg("--jwt-public-key")
+                .arg(certs.dir.join(certs::JWT_PUBLIC_KEY));
+        }
         if founding {
             cmd.arg("--initial-cluster").arg(&self.initial_cluster);
         }
@@ -292,7 +397,8 @@ impl Cluster {
     }
 
     /// Starts a `dllm-worker` named `node_id` with simulated GPUs `gpus` (none when empty),
-    /// joined through every replica.
+    /// joined through every replica; in a secure cluster with a worker certificate for
+    /// `node_id`.
     pub fn start_worker(&self, node_id: &str, gpus: &str, extra_args: &[&str]) -> Worker {
         let addr = format!("127.0.0.1:{}", free_port());
         let mut cmd = Command::new(binary("dllm-worker"));
@@ -306,6 +412,10 @@ impl Cluster {
         ])
         .args(extra_args)
         .env("RUST_LOG", "info");
+        if let Some(certs) = &self.certs {
+            // The worker's certificate is its identity: spiffe://<domain>/worker/<node_id>.
+            cmd.args(certs.server_flags(Role::Worker, node_id));
+        }
         if !gpus.is_empty() {
             cmd.args(["--simulate-gpus", gpus]);
         }
@@ -358,7 +468,7 @@ impl Cluster {
                 async move {
                     let mut seen = None;
                     for addr in addrs {
-                        let status = replica_status(&addr).await.ok()?;
+                        let status = self.status_at(&addr).await.ok()?;
                         if status.leader_id == 0 || seen.is_some_and(|l| l != status.leader_id) {
                             return None;
                         }
@@ -384,11 +494,112 @@ impl Cluster {
             Duration::from_secs(30),
             || {
                 let addr = addr.clone();
-                async move { replica_status(&addr).await.ok().map(|_| ()) }
+                async move { self.status_at(&addr).await.ok().map(|_| ()) }
             },
         )
         .await;
         addr
+    }
+
+    /// AdminService.GetReplicaStatus on replica `id`, with [`Cluster::admin`]'s credentials.
+    pub async fn replica_status(
+        &self,
+        id: u64,
+    ) -> Result<pb::ReplicaStatusResponse, tonic::Status> {
+        self.status_at(&self.addr(id)).await
+    }
+
+    async fn status_at(&self, addr: &str) -> Result<pb::ReplicaStatusResponse, tonic::Status> {
+        match &self.certs {
+            Some(_) => replica_status_with(&self.admin(), addr).await,
+            None => replica_status(addr).await,
+        }
+    }
+
+    /// Whether the cluster was started with [`Cluster::start_secure`].
+    pub fn is_secure(&self) -> bool {
+        self.certs.is_some()
+    }
+
+    fn secure(&self) -> &Certs {
+        self.certs
+            .as_ref()
+            .expect("a cluster started with Cluster::start_secure")
+    }
+
+    /// The certificate folder of a secure cluster (`ca.crt`, `replica-<id>.crt`, ...).
+    ///
+    /// # Panics
+    /// When the cluster is not secure.
+    pub fn certs_dir(&self) -> &Path {
+        &self.secure().dir
+    }
+
+    /// TLS against the cluster CA with a client certificate for `role`/`name` (issued on
+    /// first use; `Role::Replica` with a replica's id is that replica's own certificate).
+    ///
+    /// # Panics
+    /// When the cluster is not secure, or `name` already names a holder of another role.
+    pub fn auth(&self, role: Role, name: &str) -> ClientAuth {
+        let certs = self.secure();
+        let (cert, key) = certs.files(role, name);
+        ClientAuth::from_flags(
+            Some(&certs.dir.join(certs::CA_CERT)),
+            Some(&cert),
+            Some(&key),
+            None,
+        )
+        .unwrap_or_else(|e| panic!("client credentials for {role}/{name}: {e}"))
+    }
+
+    /// TLS against the cluster CA, presenting `token` and no certificate.
+    ///
+    /// # Panics
+    /// When the cluster is not secure.
+    pub fn token_auth(&self, token: &str) -> ClientAuth {
+        ClientAuth::from_flags(
+            Some(&self.certs_dir().join(certs::CA_CERT)),
+            None,
+            None,
+            Some(token),
+        )
+        .unwrap_or_else(|e| panic!("client credentials with a token: {e}"))
+    }
+
+    /// TLS against the cluster CA with no certificate and no token.
+    ///
+    /// # Panics
+    /// When the cluster is not secure.
+    pub fn anonymous(&self) -> ClientAuth {
+        ClientAuth::from_flags(
+            Some(&self.certs_dir().join(certs::CA_CERT)),
+            None,
+            None,
+            None,
+        )
+        .unwrap_or_else(|e| panic!("client credentials without identity: {e}"))
+    }
+
+    /// Credentials that may do anything a client may: plaintext for a plain cluster, an
+    /// `admin` certificate for a secure one.
+    pub fn admin(&self) -> ClientAuth {
+        match &self.certs {
+            Some(_) => self.auth(Role::Admin, "test-admin"),
+            None => ClientAuth::plaintext(),
+        }
+    }
+
+    /// A token for `role`/`subject` valid for `ttl`, signed with the cluster's
+    /// `jwt-signing.key`; the token and its claims (`jti` to revoke it).
+    ///
+    /// # Panics
+    /// When the cluster is not secure.
+    pub fn token(&self, role: Role, subject: &str, ttl: Duration) -> (String, Claims) {
+        let pem = std::fs::read(self.certs_dir().join(certs::JWT_SIGNING_KEY))
+            .expect("the token signing key");
+        dllm_auth::token::Signer::from_pem(&pem)
+            .and_then(|s| s.sign(TRUST_DOMAIN, role, subject, unix_now(), ttl.as_secs()))
+            .unwrap_or_else(|e| panic!("sign a token for {role}/{subject}: {e}"))
     }
 
     /// Log tails of every replica, for assertion messages.
@@ -421,35 +632,97 @@ pub async fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
         .await
 }
 
-/// The clients of every public service on one replica, speaking gzip both ways.
-pub struct Clients {
+/// The clients of every public service on one replica, speaking gzip both ways; over a
+/// plain tonic channel ([`clients`]) or one with credentials ([`clients_with`]).
+pub struct Clients<T = Channel> {
     /// NodeService.
-    pub node: NodeServiceClient<Channel>,
+    pub node: NodeServiceClient<T>,
     /// DiscoveryService.
-    pub discovery: DiscoveryServiceClient<Channel>,
+    pub discovery: DiscoveryServiceClient<T>,
     /// TUIService.
-    pub tui: TuiServiceClient<Channel>,
+    pub tui: TuiServiceClient<T>,
     /// AdminService.
-    pub admin: AdminServiceClient<Channel>,
+    pub admin: AdminServiceClient<T>,
 }
 
 /// Connects [`Clients`] to `addr`.
 pub async fn clients(addr: &str) -> Clients {
     let ch = channel(addr).await.expect("connect to the replica");
-    let gz = CompressionEncoding::Gzip;
-    Clients {
-        node: NodeServiceClient::new(ch.clone())
-            .send_compressed(gz)
-            .accept_compressed(gz),
-        discovery: DiscoveryServiceClient::new(ch.clone())
-            .send_compressed(gz)
-            .accept_compressed(gz),
-        tui: TuiServiceClient::new(ch.clone())
-            .send_compressed(gz)
-            .accept_compressed(gz),
-        admin: AdminServiceClient::new(ch)
-            .send_compressed(gz)
-            .accept_compressed(gz),
+    Clients::over(ch)
+}
+
+/// A channel to `addr` with `auth`'s TLS and token, failing fast when nothing listens.
+pub async fn channel_with(
+    auth: &ClientAuth,
+    addr: &str,
+) -> Result<AuthChannel, tonic::transport::Error> {
+    let endpoint = auth
+        .endpoint(addr)?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(15));
+    auth.connect(endpoint).await
+}
+
+/// A channel made by [`channel_with`].
+pub type AuthChannel = dllm_proto::client::Channel;
+
+/// Connects [`Clients`] to `addr` with `auth`'s credentials.
+///
+/// # Panics
+/// When the connection (or its TLS handshake) fails.
+pub async fn clients_with(auth: &ClientAuth, addr: &str) -> Clients<AuthChannel> {
+    let ch = channel_with(auth, addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    Clients::over(ch)
+}
+
+/// AdminService.GetReplicaStatus on `addr` with `auth`'s credentials.
+pub async fn replica_status_with(
+    auth: &ClientAuth,
+    addr: &str,
+) -> Result<pb::ReplicaStatusResponse, tonic::Status> {
+    let ch = channel_with(auth, addr)
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    AdminServiceClient::new(ch)
+        .get_replica_status(pb::ReplicaStatusRequest {})
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Seconds since the Unix epoch, as tokens count time.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+impl<T> Clients<T>
+where
+    T: tonic::client::GrpcService<tonic::body::Body> + Clone,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    /// The four clients over `ch`, speaking gzip both ways.
+    pub fn over(ch: T) -> Self {
+        let gz = CompressionEncoding::Gzip;
+        Clients {
+            node: NodeServiceClient::new(ch.clone())
+                .send_compressed(gz)
+                .accept_compressed(gz),
+            discovery: DiscoveryServiceClient::new(ch.clone())
+                .send_compressed(gz)
+                .accept_compressed(gz),
+            tui: TuiServiceClient::new(ch.clone())
+                .send_compressed(gz)
+                .accept_compressed(gz),
+            admin: AdminServiceClient::new(ch)
+                .send_compressed(gz)
+                .accept_compressed(gz),
+        }
     }
 }
 
