@@ -469,7 +469,9 @@ pub async fn run(replica: &Replica, cmd: Cmd) -> Result<String, ApiError> {
                 Outcome::TokenRevoked { already: true } => {
                     format!("token {jti} was already revoked\n")
                 }
-                _ => format!("token {jti} revoked on every replica\n"),
+                _ => format!(
+                    "token {jti} revoked (committed: each replica refuses it once it has applied the entry)\n"
+                ),
             })
         }
         Cmd::Member(change) => {
