@@ -31,7 +31,7 @@ fn flags(name: &str) -> Vec<(String, String)> {
         let env = desc
             .split("[env: ")
             .nth(1)
-            .and_then(|e| e.split('=').next())
+            .and_then(|e| e.split(['=', ']']).next())
             .unwrap_or_default()
             .to_string();
         found.push((flag, env));
