@@ -19,10 +19,10 @@ use crate::{
 pub async fn run(nodes: usize, models: usize) -> anyhow::Result<Value> {
     // The nodes here are only registered, never heartbeat: thresholds far beyond the run keep
     // them healthy, so the models stay placed on them.
-    let cluster = dllm_tests::Cluster::start(
-        3,
-        &["--unhealthy-after", "1000000", "--offline-after", "2000000"],
-    );
+    let cluster = crate::common::start_cluster_with(&[
+        "--unhealthy-after=1000000",
+        "--offline-after=2000000",
+    ]);
     let (_, leader_addr) = leader(&cluster).await;
     let addrs: Vec<String> = (1..=3).map(|id| cluster.addr(id)).collect();
     let channels: Vec<_> = addrs.iter().map(|a| channel(a)).collect();
