@@ -28,6 +28,9 @@ pub enum ClientAuthError {
     /// The token cannot go in a header.
     #[error("--token: not a token (it must be printable ASCII)")]
     Token,
+    /// A token would go in plaintext to a non-loopback address.
+    #[error("{0}")]
+    Plaintext(String),
 }
 
 impl ClientAuth {
@@ -56,13 +59,40 @@ impl ClientAuth {
             None => None,
         };
         let authorization = match token.map(str::trim).filter(|t| !t.is_empty()) {
-            Some(token) => Some(
-                http::HeaderValue::from_str(&format!("Bearer {token}"))
-                    .map_err(|_| ClientAuthError::Token)?,
-            ),
+            Some(token) => {
+                let mut value = http::HeaderValue::from_str(&format!("Bearer {token}"))
+                    .map_err(|_| ClientAuthError::Token)?;
+                // Kept out of Debug output and HPACK's dynamic table.
+                value.set_sensitive(true);
+                Some(value)
+            }
             None => None,
         };
         Ok(Self { tls, authorization })
+    }
+
+    /// Refuses to send a token in plaintext to anything but loopback: an endpoint that
+    /// turned out to be a TLS port (or an impostor) would get it in the clear.
+    ///
+    /// # Errors
+    /// A message naming `--tls-ca` and the endpoint.
+    pub fn check_endpoint(&self, addr: &str) -> Result<(), String> {
+        if self.tls.is_some() || self.authorization.is_none() {
+            return Ok(());
+        }
+        let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if loopback {
+            Ok(())
+        } else {
+            Err(format!(
+                "{addr}: refusing to send a token without TLS to an address that is not loopback; give --tls-ca"
+            ))
+        }
     }
 
     /// Whether this client speaks TLS.
@@ -118,5 +148,26 @@ impl ClientAuth {
     ) -> Result<Channel, tonic::transport::Error> {
         let endpoint = self.endpoint(addr)?.connect_timeout(timeout);
         self.connect(endpoint).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A token goes in plaintext only to loopback; with TLS, or without a token, anywhere.
+    #[test]
+    fn a_token_never_goes_in_plaintext_off_loopback() {
+        let token = ClientAuth::from_flags(None, None, None, Some("t")).expect("auth");
+        for ok in ["127.0.0.1:8080", "localhost:8080", "[::1]:8080"] {
+            assert!(token.check_endpoint(ok).is_ok(), "{ok}");
+        }
+        for refused in ["cp1:8080", "10.0.0.1:8080", "[2001:db8::1]:8080"] {
+            let e = token.check_endpoint(refused).expect_err(refused);
+            assert!(e.contains("--tls-ca"), "{e}");
+        }
+        assert!(ClientAuth::plaintext().check_endpoint("cp1:8080").is_ok());
+        let header = token.authorization.expect("a header");
+        assert!(header.is_sensitive(), "kept out of Debug and HPACK tables");
     }
 }

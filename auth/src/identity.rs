@@ -116,8 +116,18 @@ pub fn parse_spiffe(uri: &str, trust_domain: &str) -> Option<(Role, String)> {
 /// # Errors
 /// A reason when the certificate cannot be parsed or names no identity of this cluster.
 pub fn from_certificate(der: &[u8], trust_domain: &str) -> Result<Identity, String> {
+    certificate_identity(der, trust_domain).map(|(id, _)| id)
+}
+
+/// As [`from_certificate`], with the end of the certificate's validity (Unix seconds), so a
+/// cached identity ends with its certificate.
+///
+/// # Errors
+/// As [`from_certificate`].
+pub fn certificate_identity(der: &[u8], trust_domain: &str) -> Result<(Identity, u64), String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| format!("unreadable client certificate: {e}"))?;
+    let not_after = u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0);
     let san = cert
         .subject_alternative_name()
         .map_err(|e| format!("unreadable subject alternative names: {e}"))?
@@ -129,10 +139,15 @@ pub fn from_certificate(der: &[u8], trust_domain: &str) -> Result<Identity, Stri
             x509_parser::extensions::GeneralName::URI(uri) => parse_spiffe(uri, trust_domain),
             _ => None,
         })
-        .map(|(role, name)| Identity {
-            role,
-            name,
-            via: Via::Certificate,
+        .map(|(role, name)| {
+            (
+                Identity {
+                    role,
+                    name,
+                    via: Via::Certificate,
+                },
+                not_after,
+            )
         })
         .ok_or_else(|| {
             format!(

@@ -62,13 +62,14 @@ impl Denials {
 /// Identities already proven, by the SHA-256 of the credential (a token, or a certificate
 /// the TLS handshake verified): a worker sends the same token or certificate with every
 /// heartbeat, and an EdDSA verification or an X.509 parse per request would cost the
-/// replicas more than the heartbeat itself. A token's entry ends with the token; the cache
+/// replicas more than the heartbeat itself. An entry ends with its token or certificate; the cache
 /// is emptied when it reaches [`IdentityCache::CAPACITY`] entries. Revocation is checked on
 /// every request, cached or not.
 #[derive(Default)]
 pub struct IdentityCache(Mutex<std::collections::HashMap<[u8; 32], Proven>>);
 
-/// A proven identity, and until when (Unix seconds; `None`: as long as its connection).
+/// A proven identity, and until when (Unix seconds: the token's `exp`, the certificate's
+/// end of validity).
 type Proven = (Identity, Option<u64>);
 
 impl IdentityCache {
@@ -173,13 +174,21 @@ impl Guard {
             .and_then(|info| info.peer_certs());
         match certs.as_deref().and_then(|c| c.first()) {
             Some(cert) => {
+                // A connection outlives the handshake that verified its certificate: the
+                // identity ends when the certificate does, whatever the connection does.
                 let key = IdentityCache::key(cert.as_ref());
-                if let Some(id) = self.cache.get(&key, 0) {
+                if let Some(id) = self.cache.get(&key, unix_now()) {
                     return Ok(id);
                 }
-                let id = identity::from_certificate(cert, &self.trust_domain)
+                let (id, not_after) = identity::certificate_identity(cert, &self.trust_domain)
                     .map_err(|e| Denied(Status::unauthenticated(e), "certificate_identity"))?;
-                self.cache.put(key, id.clone(), None);
+                if unix_now() >= not_after {
+                    return Err(Denied(
+                        Status::unauthenticated("the client certificate has expired"),
+                        "certificate_expired",
+                    ));
+                }
+                self.cache.put(key, id.clone(), Some(not_after));
                 Ok(id)
             }
             None => Err(Denied(

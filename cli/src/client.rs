@@ -107,6 +107,7 @@ impl Cluster {
     /// What went wrong, when the endpoint is malformed or does not accept a connection (or
     /// a TLS handshake) within 2 s.
     pub async fn connect(&self, endpoint: &str) -> Result<Clients, String> {
+        self.auth.check_endpoint(endpoint)?;
         let target = self
             .auth
             .endpoint(endpoint)

@@ -342,7 +342,12 @@ mod tests {
     #[test]
     fn help_shows_the_defaults() {
         let help = Args::command().render_help().to_string();
-        for shown in ["[default: 50]", "[default: 10000]", "[default: 32768]"] {
+        for shown in [
+            "[default: 50]",
+            "[default: 10000]",
+            "[default: 5000]",
+            "[default: dllm.local]",
+        ] {
             assert!(help.contains(shown), "{shown} in {help}");
         }
     }

@@ -196,6 +196,18 @@ impl Args {
         if token_only {
             server_side.tls_ca = None;
         }
+        if self.token.is_some() && self.security.tls_ca.is_none() {
+            // A token in plaintext to a remote replica would be readable on the way.
+            let plain = dllm_auth::client::ClientAuth {
+                tls: None,
+                authorization: Some(http::HeaderValue::from_static("Bearer x")),
+            };
+            for seed in &seed_nodes {
+                plain
+                    .check_endpoint(seed)
+                    .map_err(|reason| ConfigError::invalid("token", reason))?;
+            }
+        }
         let client = ClientCredentials {
             ca: self.security.tls_ca.clone(),
             cert: self
