@@ -233,6 +233,33 @@ pub fn require_own_node(caller: Option<&Caller>, node_id: &str) -> Result<(), St
     }
 }
 
+/// For RaftService: `PERMISSION_DENIED` unless the calling replica's id (its certificate's
+/// name) is one of `is_member`'s, so a removed replica's certificate opens nothing. Callers
+/// that are not replicas (authentication off) pass.
+///
+/// # Errors
+/// The status to answer.
+pub fn require_member(
+    caller: Option<&Caller>,
+    is_member: impl FnOnce(u64) -> bool,
+) -> Result<(), Status> {
+    let Some(Caller::Known(id, denials)) = caller else {
+        return Ok(());
+    };
+    match id.name.parse::<u64>() {
+        Ok(replica) if is_member(replica) => Ok(()),
+        _ => Err(denied(
+            denials,
+            id,
+            "not_a_member",
+            format!(
+                "replica {} is not a member of this cluster (removed, or never added)",
+                id.name
+            ),
+        )),
+    }
+}
+
 fn denied(denials: &Denials, id: &Identity, reason: &'static str, message: String) -> Status {
     tracing::warn!(caller = %id, reason, message, "request denied");
     denials.count(reason);

@@ -9,6 +9,8 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use dllm_auth::policy::{self, Caller};
+
 use crate::{
     forward::{MembershipChange, Proto, Tagged, UsageQuery},
     replica::{election::PreVoteRequest, Replica},
@@ -24,6 +26,21 @@ impl RaftApi {
     /// The service over `replica`; AppendEntries streams end when `shutdown` is cancelled.
     pub fn new(replica: Arc<Replica>, shutdown: CancellationToken) -> Self {
         Self { replica, shutdown }
+    }
+}
+
+impl RaftApi {
+    /// Only a replica that is a member (voter or learner, in any config of a joint change)
+    /// may call RaftService; one that knows no membership yet (waiting to be added, or not yet
+    /// formed) takes any replica of the cluster's CA.
+    fn check_member<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let metrics = self.replica.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        let known = membership.nodes().next().is_some();
+        policy::require_member(request.extensions().get::<Caller>(), |id| {
+            !known || membership.get_node(&id).is_some()
+        })
     }
 }
 
@@ -67,6 +84,7 @@ impl RaftService for RaftApi {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.check_member(&request)?;
         encode(&self.replica.raft.append_entries(decode(request)?).await)
     }
 
@@ -76,6 +94,7 @@ impl RaftService for RaftApi {
         &self,
         request: Request<Streaming<RaftPayload>>,
     ) -> Result<Response<Answers>, Status> {
+        self.check_member(&request)?;
         // One request at a time, answered before the next is read: the answers keep the
         // requests' order, and the stream ends at the first error (the sender opens another).
         // A shutting-down replica ends it between requests, so that the server's drain of
@@ -111,6 +130,7 @@ impl RaftService for RaftApi {
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.check_member(&request)?;
         encode(&self.replica.raft.vote(decode(request)?).await)
     }
 
@@ -118,6 +138,7 @@ impl RaftService for RaftApi {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.check_member(&request)?;
         encode(&self.replica.raft.install_snapshot(decode(request)?).await)
     }
 
@@ -125,6 +146,7 @@ impl RaftService for RaftApi {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.check_member(&request)?;
         forward_writes(&self.replica, &request.into_inner().data)
             .await
             .map(Response::new)
@@ -136,6 +158,7 @@ impl RaftService for RaftApi {
         &self,
         request: Request<Streaming<RaftPayload>>,
     ) -> Result<Response<Answers>, Status> {
+        self.check_member(&request)?;
         // Batches are proposed as they arrive (a follower keeps a few in flight, so that the
         // next can join the leader's next group while one commits) and answered in order.
         // A shutting-down replica stops reading new ones and ends the stream once those it
@@ -156,6 +179,7 @@ impl RaftService for RaftApi {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.check_member(&request)?;
         let () = decode(request)?;
         encode(&self.replica.leader_read_index().await)
     }
@@ -164,6 +188,7 @@ impl RaftService for RaftApi {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.check_member(&request)?;
         let change: MembershipChange = decode(request)?;
         encode(&self.replica.leader_membership(change).await)
     }
@@ -172,6 +197,7 @@ impl RaftService for RaftApi {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.check_member(&request)?;
         // A follower's batch of heartbeats; answered in order.
         let batch: Vec<Proto<dllm_proto::pb::HeartbeatRequest>> = decode(request)?;
         let heartbeats = batch.into_iter().map(|h| h.0).collect();
@@ -182,6 +208,7 @@ impl RaftService for RaftApi {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.check_member(&request)?;
         let query: UsageQuery = decode(request)?;
         encode(&self.replica.leader_usage(query).await)
     }
@@ -190,6 +217,7 @@ impl RaftService for RaftApi {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.check_member(&request)?;
         let question: PreVoteRequest = decode(request)?;
         encode(&self.replica.answer_pre_vote(question).await)
     }

@@ -23,8 +23,9 @@ use dllm_proto::{
     raft::{raft_service_client::RaftServiceClient, RaftPayload},
 };
 use dllm_tests::{
-    binary, cert_hosts, channel, channel_with, clients, free_port, init_tracing, join_request,
-    replica_status, unix_now, wait_for, AuthChannel, ChildProcess, Clients, Cluster, TRUST_DOMAIN,
+    binary, cert_hosts, channel, channel_with, clients, clients_with, free_port, init_tracing,
+    join_request, replica_status, unix_now, wait_for, AuthChannel, ChildProcess, Clients, Cluster,
+    TRUST_DOMAIN,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::{Code, Status};

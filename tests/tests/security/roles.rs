@@ -479,3 +479,57 @@ async fn a_worker_acts_only_for_its_own_node() {
         .expect_err("the worker's own API without credentials");
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
 }
+
+/// A replica certificate opens RaftService only while its id is a member: once replica 3 is
+/// removed, its certificate (still signed by the CA and unexpired) is refused every Raft
+/// method, as is a replica certificate for an id that was never added; a member's works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_replicas_certificate_opens_no_raft_method() {
+    init_tracing();
+    let cluster = Cluster::start_secure(3, &[]);
+    let leader = cluster.wait_leader(&[1, 2, 3]).await;
+    let survivor = if leader == 3 { 1 } else { leader };
+    let addr = cluster.addr(survivor);
+    let read_index = |name: &'static str| {
+        let (auth, addr) = (cluster.auth(Role::Replica, name), addr.clone());
+        async move {
+            let ch = channel_with(&auth, &addr).await.expect("connect");
+            Probe::ReadIndex.call(&ch).await
+        }
+    };
+
+    info!("--- a member's certificate may call RaftService");
+    read_index("3")
+        .await
+        .unwrap_or_else(|e| panic!("replica 3, a member, is refused: {e:?}"));
+
+    info!("--- replica 3 removed");
+    clients_with(&cluster.admin(), &addr)
+        .await
+        .admin
+        .remove_replica(pb::RemoveReplicaRequest { id: 3 })
+        .await
+        .unwrap_or_else(|e| panic!("remove replica 3: {e:?}\n{}", cluster.logs()));
+    wait_for(
+        "replica 3 refused by the survivor",
+        Duration::from_secs(20),
+        || async {
+            match read_index("3").await {
+                Err(e) if e.code() == Code::PermissionDenied => Some(()),
+                _ => None,
+            }
+        },
+    )
+    .await;
+    let refused = read_index("3").await.expect_err("a removed replica");
+    assert!(
+        refused.message().contains("not a member"),
+        "the refusal says why: {refused:?}"
+    );
+    let never = read_index("9").await.expect_err("a replica never added");
+    assert_eq!(never.code(), Code::PermissionDenied, "{never:?}");
+    let other = if survivor == 1 { "2" } else { "1" };
+    read_index(other)
+        .await
+        .unwrap_or_else(|e| panic!("replica {other}, still a member, is refused: {e:?}"));
+}
