@@ -358,29 +358,9 @@ fn name(common_name: &str, trust_domain: &str) -> DistinguishedName {
 /// Valid from the start of today (UTC), so that a clock a little behind still accepts it,
 /// for `years`.
 fn set_validity(params: &mut CertificateParams, years: i32) {
-    let days = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() / 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    params.not_before = rcgen::date_time_ymd(y, m, d);
-    // 29 February becomes the 28th, which every year has.
-    let end_day = if (m, d) == (2, 29) { 28 } else { d };
-    params.not_after = rcgen::date_time_ymd(y + years, m, end_day);
-}
-
-/// The (year, month, day) of a day counted from 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`).
-fn civil_from_days(days: i64) -> (i32, u8, u8) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year as i32, month as u8, day as u8)
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now;
+    params.not_after = now + time::Duration::days(365 * i64::from(years));
 }
 
 #[cfg(test)]
@@ -445,7 +425,7 @@ mod tests {
         let signer = crate::token::Signer::from_pem(&pem(JWT_SIGNING_KEY)).expect("signer");
         let verifier = crate::token::Verifier::new(TD, &[pem(JWT_PUBLIC_KEY)]).expect("verifier");
         let (token, _) = signer
-            .sign(TD, Role::Viewer, "alice", now(), 60)
+            .sign(TD, Role::Viewer, "alice", crate::unix_now(), 60)
             .expect("sign");
         let id = verifier
             .verify(&token)
@@ -599,20 +579,5 @@ mod tests {
         let (accepted, connected) = tokio::join!(accept, connect);
         let _stream = connected?;
         accepted
-    }
-
-    fn now() -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_secs()
-    }
-
-    #[test]
-    fn civil_dates_from_day_counts() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
-        assert_eq!(civil_from_days(11_017), (2000, 3, 1));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
     }
 }

@@ -18,6 +18,7 @@ use crate::{
     identity::{self, Identity, Via},
     policy::{self, Access, Caller},
     token::{TokenError, Verifier},
+    unix_now,
 };
 
 /// Denials by reason, for the servers' metrics.
@@ -98,12 +99,6 @@ impl IdentityCache {
         }
         cache.insert(key, (id, until));
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Whether a token id has been revoked (the control plane answers from its replicated

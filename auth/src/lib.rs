@@ -32,6 +32,13 @@ pub use identity::{Identity, Role};
 /// The trust domain when none is configured.
 pub const DEFAULT_TRUST_DOMAIN: &str = "dllm.local";
 
+/// The wall clock in Unix seconds (token and certificate times).
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Whether a server may listen on `addr` without TLS: only on loopback, unless the operator
 /// said `--insecure`.
 ///

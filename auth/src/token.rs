@@ -217,6 +217,7 @@ impl Verifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::unix_now as now;
 
     fn keypair() -> (Vec<u8>, Vec<u8>) {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("key");
@@ -224,13 +225,6 @@ mod tests {
             key.serialize_pem().into_bytes(),
             key.public_key_pem().into_bytes(),
         )
-    }
-
-    fn now() -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_secs()
     }
 
     /// A good token verifies; every forgery on the list is refused, each for its

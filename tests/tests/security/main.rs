@@ -36,6 +36,16 @@ use roles::Probe;
 mod tokens;
 mod transport;
 
+/// A secure one-replica cluster serving `/metrics`, once it leads: the cluster, the metrics
+/// address and the replica's address.
+async fn one_secure_replica() -> (Cluster, String, String) {
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let cluster = Cluster::start_secure(1, &["--metrics-listen", &metrics]);
+    cluster.wait_leader(&[1]).await;
+    let addr = cluster.addr(1);
+    (cluster, metrics, addr)
+}
+
 /// How long a token made for a test lives.
 const HOUR: Duration = Duration::from_secs(3600);
 

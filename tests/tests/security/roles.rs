@@ -307,10 +307,7 @@ async fn every_role_reaches_exactly_what_the_roles_table_gives_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_acts_only_for_its_own_node() {
     init_tracing();
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let cluster = Cluster::start_secure(1, &["--metrics-listen", &metrics]);
-    cluster.wait_leader(&[1]).await;
-    let addr = cluster.addr(1);
+    let (cluster, metrics, addr) = one_secure_replica().await;
     let before = denials(&metrics).await;
     let connect = |auth: ClientAuth| {
         let addr = addr.clone();

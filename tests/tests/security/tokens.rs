@@ -86,10 +86,7 @@ async fn a_revoked_token_is_refused_by_every_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_tokens_are_refused_counted_and_never_logged() {
     init_tracing();
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let cluster = Cluster::start_secure(1, &["--metrics-listen", &metrics]);
-    cluster.wait_leader(&[1]).await;
-    let addr = cluster.addr(1);
+    let (cluster, metrics, addr) = one_secure_replica().await;
     let before = denials(&metrics).await;
 
     let signer = |dir: &std::path::Path| {

@@ -34,10 +34,7 @@ async fn connection_fails(auth: &ClientAuth, addr: &str) -> Result<String, Strin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_certificate_and_tls_to_a_plaintext_port_fail_cleanly() {
     init_tracing();
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let cluster = Cluster::start_secure(1, &["--metrics-listen", &metrics]);
-    cluster.wait_leader(&[1]).await;
-    let addr = cluster.addr(1);
+    let (cluster, metrics, addr) = one_secure_replica().await;
 
     info!("--- an admin certificate of this CA that expired in 2021");
     let dir = cluster.certs_dir();
@@ -102,10 +99,7 @@ async fn an_expired_certificate_and_tls_to_a_plaintext_port_fail_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plaintext_and_foreign_certificates_fail_the_handshake() {
     init_tracing();
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let cluster = Cluster::start_secure(1, &["--metrics-listen", &metrics]);
-    cluster.wait_leader(&[1]).await;
-    let addr = cluster.addr(1);
+    let (cluster, metrics, addr) = one_secure_replica().await;
     let before = denials(&metrics).await;
 
     info!("--- plaintext to the TLS port");
