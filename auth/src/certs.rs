@@ -16,6 +16,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
+use rustls_pki_types::pem::PemObject;
 
 use crate::identity::{parse_spiffe, spiffe_uri, Role};
 
@@ -142,7 +143,8 @@ pub fn init(
 
 /// Issues a certificate for `role`/`name` signed by the CA in `dir`, written to
 /// `dir/<name>.crt` and `dir/<name>.key`, or `replica-<name>.*` for a replica as [`init`]
-/// names them (replacing them if there, so it also renews). Its
+/// names them (replacing them if they are this role and name's, so it also renews; another
+/// holder's files are never replaced). Its
 /// URI SAN is `spiffe://<trust_domain>/<role>/<name>`; it is for client use, and for a worker
 /// or replica (which serve gRPC too) also for server use with the DNS/IP SANs `hosts` plus
 /// `localhost` and `127.0.0.1`. A worker's name is its node id.
@@ -150,7 +152,7 @@ pub fn init(
 /// # Errors
 /// [`CertsError::Ca`] when `dir/ca.crt` or `dir/ca.key` do not load;
 /// [`CertsError::Invalid`] for a name a server would not accept, or one that would replace
-/// the CA's or the token key's files; [`CertsError::Io`] when a file cannot be written.
+/// the CA's, the token key's or another holder's files; [`CertsError::Io`] when a file cannot be written.
 pub fn issue(
     dir: &Path,
     role: Role,
@@ -175,6 +177,16 @@ pub fn issue(
             reason: "would replace the CA's or the token key's files".into(),
         });
     }
+    if let Some(holder) = other_holder(&cert_path, trust_domain, role, name) {
+        return Err(CertsError::Invalid {
+            flag: "--name",
+            value: name.to_string(),
+            reason: format!(
+                "{} holds {holder}'s certificate; only the same role and name is renewed in place (remove those files first to reuse the name, or choose another --name)",
+                cert_path.display()
+            ),
+        });
+    }
     let sans = match role {
         Role::Worker | Role::Replica => server_sans(hosts)?,
         _ => Vec::new(),
@@ -184,6 +196,21 @@ pub fn issue(
     write_key(&key_path, &key)?;
     write_public(&cert_path, &cert)?;
     Ok((cert_path, key_path))
+}
+
+/// Who else holds the certificate at `path`, if it is there and is not `role`/`name`'s
+/// (an unreadable file counts as someone else's: it is not replaced either).
+fn other_holder(path: &Path, trust_domain: &str, role: Role, name: &str) -> Option<String> {
+    let pem = std::fs::read(path).ok()?;
+    let holder = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+        .next()
+        .and_then(Result::ok)
+        .and_then(|der| crate::identity::from_certificate(&der, trust_domain).ok());
+    match holder {
+        Some(id) if id.role == role && id.name == name => None,
+        Some(id) => Some(format!("{}/{}", id.role, id.name)),
+        None => Some("another holder (not a certificate of this trust domain)".into()),
+    }
 }
 
 /// The name of `role`/`name`'s files in the certificate folder, without the extension:
@@ -483,8 +510,22 @@ mod tests {
 
         // Reissuing renews in place.
         let cert = tmp.path().join("alice.crt");
-        issue(tmp.path(), Role::Admin, "alice", TD, &[]).expect("reissue");
-        assert_eq!(identity_of(&cert), (Role::Admin, "alice".into()));
+        let before = std::fs::read(&cert).expect("read");
+        issue(tmp.path(), Role::Viewer, "alice", TD, &[]).expect("reissue");
+        assert_ne!(
+            std::fs::read(&cert).expect("read"),
+            before,
+            "a new certificate"
+        );
+        assert_eq!(identity_of(&cert), (Role::Viewer, "alice".into()));
+
+        // The same name for another role would replace alice's files: refused, kept.
+        let err = issue(tmp.path(), Role::Admin, "alice", TD, &[]).expect_err("collision");
+        assert!(err.to_string().contains("viewer/alice"), "{err}");
+        assert_eq!(identity_of(&cert), (Role::Viewer, "alice".into()));
+        std::fs::write(&cert, "not a certificate").expect("write");
+        let err = issue(tmp.path(), Role::Viewer, "alice", TD, &[]).expect_err("unreadable");
+        assert!(err.to_string().starts_with("--name"), "{err}");
     }
 
     /// Names a server could not read back, names that would replace the CA or token key,
@@ -541,6 +582,47 @@ mod tests {
             handshake(server, foreign, name).await.is_err(),
             "a client certificate from another CA"
         );
+    }
+
+    /// A client's connector checks the role the server's certificate names: a worker's
+    /// certificate (valid for loopback) is refused where a replica is expected.
+    #[tokio::test]
+    async fn a_client_refuses_a_server_of_another_role() {
+        use tower::Service;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        init(tmp.path(), &hosts(), 1, TD).expect("init");
+        issue(tmp.path(), Role::Worker, "worker-1", TD, &[]).expect("issue");
+        issue(tmp.path(), Role::Viewer, "v", TD, &[]).expect("issue");
+        let client = crate::tls::client(files(tmp.path(), "v")).expect("client");
+        for (server, expected, ok) in [
+            ("worker-1", &[Role::Replica][..], false),
+            ("worker-1", &[Role::Replica, Role::Worker][..], true),
+            ("replica-1", &[Role::Replica][..], true),
+        ] {
+            let tls = crate::tls::server(files(tmp.path(), server)).expect("server");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let uri: http::Uri = format!("http://{}", listener.local_addr().expect("addr"))
+                .parse()
+                .expect("uri");
+            let accept = async move {
+                let (tcp, _) = listener.accept().await.expect("accept");
+                tokio_rustls::TlsAcceptor::from(tls.current())
+                    .accept(tcp)
+                    .await
+                    .map(drop)
+            };
+            let mut connector = crate::tls::Connector::new(client.clone(), expected);
+            let (connected, _) = tokio::join!(connector.call(uri), accept);
+            match connected {
+                Ok(_) => assert!(ok, "{server} accepted as {expected:?}"),
+                Err(e) => {
+                    assert!(!ok, "{server} as {expected:?}: {e}");
+                    assert!(e.to_string().contains("not a replica's"), "{e}");
+                }
+            }
+        }
     }
 
     /// Runs a handshake over an in-memory pipe; the identity the server saw.

@@ -8,15 +8,31 @@ use std::time::Duration;
 use dllm_proto::client::Channel;
 use tonic::transport::Endpoint;
 
-use crate::tls::{ClientTls, Connector};
+use crate::{
+    identity::Role,
+    tls::{ClientTls, Connector},
+};
 
 /// A client's credentials.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ClientAuth {
     /// TLS, when the servers use it.
     pub tls: Option<ClientTls>,
     /// `Bearer <jwt>` for every request, when the client has a token.
     pub authorization: Option<http::HeaderValue>,
+    /// The roles a server's certificate may name (TLS only): a replica, unless the client
+    /// also talks to workers ([`ClientAuth::serving`]).
+    pub server_roles: &'static [Role],
+}
+
+impl Default for ClientAuth {
+    fn default() -> Self {
+        Self {
+            tls: None,
+            authorization: None,
+            server_roles: &[Role::Replica],
+        }
+    }
 }
 
 /// Why a client's credentials cannot be used.
@@ -68,7 +84,11 @@ impl ClientAuth {
             }
             None => None,
         };
-        Ok(Self { tls, authorization })
+        Ok(Self {
+            tls,
+            authorization,
+            ..Self::default()
+        })
     }
 
     /// Refuses to send a token in plaintext to anything but loopback: an endpoint that
@@ -95,6 +115,13 @@ impl ClientAuth {
         }
     }
 
+    /// The same credentials, for servers whose certificates name one of `roles` (the CLI,
+    /// which may be pointed at a worker's own port, accepts replicas and workers).
+    pub fn serving(mut self, roles: &'static [Role]) -> Self {
+        self.server_roles = roles;
+        self
+    }
+
     /// Whether this client speaks TLS.
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
@@ -112,7 +139,9 @@ impl ClientAuth {
     /// A channel that connects on first use (and reconnects on its own).
     pub fn connect_lazy(&self, endpoint: Endpoint) -> Channel {
         let channel = match &self.tls {
-            Some(tls) => endpoint.connect_with_connector_lazy(Connector::new(tls.clone())),
+            Some(tls) => {
+                endpoint.connect_with_connector_lazy(Connector::new(tls.clone(), self.server_roles))
+            }
             None => endpoint.connect_lazy(),
         };
         dllm_proto::client::connect_with(channel, self.authorization.clone())
@@ -126,7 +155,7 @@ impl ClientAuth {
         let channel = match &self.tls {
             Some(tls) => {
                 endpoint
-                    .connect_with_connector(Connector::new(tls.clone()))
+                    .connect_with_connector(Connector::new(tls.clone(), self.server_roles))
                     .await?
             }
             None => endpoint.connect().await?,

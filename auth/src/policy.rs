@@ -168,14 +168,22 @@ pub fn access(path: &str) -> Option<Access> {
     TABLE.iter().find(|(p, _)| *p == path).map(|(_, a)| *a)
 }
 
-/// The roles an ExecuteCommand command needs, by its first word. Read-only commands (and
-/// unknown ones, which only print help) need a reader.
+/// The roles an ExecuteCommand command needs, by its first word, checked before the command
+/// is parsed. Read-only commands, and unknown ones (which only print help), need a reader;
+/// the control plane checks each parsed command again by its kind, written per command.
 pub fn command_roles(command: &str) -> &'static [Role] {
     match command {
         "drain" | "undrain" | "leave" | "rebalance" | "model" => OPERATORS,
         "member" | "token" => ADMINS,
         _ => READERS,
     }
+}
+
+/// The answer when a handler finds no [`Caller`]: every server puts [`crate::layer::AuthLayer`]
+/// in front of its services, so this is a wiring bug, and it fails closed.
+fn no_caller() -> Status {
+    tracing::error!("a request reached its handler without passing the authentication layer");
+    Status::internal("the request was not authenticated (server wiring error)")
 }
 
 /// What a handler knows of its caller: put into every request's extensions by
@@ -195,7 +203,8 @@ pub enum Caller {
 /// The status to answer.
 pub fn require(caller: Option<&Caller>, roles: &[Role], what: &str) -> Result<(), Status> {
     match caller {
-        None | Some(Caller::Unchecked) => Ok(()),
+        None => Err(no_caller()),
+        Some(Caller::Unchecked) => Ok(()),
         Some(Caller::Known(id, _)) if roles.contains(&id.role) => Ok(()),
         Some(Caller::Known(id, denials)) => Err(denied(
             denials,
@@ -218,6 +227,7 @@ pub fn require(caller: Option<&Caller>, roles: &[Role], what: &str) -> Result<()
 /// The status to answer.
 pub fn require_own_node(caller: Option<&Caller>, node_id: &str) -> Result<(), Status> {
     match caller {
+        None => Err(no_caller()),
         Some(Caller::Known(id, denials)) if id.role == Role::Worker && id.name != node_id => {
             Err(denied(
                 denials,
@@ -243,8 +253,10 @@ pub fn require_member(
     caller: Option<&Caller>,
     is_member: impl FnOnce(u64) -> bool,
 ) -> Result<(), Status> {
-    let Some(Caller::Known(id, denials)) = caller else {
-        return Ok(());
+    let (id, denials) = match caller {
+        None => return Err(no_caller()),
+        Some(Caller::Unchecked) => return Ok(()),
+        Some(Caller::Known(id, denials)) => (id, denials),
     };
     match id.name.parse::<u64>() {
         Ok(replica) if is_member(replica) => Ok(()),
@@ -317,5 +329,17 @@ mod tests {
         assert_eq!(command_roles("model"), OPERATORS);
         assert_eq!(command_roles("member"), ADMINS);
         assert_eq!(command_roles("token"), ADMINS);
+    }
+
+    /// A handler that finds no caller (a server built without the layer) refuses.
+    #[test]
+    fn handler_checks_fail_closed_without_a_caller() {
+        let code = |r: Result<(), Status>| r.expect_err("refused").code();
+        assert_eq!(code(require(None, READERS, "x")), tonic::Code::Internal);
+        assert_eq!(code(require_own_node(None, "w")), tonic::Code::Internal);
+        assert_eq!(code(require_member(None, |_| true)), tonic::Code::Internal);
+        assert!(require(Some(&Caller::Unchecked), ADMINS, "x").is_ok());
+        assert!(require_own_node(Some(&Caller::Unchecked), "w").is_ok());
+        assert!(require_member(Some(&Caller::Unchecked), |_| false).is_ok());
     }
 }

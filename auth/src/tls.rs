@@ -21,8 +21,14 @@ use rustls::{server::WebPkiClientVerifier, ClientConfig, RootCertStore, ServerCo
 use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::identity::Role;
+
 /// How long a TLS handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many handshakes a server runs at once; further connections wait in the kernel's
+/// accept queue, so a flood of connections costs bounded memory and CPU.
+pub const MAX_HANDSHAKES: usize = 256;
 
 /// How often the files are looked at (their modification time and size), at most.
 const RECHECK: Duration = Duration::from_secs(1);
@@ -283,7 +289,8 @@ pub fn client(files: TlsFiles) -> Result<ClientTls, TlsError> {
 pub type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
 
 /// The connections `listener` accepts, after their TLS handshake (with TCP_NODELAY, each
-/// handshake on its own task, at most [`HANDSHAKE_TIMEOUT`] long). A failed handshake
+/// handshake on its own task, at most [`HANDSHAKE_TIMEOUT`] long, at most
+/// [`MAX_HANDSHAKES`] at a time). A failed handshake
 /// (plaintext on this port, a certificate from another CA, an expired one) drops that
 /// connection, is logged at debug and counted in `failed` (`tls_handshake`,
 /// `tls_handshake_timeout`), and the server goes on. Ends when the returned stream is
@@ -294,8 +301,16 @@ pub fn incoming(
     failed: crate::layer::Denials,
 ) -> impl Stream<Item = Result<TlsStream, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
         loop {
+            let permit = tokio::select! {
+                () = tx.closed() => return,
+                permit = handshakes.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+            };
             let accepted = tokio::select! {
                 () = tx.closed() => return,
                 accepted = listener.accept() => accepted,
@@ -312,7 +327,9 @@ pub fn incoming(
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
             let (tx, failed) = (tx.clone(), failed.clone());
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                drop(permit);
+                match handshake {
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok(stream)).await;
                     }
@@ -336,16 +353,62 @@ fn tokio_stream_from<T>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl Stream<I
 }
 
 /// A tonic connector that dials TCP and makes a TLS connection with the client's current
-/// configuration, verifying the server's name (host or IP) against the CA.
+/// configuration, verifying the server's name (host or IP) against the CA, and then that
+/// the server's certificate names one of the roles expected of it (a replica for the
+/// control plane): a worker's certificate, valid for its own host and loopback, cannot pose
+/// as a replica.
 #[derive(Clone)]
 pub struct Connector {
     tls: ClientTls,
+    server_roles: &'static [Role],
 }
 
 impl Connector {
-    /// A connector using `tls`.
-    pub fn new(tls: ClientTls) -> Self {
-        Self { tls }
+    /// A connector using `tls` to servers whose certificates name one of `server_roles`.
+    pub fn new(tls: ClientTls, server_roles: &'static [Role]) -> Self {
+        Self { tls, server_roles }
+    }
+}
+
+/// The role the server's certificate (the first of `certs`) names, in any trust domain:
+/// the chain was verified against the cluster CA already, which is what ties it to the
+/// cluster.
+fn server_role(certs: Option<&[CertificateDer<'_>]>) -> Result<Role, String> {
+    let der = certs
+        .and_then(|c| c.first())
+        .ok_or("the server sent no certificate")?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| format!("unreadable server certificate: {e}"))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| format!("unreadable subject alternative names: {e}"))?
+        .ok_or("the server certificate has no subject alternative name")?;
+    san.value
+        .general_names
+        .iter()
+        .find_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) => {
+                let domain = uri.strip_prefix("spiffe://")?.split('/').next()?;
+                crate::identity::parse_spiffe(uri, domain).map(|(role, _)| role)
+            }
+            _ => None,
+        })
+        .ok_or_else(|| "the server certificate names no spiffe://<domain>/<role>/<name>".into())
+}
+
+/// Refuses a server whose certificate does not name one of `roles`.
+fn check_server_role(
+    certs: Option<&[CertificateDer<'_>]>,
+    roles: &[Role],
+) -> Result<(), std::io::Error> {
+    let refused = |m: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, m);
+    match server_role(certs) {
+        Ok(role) if roles.contains(&role) => Ok(()),
+        Ok(role) => Err(refused(format!(
+            "the server's certificate is a {role}'s, not a {}'s",
+            crate::policy::names(roles)
+        ))),
+        Err(e) => Err(refused(e)),
     }
 }
 
@@ -360,7 +423,7 @@ impl tower::Service<http::Uri> for Connector {
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let config = self.tls.current();
+        let (config, roles) = (self.tls.current(), self.server_roles);
         Box::pin(async move {
             let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
             let host = uri
@@ -377,6 +440,7 @@ impl tower::Service<http::Uri> for Connector {
             let tls = tokio_rustls::TlsConnector::from(config)
                 .connect(name, tcp)
                 .await?;
+            check_server_role(tls.get_ref().1.peer_certificates(), roles)?;
             Ok(TokioIo::new(tls))
         })
     }

@@ -199,8 +199,8 @@ impl Args {
         if self.token.is_some() && self.security.tls_ca.is_none() {
             // A token in plaintext to a remote replica would be readable on the way.
             let plain = dllm_auth::client::ClientAuth {
-                tls: None,
                 authorization: Some(http::HeaderValue::from_static("Bearer x")),
+                ..Default::default()
             };
             for seed in &seed_nodes {
                 plain

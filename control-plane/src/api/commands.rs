@@ -6,6 +6,7 @@
 
 use std::{collections::HashMap, fmt::Write as _};
 
+use dllm_auth::{policy, Role};
 use dllm_util::clock::now_ms;
 
 use crate::{
@@ -67,6 +68,24 @@ pub enum Cmd {
     Member(MembershipChange),
     /// `token revoke <jti>`.
     RevokeToken(String),
+}
+
+impl Cmd {
+    /// The roles that may run this command when authentication is on. Written per variant,
+    /// so a new command cannot reach the handler without a decision here.
+    pub fn roles(&self) -> &'static [Role] {
+        match self {
+            Cmd::Help | Cmd::Status | Cmd::Ping | Cmd::Nodes | Cmd::Models | Cmd::Members => {
+                policy::READERS
+            }
+            Cmd::ModelAdd(_)
+            | Cmd::ModelRemove(_)
+            | Cmd::Drain(..)
+            | Cmd::Leave(_)
+            | Cmd::Rebalance(_) => policy::OPERATORS,
+            Cmd::Member(_) | Cmd::RevokeToken(_) => policy::ADMINS,
+        }
+    }
 }
 
 /// A usage error: what is wrong and the usage of the command.
@@ -560,5 +579,35 @@ mod tests {
             .expect_err("unknown")
             .0
             .contains("unknown command"));
+    }
+
+    /// The roles of every parsed command agree with the first-word table the server checks
+    /// before parsing (and the security tests use): neither can open what the other closes.
+    #[test]
+    fn each_command_needs_the_roles_the_table_names() {
+        for (command, args) in [
+            ("help", &[][..]),
+            ("status", &[][..]),
+            ("ping", &[][..]),
+            ("nodes", &[][..]),
+            ("models", &[][..]),
+            ("members", &[][..]),
+            ("model", &["add", "m", "--layers", "2", "--size", "1G"][..]),
+            ("model", &["remove", "m"][..]),
+            ("drain", &["w"][..]),
+            ("undrain", &["w"][..]),
+            ("leave", &["w"][..]),
+            ("rebalance", &[][..]),
+            ("member", &["add", "4", "h:1"][..]),
+            ("member", &["remove", "4"][..]),
+            ("token", &["revoke", "j"][..]),
+        ] {
+            let cmd = p(command, args).unwrap_or_else(|e| panic!("{command}: {e:?}"));
+            assert_eq!(
+                cmd.roles(),
+                policy::command_roles(command),
+                "{command} {args:?}"
+            );
+        }
     }
 }

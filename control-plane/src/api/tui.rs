@@ -170,6 +170,13 @@ impl TuiService for TuiApi {
             &format!("the command {command:?}"),
         )?;
         let parsed = commands::parse(command, &req.args, &req.options);
+        if let Ok(cmd) = &parsed {
+            policy::require(
+                caller.as_ref(),
+                cmd.roles(),
+                &format!("the command {command:?}"),
+            )?;
+        }
         let (output, error, exit_code) = match parsed {
             Err(usage) => (String::new(), usage.0, 2),
             Ok(cmd) => match commands::run(&self.replica, cmd).await {

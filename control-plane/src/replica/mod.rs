@@ -143,7 +143,7 @@ impl Replica {
         let peer_auth = match &config.security.tls {
             Some(files) => dllm_auth::client::ClientAuth {
                 tls: Some(dllm_auth::tls::client(files.clone())?),
-                authorization: None,
+                ..Default::default()
             },
             None => dllm_auth::client::ClientAuth::plaintext(),
         };

@@ -462,13 +462,23 @@ async fn a_worker_acts_only_for_its_own_node() {
         },
     )
     .await;
+    // A client that expects a replica (as workers and replicas do) refuses a worker's
+    // certificate: a worker cannot pose as the control plane.
     let viewer = cluster.auth(Role::Viewer, "watcher");
+    let posing = viewer
+        .connect_to(&worker.addr, Duration::from_secs(2))
+        .await
+        .expect_err("a worker's certificate where a replica's is expected");
+    let chain = format!("{:?}", posing);
+    assert!(chain.contains("not a replica"), "{chain}");
+    let viewer = viewer.serving(&[Role::Worker]);
     let mut own = dllm_tests::clients_with(&viewer, &worker.addr).await;
     own.node
         .get_node_info(pb::NodeInfoRequest::default())
         .await
         .expect("a viewer certificate reads the worker's own API");
-    let mut anonymous = dllm_tests::clients_with(&cluster.anonymous(), &worker.addr).await;
+    let anonymous = cluster.anonymous().serving(&[Role::Worker]);
+    let mut anonymous = dllm_tests::clients_with(&anonymous, &worker.addr).await;
     let e = anonymous
         .node
         .get_node_info(pb::NodeInfoRequest::default())
