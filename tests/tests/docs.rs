@@ -83,3 +83,29 @@ fn readme_documents_every_flag() {
         );
     }
 }
+
+/// README's test command is the script `.ci/run` runs, and the script installs what the
+/// tests need before it runs them (a fresh machine has only the Rust toolchain).
+#[test]
+fn readme_test_command_is_what_ci_runs() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let read = |f: &str| std::fs::read_to_string(format!("{root}/{f}")).expect(f);
+    let readme = read("README.md");
+    let block = readme
+        .split("```bash\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("README's first code block");
+    let commands: Vec<&str> = block
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .collect();
+    assert_eq!(commands.len(), 2, "run and test: {commands:?}");
+    assert_eq!(commands[1], "bash scripts/test.sh");
+    assert!(read(".ci/run").contains("bash scripts/test.sh"));
+    let script = read("scripts/test.sh");
+    for tool in ["tmux", "nft", "ip", "promtool", "apt-get install"] {
+        assert!(script.contains(tool), "scripts/test.sh installs {tool}");
+    }
+    assert!(script.contains("cargo test --workspace"));
+}
