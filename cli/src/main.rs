@@ -1,4 +1,5 @@
-//! `dllm`: the operator's command. `dllm dev` runs a whole local cluster; `dllm certs` and
+//! `dllm`: the operator's command, and the one binary a host needs: `dllm control-plane` and
+//! `dllm worker` run a replica and a worker agent. `dllm dev` runs a whole local cluster; `dllm certs` and
 //! `dllm token` make a secure cluster's certificates and tokens; the other commands talk to a
 //! running cluster through any of its control-plane endpoints, with the credentials of
 //! [`client::CredentialFlags`].
@@ -39,6 +40,21 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Run a control-plane replica (the flags of `dllm-control-plane`; see
+    /// `dllm control-plane --help`).
+    #[command(disable_help_flag = true)]
+    ControlPlane {
+        /// Its flags.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run a worker agent (the flags of `dllm-worker`; see `dllm worker --help`).
+    #[command(disable_help_flag = true)]
+    Worker {
+        /// Its flags.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Start a local cluster (replicas and workers as separate processes) in the foreground.
     Dev(dev::DevArgs),
     /// Make a secure cluster's CA, certificates and token signing key.
@@ -83,6 +99,9 @@ enum ClusterCmd {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let command = match cli.command {
+        Cmd::ControlPlane { .. } | Cmd::Worker { .. } => {
+            unreachable!("`main` runs these before the runtime starts")
+        }
         Cmd::Dev(args) => return dev::run(args).await.map(|()| ExitCode::SUCCESS),
         Cmd::Certs(cmd) => return certs::run(cmd).map(|()| ExitCode::SUCCESS),
         Cmd::Token(cmd) => return token::run(cmd, cli.output).map(|()| ExitCode::SUCCESS),
@@ -132,10 +151,46 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// jemalloc, as the standalone `dllm-control-plane` has it (this binary is a replica too).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// `dllm control-plane ...` and `dllm worker ...`: the node's own command line, taken whole
+/// (its flags share names with the CLI's own, such as `--tls-ca`), with the rest of `argv`.
+fn node_command() -> Option<(&'static str, Vec<std::ffi::OsString>)> {
+    let mut argv = std::env::args_os().skip(1);
+    let name = match argv.next()?.to_str()? {
+        "control-plane" => "dllm control-plane",
+        "worker" => "dllm worker",
+        _ => return None,
+    };
+    Some((name, std::iter::once(name.into()).chain(argv).collect()))
+}
+
+fn main() -> ExitCode {
+    if let Some((name, argv)) = node_command() {
+        let run = match name {
+            "dllm control-plane" => dllm_control_plane::entry::main_from(name, argv),
+            _ => dllm_worker::entry::main_from(name, argv),
+        };
+        return match run {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{name}: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     dllm_util::logging::init("warn", std::io::stderr);
-    match run(Cli::parse()).await {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("dllm: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("dllm: {e:#}");

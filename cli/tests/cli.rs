@@ -77,7 +77,6 @@ fn dev_names_a_taken_port() {
             "--workers",
             "0",
         ])
-        .env("DLLM_DEV_SKIP_BUILD", "1")
         .output()
         .expect("run dllm dev");
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -15,7 +15,8 @@
 //!   back; [`error`] maps every failure onto one gRPC status.
 //! - [`observability`]: Prometheus metrics and the per-RPC metrics layer.
 //! - [`config`]: the flags, each default written once, validated before start.
-//! - [`server`]: transport setup and [`server::run`], which `main` and tests call alike.
+//! - [`server`]: transport setup and [`server::run`], which `main` and tests call alike;
+//!   [`entry`]: the command line of `dllm-control-plane` and `dllm control-plane`.
 //!
 //! What a replica shares with the worker (the environment and TOML layers under the flags, the
 //! clock, logging, signals, the `/metrics` listener) is in `dllm-util`.
@@ -27,6 +28,7 @@
 pub mod api;
 pub mod config;
 pub mod convert;
+pub mod entry;
 pub mod error;
 pub mod forward;
 pub mod liveness;

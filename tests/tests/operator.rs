@@ -46,11 +46,18 @@ async fn dev_cluster_and_operator_commands() {
     init_tracing();
     let base = free_base();
     let data = tempfile::tempdir().expect("tmp");
-    let mut dev = Command::new(binary("dllm"))
+    // One binary is all a user needs: a copy of `dllm` alone in a folder, with no cargo on
+    // PATH, starts the whole cluster by running itself.
+    let alone = tempfile::tempdir().expect("tmp");
+    let lone_dllm = alone.path().join("dllm");
+    std::fs::copy(binary("dllm"), &lone_dllm).expect("copy dllm");
+    let mut dev = Command::new(&lone_dllm)
         .args(["dev", "--base-port", &base.to_string(), "--workers", "2"])
         .arg("--data-dir")
         .arg(data.path())
-        .env("DLLM_DEV_SKIP_BUILD", "1")
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env_remove("CARGO")
+        .env_remove("CARGO_TARGET_DIR")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -29,7 +29,21 @@ pub const CONFIG_ARG: &str = "config";
 /// [`ConfigError::File`] when the config file cannot be read, or holds a key that is not a
 /// setting or a value its flag would not take.
 pub fn load<A: CommandFactory + FromArgMatches>() -> Result<A, ConfigError> {
-    match try_load_from(A::command(), std::env::args_os()) {
+    load_from(A::command(), std::env::args_os())
+}
+
+/// As [`load`], from `argv` (the program name first) parsed by `command`: how `dllm
+/// control-plane ...` and `dllm worker ...` run the same flags as the standalone binaries.
+///
+/// # Errors
+/// As [`load`].
+pub fn load_from<A, I, T>(command: Command, argv: I) -> Result<A, ConfigError>
+where
+    A: FromArgMatches,
+    I: IntoIterator<Item = T>,
+    T: Into<OsString>,
+{
+    match try_load_from(command, argv) {
         Err(ConfigError::Args(e)) => e.exit(),
         other => other,
     }

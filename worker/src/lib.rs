@@ -4,7 +4,8 @@
 //! - [`resources`]: CPU and memory from sysinfo, GPUs from NVML (or simulated ones).
 //! - [`agent`]: join, heartbeat, re-join, leave; the worker's [`agent::View`] of itself.
 //! - [`api`]: the worker's own NodeService (itself, its peers, live metrics).
-//! - [`run`]: wires them on one listener until shutdown; `main` and tests call it alike.
+//! - [`run`]: wires them on one listener until shutdown; `main` and tests call it alike;
+//!   [`entry`]: the command line of `dllm-worker` and `dllm worker`.
 //!
 //! What the worker shares with a control-plane replica (the environment and TOML layers under
 //! the flags, the clock, logging, signals, the `/metrics` listener) is in `dllm-util`.
@@ -12,6 +13,7 @@
 pub mod agent;
 pub mod api;
 pub mod config;
+pub mod entry;
 pub mod resources;
 
 use std::sync::Arc;

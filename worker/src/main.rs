@@ -1,18 +1,5 @@
-//! `dllm-worker`: parse and validate the configuration, bind, and run until SIGINT or
-//! SIGTERM, then leave the cluster.
+//! `dllm-worker`: a worker agent (the same as `dllm worker`).
 
-use anyhow::Context;
-use dllm_worker::config::Args;
-use tokio_util::sync::CancellationToken;
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    dllm_util::logging::init("info", std::io::stdout);
-    let config = dllm_util::layered::load::<Args>()?.resolve()?;
-    let listener = dllm_util::net::bind("listen", config.listen).await?;
-    let shutdown = CancellationToken::new();
-    dllm_util::shutdown::cancel_on_signal(shutdown.clone())
-        .context("installing the SIGTERM handler")?;
-    dllm_worker::run(config, listener, shutdown).await?;
-    Ok(())
+fn main() -> anyhow::Result<()> {
+    dllm_worker::entry::main_from("dllm-worker", std::env::args_os())
 }

@@ -1,5 +1,5 @@
-//! `dllm dev`: a whole local cluster in one command. It starts the real binaries (the ones a
-//! user deploys) as separate processes on loopback: control-plane replicas, then workers with
+//! `dllm dev`: a whole local cluster in one command. It starts itself as `dllm control-plane`
+//! and `dllm worker` (the commands a user deploys) in separate processes on loopback: control-plane replicas, then workers with
 //! simulated GPUs of different sizes, registers a demo model, prints what to try, and stays
 //! in the foreground until Ctrl-C, which stops every child. With `--secure` every connection
 //! is mutual TLS and every call is checked against its caller's role ([`secure`]).
@@ -50,51 +50,23 @@ const GPUS: &[&str] = &[
     "1x49152:NVIDIA L40S",
 ];
 
-/// The dllm-control-plane and dllm-worker binaries: next to this one, rebuilt first with the
-/// same profile when this binary runs from the workspace it was built in (unless
-/// `DLLM_DEV_SKIP_BUILD` is set, as tests that already built them do).
-fn binaries() -> anyhow::Result<(PathBuf, PathBuf)> {
+/// The commands that start a replica and a worker: this binary itself, as `dllm
+/// control-plane` and `dllm worker`, so nothing else needs to be built or installed.
+fn node_commands() -> anyhow::Result<(Command, Command)> {
     let exe = std::env::current_exe().context("locating the dllm binary")?;
-    let dir = exe
-        .parent()
-        .context("the dllm binary has no folder")?
-        .to_path_buf();
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .filter(|w| w.join("Cargo.toml").exists());
-    let skip_build = std::env::var_os("DLLM_DEV_SKIP_BUILD").is_some();
-    if let Some(workspace) = workspace.filter(|_| !skip_build) {
-        if dir.starts_with(&workspace) || std::env::var_os("CARGO_TARGET_DIR").is_some() {
-            let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-            cargo.current_dir(&workspace).args([
-                "build",
-                "-p",
-                "dllm-control-plane",
-                "-p",
-                "dllm-worker",
-            ]);
-            if dir.file_name().is_some_and(|n| n == "release") {
-                cargo.arg("--release");
-            }
-            eprintln!("building dllm-control-plane and dllm-worker ...");
-            let status = cargo.status().context("running cargo build")?;
-            if !status.success() {
-                bail!("cargo build of dllm-control-plane and dllm-worker failed");
-            }
-        }
-    }
-    let cp = dir.join("dllm-control-plane");
-    let worker = dir.join("dllm-worker");
-    for b in [&cp, &worker] {
-        if !b.exists() {
-            bail!(
-                "{} not found next to dllm; build it with `cargo build --release -p dllm-control-plane -p dllm-worker`",
-                b.display()
-            );
-        }
-    }
-    Ok((cp, worker))
+    let command = |sub: &str| {
+        let mut c = Command::new(&exe);
+        c.arg(sub);
+        c
+    };
+    Ok((command("control-plane"), command("worker")))
+}
+
+/// A copy of `command` (program and arguments so far) to add one child's arguments to.
+fn clone(command: &Command) -> Command {
+    let mut c = Command::new(command.get_program());
+    c.args(command.get_args());
+    c
 }
 
 /// Fails naming the first port that is taken.
@@ -193,7 +165,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .copied()
         .collect();
     check_ports(&all)?;
-    let (cp_bin, worker_bin) = binaries()?;
+    let (cp_command, worker_command) = node_commands()?;
     let data = match args.data_dir {
         Some(d) => d,
         None => {
@@ -232,7 +204,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         let id = i + 1;
         children.spawn(
             &format!("replica {id}"),
-            Command::new(&cp_bin)
+            clone(&cp_command)
                 .args(["--id", &id.to_string(), "--listen", endpoint])
                 .arg("--data-dir")
                 .arg(data.join(format!("cp{id}")))
@@ -264,7 +236,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         let metrics = metrics_ports[args.replicas as usize + i];
         children.spawn(
             name,
-            Command::new(&worker_bin)
+            clone(&worker_command)
                 .args(["--node-id", name, "--listen", &format!("127.0.0.1:{port}")])
                 .args([
                     "--seed-nodes",

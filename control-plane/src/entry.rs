@@ -1,0 +1,38 @@
+//! The replica's command line, shared by `dllm-control-plane` and `dllm control-plane`:
+//! parse and validate the configuration, bind, and run a replica until SIGINT or SIGTERM.
+
+use std::ffi::OsString;
+
+use anyhow::Context;
+use clap::CommandFactory;
+use tokio_util::sync::CancellationToken;
+
+use crate::{config::Args, server};
+
+/// Runs a replica from `argv` (the program name first); `name` is how `--help` and errors
+/// name the command.
+///
+/// # Errors
+/// A configuration that does not validate, a port that cannot be bound, a replica that stops
+/// with an error.
+pub fn main_from<I, T>(name: &'static str, argv: I) -> anyhow::Result<()>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString>,
+{
+    dllm_util::logging::init("info,openraft=warn,sled=warn", std::io::stdout);
+    let command = Args::command().name(name).bin_name(name);
+    let config = dllm_util::layered::load_from::<Args, _, _>(command, argv)?.resolve()?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(async {
+            let listener = dllm_util::net::bind("listen", config.listen).await?;
+            let shutdown = CancellationToken::new();
+            dllm_util::shutdown::cancel_on_signal(shutdown.clone())
+                .context("installing the SIGTERM handler")?;
+            server::run(config, listener, shutdown).await?;
+            Ok(())
+        })
+}
