@@ -17,12 +17,26 @@ use clap::{Parser, Subcommand};
 use commands::Output;
 use futures::StreamExt;
 
+const EXAMPLES: &str = "\
+Examples:
+  dllm dev                                     a local cluster: 3 replicas, 3 workers, a demo model
+  dllm status                                  leader, replicas, nodes, models, utilization
+  dllm --endpoints cp1:8080,cp2:8080 nodes     worker nodes of another cluster
+  dllm exec model add mistral --layers 32 --size 14G
+  dllm exec drain worker-2                     move a node's layers off it
+  dllm --output json models                    for scripts
+  dllm watch --types nodes,models              changes as they happen
+  dllm tui                                     the terminal UI
+  dllm control-plane --config /etc/dllm/control-plane.toml
+  dllm worker --config /etc/dllm/worker.toml";
+
 /// The dllm operator command.
 #[derive(Parser, Debug)]
 #[command(
     name = "dllm",
     version,
-    about = "Operate a dllm cluster: local dev cluster, status, admin commands, terminal UI."
+    about = "Operate a dllm cluster: local dev cluster, status, admin commands, terminal UI.",
+    after_help = EXAMPLES
 )]
 struct Cli {
     /// Control-plane endpoints to try, in order: host:port, http://host:port or
@@ -77,6 +91,7 @@ enum ClusterCmd {
     /// Models and their placement.
     Models,
     /// Run an admin command (ExecuteCommand); its exit code is passed through.
+    #[command(after_help = dllm_control_plane::api::commands::HELP)]
     Exec {
         /// The command, e.g. `drain`.
         command: String,

@@ -347,3 +347,34 @@ fn https_endpoints_need_the_ca_and_tls_failures_are_listed() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--tls-cert needs --tls-ca"), "{stderr}");
 }
+
+/// `--help` shows examples; `exec --help` lists the commands ExecuteCommand takes; the node
+/// commands take their own flags (`dllm control-plane --help` is the replica's).
+#[test]
+fn help_shows_examples_commands_and_node_flags() {
+    let help = dllm_ok(&["--help"]);
+    assert!(
+        help.contains("Examples:") && help.contains("dllm exec drain"),
+        "{help}"
+    );
+    for sub in ["control-plane", "worker"] {
+        assert!(help.contains(sub), "{sub} listed: {help}");
+    }
+    let exec = dllm_ok(&["exec", "--help"]);
+    for command in ["model add", "member remove", "token revoke", "rebalance"] {
+        assert!(exec.contains(command), "{command} in exec --help: {exec}");
+    }
+    let cp = dllm_ok(&["control-plane", "--help"]);
+    assert!(
+        cp.contains("Usage: dllm control-plane") && cp.contains("--initial-cluster"),
+        "{cp}"
+    );
+    let worker = dllm_ok(&["worker", "--help"]);
+    assert!(
+        worker.contains("Usage: dllm worker") && worker.contains("--seed-nodes"),
+        "{worker}"
+    );
+    let bad = dllm(&["worker", "--no-such-flag"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--no-such-flag"));
+}

@@ -279,8 +279,65 @@ pub fn parse(
                 "token revoke <jti>",
             )),
         },
-        other => Err(Usage(format!("unknown command {other:?}\n{HELP}"))),
+        other => Err(Usage(match did_you_mean(other) {
+            Some(near) => format!("unknown command {other:?}; did you mean {near:?}?\n{HELP}"),
+            None => format!("unknown command {other:?}\n{HELP}"),
+        })),
     }
+}
+
+/// Every command's first word, for suggestions.
+const COMMANDS: &[&str] = &[
+    "help",
+    "status",
+    "ping",
+    "nodes",
+    "models",
+    "members",
+    "drain",
+    "undrain",
+    "leave",
+    "rebalance",
+    "model",
+    "member",
+    "token",
+];
+
+/// The command nearest to `typed`, if one is within two edits (and nearer than half its
+/// length): "modle" gives "model", "replicas" nothing.
+fn did_you_mean(typed: &str) -> Option<&'static str> {
+    let typed = typed.to_ascii_lowercase();
+    COMMANDS
+        .iter()
+        .map(|c| (edit_distance(&typed, c), *c))
+        .filter(|(d, c)| *d <= 2 && *d * 2 < c.len().max(typed.len()))
+        .min()
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance, with an adjacent swap counting as one edit (typing's most common
+/// slip).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 fn table(rows: Vec<Vec<String>>) -> String {
@@ -575,10 +632,34 @@ mod tests {
             let err = p(command, args).expect_err(command);
             assert!(err.0.contains("usage:"), "{command} {args:?}: {err:?}");
         }
-        assert!(p("reboot", &[])
-            .expect_err("unknown")
-            .0
-            .contains("unknown command"));
+        let reboot = p("reboot", &[]).expect_err("unknown").0;
+        assert!(reboot.contains("unknown command"), "{reboot}");
+        assert!(!reboot.contains("did you mean"), "{reboot}");
+        for (typo, meant) in [
+            ("modle", "model"),
+            ("nodse", "nodes"),
+            ("membres", "members"),
+            ("rebalanse", "rebalance"),
+            ("Status", "status"),
+            ("drian", "drain"),
+        ] {
+            let e = p(typo, &[]).expect_err(typo).0;
+            assert!(
+                e.contains(&format!("did you mean {meant:?}?")),
+                "{typo}: {e}"
+            );
+        }
+        let mut in_help: Vec<&str> = HELP
+            .lines()
+            .filter_map(|l| l.strip_prefix("  "))
+            .filter(|l| !l.starts_with(' '))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        in_help.sort_unstable();
+        in_help.dedup();
+        let mut suggested = COMMANDS.to_vec();
+        suggested.sort_unstable();
+        assert_eq!(suggested, in_help, "every command in HELP is suggested");
     }
 
     /// The roles of every parsed command agree with the first-word table the server checks

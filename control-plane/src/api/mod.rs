@@ -3,7 +3,7 @@
 //! writes and linearizable reads, and maps errors with `From<ApiError> for Status`.
 
 pub(crate) mod admin;
-mod commands;
+pub mod commands;
 mod discovery;
 mod node;
 mod raft;
