@@ -40,7 +40,9 @@ fn free_base() -> u16 {
 }
 
 /// `dllm dev` starts replicas and workers, registers the demo model, and the operator
-/// commands see it all; Ctrl-C (SIGINT) stops every child and says where the data is.
+/// commands see it all; a killed worker is reported, the rest go on, and `restart worker-1`
+/// on its stdin starts it again; Ctrl-C (SIGINT) stops the workers (they leave), then the
+/// replicas, and says where the data is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_cluster_and_operator_commands() {
     init_tracing();
@@ -58,10 +60,12 @@ async fn dev_cluster_and_operator_commands() {
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env_remove("CARGO")
         .env_remove("CARGO_TARGET_DIR")
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start dllm dev");
+    let mut typed = dev.stdin.take().expect("stdin");
     let (tx, rx) = mpsc::channel();
     let stdout = dev.stdout.take().expect("stdout");
     std::thread::spawn(move || {
@@ -70,14 +74,16 @@ async fn dev_cluster_and_operator_commands() {
         }
     });
     // stderr is read on its own thread so a failed start can say why, and so dev never blocks
-    // on a full pipe.
+    // on a full pipe; its lines also come over `err_rx` as they are written.
     let stderr = dev.stderr.take().expect("stderr");
+    let (err_tx, err_rx) = mpsc::channel();
     let stderr_lines = std::thread::spawn(move || {
-        BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<_>>()
-            .join("\n")
+        let mut all = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = err_tx.send(line.clone());
+            all.push(line);
+        }
+        all.join("\n")
     });
     let mut printed = Vec::new();
     let up = loop {
@@ -132,6 +138,65 @@ async fn dev_cluster_and_operator_commands() {
         "{metrics}"
     );
 
+    info!("--- a worker killed: reported, the rest go on, restarted on request");
+    let pid = |name: &str, port: u16| {
+        let out = Command::new("pgrep")
+            .args(["-f", &format!("node-id {name} --listen 127.0.0.1:{port}")])
+            .output()
+            .expect("pgrep");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse::<i32>().ok())
+    };
+    let victim = pid("worker-1", base + 10).expect("worker-1 runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("SIGKILL worker-1");
+    let reported = loop {
+        let line = err_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("dllm dev reports the exit");
+        if line.contains("worker-1 exited") {
+            break line;
+        }
+    };
+    assert!(
+        reported.contains("SIGKILL") && reported.contains("worker-1.log"),
+        "{reported}"
+    );
+    assert!(
+        dev.try_wait().expect("try_wait").is_none(),
+        "dllm dev goes on"
+    );
+    use std::io::Write as _;
+    writeln!(typed, "restart worker-1").expect("type a line");
+    let restarted = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("dllm dev answers");
+        if line.contains("worker-1 started again") {
+            break line;
+        }
+    };
+    assert!(
+        pid("worker-1", base + 10).is_some_and(|p| p != victim),
+        "{restarted}"
+    );
+    wait_for(
+        "both workers healthy again",
+        Duration::from_secs(30),
+        || async {
+            let out = dllm(&endpoints, &["status"]);
+            String::from_utf8_lossy(&out.stdout)
+                .contains("2 healthy of 2 members")
+                .then_some(())
+        },
+    )
+    .await;
+
     info!("--- Ctrl-C");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(dev.id() as i32),
@@ -144,6 +209,16 @@ async fn dev_cluster_and_operator_commands() {
     assert!(
         stderr.contains(&format!("data and logs are in {}", data.path().display())),
         "{stderr}"
+    );
+    // Workers were stopped while the replicas answered: each left without a complaint.
+    let log = std::fs::read_to_string(data.path().join("worker-2.log")).expect("worker-2.log");
+    assert!(
+        log.contains("left the cluster") && !log.contains("leave failed"),
+        "{log}"
+    );
+    assert!(
+        !log.contains('\u{1b}'),
+        "plain text, no colour codes: {log}"
     );
     let leftover = Command::new("pgrep")
         .args(["-f", &format!("127.0.0.1:{base}")])

@@ -1,22 +1,20 @@
 //! `dllm dev`: a whole local cluster in one command. It starts itself as `dllm control-plane`
 //! and `dllm worker` (the commands a user deploys) in separate processes on loopback: control-plane replicas, then workers with
 //! simulated GPUs of different sizes, registers a demo model, prints what to try, and stays
-//! in the foreground until Ctrl-C, which stops every child. With `--secure` every connection
+//! in the foreground as their supervisor ([`supervisor`]) until Ctrl-C or SIGTERM, which stop
+//! the workers, then the replicas. With `--secure` every connection
 //! is mutual TLS and every call is checked against its caller's role ([`secure`]).
 
 mod secure;
+mod supervisor;
 
-use std::{
-    net::TcpListener,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{net::TcpListener, path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{bail, Context};
 use dllm_proto::pb;
 
 use crate::client::Cluster;
+use supervisor::{Children, Kind};
 
 /// Flags of `dllm dev`.
 #[derive(clap::Args, Debug)]
@@ -77,57 +75,6 @@ fn check_ports(ports: &[u16]) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-struct Children(Vec<(String, Child)>);
-
-impl Children {
-    fn spawn(&mut self, name: &str, cmd: &mut Command, log: &Path) -> anyhow::Result<()> {
-        let file =
-            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        self.0.push((name.to_string(), child));
-        Ok(())
-    }
-
-    /// The first child that has exited, if any.
-    fn exited(&mut self) -> Option<String> {
-        self.0.iter_mut().find_map(|(name, c)| {
-            c.try_wait()
-                .ok()
-                .flatten()
-                .map(|status| format!("{name} exited ({status})"))
-        })
-    }
-
-    /// SIGTERM everything, wait up to 10 s, then SIGKILL what is left.
-    fn stop(&mut self) {
-        for (_, c) in &self.0 {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        for (_, c) in &mut self.0 {
-            while c.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 async fn wait_until<T, F, Fut>(what: &str, mut check: F) -> anyhow::Result<T>
@@ -199,11 +146,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             None => dllm_auth::client::ClientAuth::plaintext(),
         },
     };
-    let mut children = Children(Vec::new());
+    let mut children = Children::default();
     for (i, endpoint) in endpoints.iter().enumerate() {
         let id = i + 1;
         children.spawn(
-            &format!("replica {id}"),
+            &format!("replica-{id}"),
+            Kind::Replica,
             clone(&cp_command)
                 .args(["--id", &id.to_string(), "--listen", endpoint])
                 .arg("--data-dir")
@@ -236,6 +184,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         let metrics = metrics_ports[args.replicas as usize + i];
         children.spawn(
             name,
+            Kind::Worker,
             clone(&worker_command)
                 .args(["--node-id", name, "--listen", &format!("127.0.0.1:{port}")])
                 .args([
@@ -316,7 +265,8 @@ try:
   dllm exec drain worker-1
   grpcurl {grpcurl} -d '{{\"node_id\": \"worker-1\"}}' {first} distributed_llm.NodeService/GetMetrics
 
-Ctrl-C stops the cluster.",
+A child that exits is reported here and the rest go on; type `restart <name>` (e.g.
+`restart worker-1`) or `status` and Enter. Ctrl-C stops the cluster.",
         worker_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(","),
         metrics_ports[0],
         metrics_ports[metrics_ports.len() - 1],
@@ -324,23 +274,43 @@ Ctrl-C stops the cluster.",
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("SIGTERM handler")?;
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let failure = loop {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut typed = stdin_lines();
+    loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break None,
-            _ = term.recv() => break None,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            line = typed.recv(), if !typed.is_closed() => {
+                if let Some(line) = line {
+                    let answer = children.command(&line);
+                    if !answer.is_empty() {
+                        println!("{answer}");
+                    }
+                }
+            }
             _ = tick.tick() => {
-                if let Some(why) = children.exited() {
-                    break Some(why);
+                for exit in children.exits() {
+                    eprintln!("{exit}");
                 }
             }
         }
-    };
-    eprintln!("stopping ...");
+    }
+    eprintln!("stopping: workers first (they leave the cluster), then replicas ...");
     children.stop();
     eprintln!("stopped; data and logs are in {}", data.display());
-    match failure {
-        Some(why) => bail!("{why}; see the logs in {}", data.display()),
-        None => Ok(()),
-    }
+    Ok(())
+}
+
+/// Lines typed on standard input, read on a thread of their own (a blocking read that the
+/// process's exit ends; tokio's stdin would hold the runtime's shutdown).
+fn stdin_lines() -> tokio::sync::mpsc::Receiver<String> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines().map_while(Result::ok) {
+            if tx.blocking_send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
