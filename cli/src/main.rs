@@ -134,7 +134,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    dllm_util::logging::init("warn", std::io::stderr);
+    dllm_util::logging::init(
+        "warn",
+        dllm_util::logging::LogFormat::Text,
+        dllm_util::logging::Output::Stderr,
+    );
     match run(Cli::parse()).await {
         Ok(code) => code,
         Err(e) => {

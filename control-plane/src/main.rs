@@ -12,8 +12,14 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    dllm_util::logging::init("info,openraft=warn,sled=warn", std::io::stdout);
-    let config = dllm_util::layered::load::<Args>()?.resolve()?;
+    let args = dllm_util::layered::load::<Args>()?;
+    let format = args.log.log_format;
+    dllm_util::logging::init(
+        "info,openraft=warn,sled=warn",
+        format,
+        dllm_util::logging::Output::Stdout,
+    );
+    let config = args.resolve()?;
     let listener = dllm_util::net::bind("listen", config.listen).await?;
     let shutdown = CancellationToken::new();
     dllm_util::shutdown::cancel_on_signal(shutdown.clone())
