@@ -119,7 +119,11 @@ for l in urllib.request.urlopen('http://127.0.0.1:18300/metrics').read().decode(
     if l.startswith('distributed_llm_worker_$1'):
         print(l.rsplit(' ', 1)[1]); break"
 }
-idle_used=$(metric gpu_memory_used_mb)
+metric_mib() { # name of a _bytes metric -> its first value in MiB, or empty
+    local v; v=$(metric "$1")
+    [ -n "$v" ] && python3 -c "print(round($v / 1048576))"
+}
+idle_used=$(metric_mib gpu_memory_used_bytes)
 echo "idle: worker says gpu memory used ${idle_used} MiB"
 if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
     python3 - "$OUT/load.ready" >"$OUT/load.log" 2>&1 <<'EOF' &
@@ -141,7 +145,7 @@ EOF
     best_util=0
     for i in 1 2 3 4 5 6; do
         sleep 1.5
-        used=$(metric gpu_memory_used_mb)
+        used=$(metric_mib gpu_memory_used_bytes)
         util=$(metric gpu_utilization_percent)
         smi=$(nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader,nounits | head -1)
         echo "sample $i: worker used ${used} MiB util ${util}% | nvidia-smi ${smi}"

@@ -36,17 +36,23 @@ impl Denials {
             .or_default() += 1;
     }
 
-    /// Appends the Prometheus family `name` (a counter by `reason`) to `out`.
-    pub fn render(&self, out: &mut String, name: &str) {
-        dllm_proto::metrics::write_family(
-            out,
+    /// Encodes the counter family `name` (shown as `name_total`) by `reason`.
+    ///
+    /// # Errors
+    /// When the encoder's writer fails.
+    pub fn write(
+        &self,
+        encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+        name: &str,
+    ) -> std::fmt::Result {
+        dllm_util::metrics::write_counters(
+            encoder,
             name,
-            "counter",
             "Requests and TLS handshakes refused, by reason",
             self.snapshot()
                 .into_iter()
-                .map(|(reason, n)| (vec![("reason".to_string(), reason.to_string())], n as f64)),
-        );
+                .map(|(reason, n)| (vec![("reason", reason.to_string())], n as f64)),
+        )
     }
 
     /// Every reason seen so far with its count.

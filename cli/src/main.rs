@@ -196,7 +196,11 @@ fn main() -> ExitCode {
             }
         };
     }
-    dllm_util::logging::init("warn", std::io::stderr);
+    dllm_util::logging::init(
+        "warn",
+        dllm_util::logging::LogFormat::Text,
+        dllm_util::logging::Output::Stderr,
+    );
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

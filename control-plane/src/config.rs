@@ -76,9 +76,13 @@ pub struct Args {
     /// Time a new leader waits before counting any node's silence, in milliseconds.
     #[arg(long, env = "DLLM_FAILOVER_GRACE_MS", default_value_t = 2000)]
     pub failover_grace_ms: u64,
-    /// Serve Prometheus metrics over HTTP at /metrics on this ip:port [default: off].
+    /// Serve Prometheus metrics (/metrics), liveness (/healthz) and readiness (/readyz) over
+    /// HTTP on this ip:port [default: off].
     #[arg(long, env = "DLLM_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+    /// Log line format (`--log-format`).
+    #[command(flatten)]
+    pub log: dllm_util::logging::LogArgs,
     /// TLS and who may connect.
     #[command(flatten)]
     pub security: dllm_auth::flags::SecurityArgs,

@@ -20,9 +20,14 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString>,
 {
-    dllm_util::logging::init("info,openraft=warn,sled=warn", std::io::stdout);
     let command = Args::command().name(name).bin_name(name);
-    let config = dllm_util::layered::load_from::<Args, _, _>(command, argv)?.resolve()?;
+    let args = dllm_util::layered::load_from::<Args, _, _>(command, argv)?;
+    dllm_util::logging::init(
+        "info,openraft=warn,sled=warn",
+        args.log.log_format,
+        dllm_util::logging::Output::Stdout,
+    );
+    let config = args.resolve()?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -13,7 +13,8 @@
 //! - [`network`]: Raft traffic to peers over gRPC on reused channels.
 //! - [`api`]: the gRPC services; [`convert`] turns wire types into validated domain types and
 //!   back; [`error`] maps every failure onto one gRPC status.
-//! - [`observability`]: Prometheus metrics and the per-RPC metrics layer.
+//! - [`observability`]: what `--metrics-listen` shows (`/metrics`) and when the replica is
+//!   ready (`/readyz`).
 //! - [`config`]: the flags, each default written once, validated before start.
 //! - [`server`]: transport setup and [`server::run`], which `main` and tests call alike;
 //!   [`entry`]: the command line of `dllm-control-plane` and `dllm control-plane`.

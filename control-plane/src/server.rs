@@ -16,7 +16,7 @@ use crate::{
     api::{AdminApi, DiscoveryApi, NodeApi, RaftApi, TuiApi},
     config::Config,
     network::{MAX_RAFT_MESSAGE_BYTES, PEER_KEEPALIVE},
-    observability::{render, RpcMetrics, RpcMetricsLayer},
+    observability,
     replica::{Replica, ShutdownError, StartError},
 };
 
@@ -138,11 +138,17 @@ pub async fn run(
         denials: denials.clone(),
         cache: Default::default(),
     });
-    let rpc_metrics = Arc::new(RpcMetrics::default());
+    let (registry, grpc_metrics) = observability::registry(replica.clone(), denials.clone());
     if let Some(listener) = metrics_listener {
-        let (shown, rpc, denied) = (replica.clone(), rpc_metrics.clone(), denials.clone());
-        let text = move || render(&shown, &rpc, &denied);
-        replica.spawn(dllm_util::metrics::serve(listener, text, shutdown.clone()));
+        let shown = replica.clone();
+        let ready: dllm_util::metrics::Readiness =
+            Arc::new(move || observability::readiness(&shown));
+        replica.spawn(dllm_util::metrics::serve(
+            listener,
+            Arc::new(registry),
+            ready,
+            shutdown.clone(),
+        ));
     }
     info!(
         id = replica.id,
@@ -167,7 +173,7 @@ pub async fn run(
         // Every request passes here: metrics, the size-limit status, then authentication
         // and roles (`dllm_auth::layer`).
         .trace_fn(|req| tracing::debug_span!("rpc", path = %req.uri().path()))
-        .layer(RpcMetricsLayer(rpc_metrics))
+        .layer(dllm_util::grpc_metrics::GrpcMetricsLayer(grpc_metrics))
         .layer(dllm_util::grpc::SizeLimitLayer)
         .layer(AuthLayer(guard))
         .add_service(health)

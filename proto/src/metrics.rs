@@ -85,78 +85,8 @@ pub fn render(usage: &pb::NodeUsage, layers_max: i32, names: &[String]) -> Vec<p
     out
 }
 
-/// Appends one Prometheus text-format metric family to `out`: `# HELP`, `# TYPE`, then one
-/// line per sample. Label values are escaped as the format requires.
-pub fn write_family(
-    out: &mut String,
-    name: &str,
-    kind: &str,
-    help: &str,
-    samples: impl IntoIterator<Item = (Vec<(String, String)>, f64)>,
-) {
-    use std::fmt::Write as _;
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-    for (labels, value) in samples {
-        let labels: Vec<String> = labels
-            .iter()
-            .map(|(k, v)| {
-                let v = v
-                    .replace('\\', "\\\\")
-                    .replace('"', "\\\"")
-                    .replace('\n', "\\n");
-                format!("{k}=\"{v}\"")
-            })
-            .collect();
-        if labels.is_empty() {
-            let _ = writeln!(out, "{name} {value}");
-        } else {
-            let _ = writeln!(out, "{name}{{{}}} {value}", labels.join(","));
-        }
-    }
-}
-
-/// A usage sample as Prometheus families named `{prefix}{metric}` (e.g.
-/// `distributed_llm_worker_gpu_memory_used_mb{gpu="0",uuid="..."}`).
-pub fn write_usage(out: &mut String, prefix: &str, usage: &pb::NodeUsage, layers_max: i32) {
-    for (name, unit) in METRICS {
-        let samples: Vec<(Vec<(String, String)>, f64)> =
-            render(usage, layers_max, &[name.to_string()])
-                .into_iter()
-                .map(|m| {
-                    let mut labels: Vec<(String, String)> = m.labels.into_iter().collect();
-                    labels.sort();
-                    (labels, m.value)
-                })
-                .collect();
-        write_family(
-            out,
-            &format!("{prefix}{name}"),
-            "gauge",
-            &format!("{name} ({unit})"),
-            samples,
-        );
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn prometheus_text_escapes_labels() {
-        let mut out = String::new();
-        super::write_family(
-            &mut out,
-            "x_total",
-            "counter",
-            "things",
-            [(vec![("k".to_string(), "a\"b".to_string())], 2.0)],
-        );
-        assert_eq!(
-            out,
-            "# HELP x_total things\n# TYPE x_total counter\nx_total{k=\"a\\\"b\"} 2\n"
-        );
-    }
-
     use super::*;
 
     #[test]

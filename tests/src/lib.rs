@@ -179,6 +179,9 @@ pub struct Replica {
     pub data_dir: PathBuf,
     /// Its log file.
     pub log: PathBuf,
+    /// ip:port of its `--metrics-listen`, for a cluster started with
+    /// [`Cluster::start_with_metrics`].
+    pub metrics: Option<String>,
     process: Option<ChildProcess>,
 }
 
@@ -283,6 +286,8 @@ pub struct Cluster {
     extra_args: Vec<String>,
     /// Set for a cluster started with [`Cluster::start_secure`].
     certs: Option<Certs>,
+    /// Every replica serves `--metrics-listen` on a port of its own.
+    metrics: bool,
 }
 
 impl Cluster {
@@ -321,12 +326,41 @@ impl Cluster {
         Self::start_with(dir, n, extra_args, None)
     }
 
+    /// Like [`Cluster::start`], each replica serving `--metrics-listen` on a free port of its
+    /// own ([`Replica::metrics`]), kept across restarts.
+    pub fn start_with_metrics(n: u64, extra_args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (mut cluster, members) = Self::empty(dir, n, extra_args, None);
+        cluster.metrics = true;
+        cluster.start_founders(members);
+        cluster
+    }
+
     fn start_with(
         dir: tempfile::TempDir,
         n: u64,
         extra_args: &[&str],
         certs: Option<Certs>,
     ) -> Self {
+        let (mut cluster, members) = Self::empty(dir, n, extra_args, certs);
+        cluster.start_founders(members);
+        cluster
+    }
+
+    fn start_founders(&mut self, members: BTreeMap<u64, String>) {
+        for (id, addr) in members {
+            self.add_process(id, addr, true);
+        }
+    }
+
+    /// A cluster of `n` founding replicas on free ports, none started yet, and their
+    /// addresses by id.
+    fn empty(
+        dir: tempfile::TempDir,
+        n: u64,
+        extra_args: &[&str],
+        certs: Option<Certs>,
+    ) -> (Self, BTreeMap<u64, String>) {
         let members: BTreeMap<u64, String> = (1..=n)
             .map(|id| (id, format!("127.0.0.1:{}", free_port())))
             .collect();
@@ -335,17 +369,15 @@ impl Cluster {
             .map(|(id, addr)| format!("{id}={addr}"))
             .collect::<Vec<_>>()
             .join(",");
-        let mut cluster = Self {
+        let cluster = Self {
             replicas: BTreeMap::new(),
             initial_cluster,
             dir,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             certs,
+            metrics: false,
         };
-        for (id, addr) in members {
-            cluster.add_process(id, addr, true);
-        }
-        cluster
+        (cluster, members)
     }
 
     fn add_process(&mut self, id: u64, addr: String, founding: bool) {
@@ -356,6 +388,7 @@ impl Cluster {
             addr,
             data_dir,
             log,
+            metrics: self.metrics.then(|| format!("127.0.0.1:{}", free_port())),
             process: None,
         };
         self.spawn(&mut replica, founding);
@@ -371,6 +404,7 @@ impl Cluster {
             .arg("--data-dir")
             .arg(&replica.data_dir)
             .args(&self.extra_args)
+            .args(replica.metrics.iter().flat_map(|m| ["--metrics-listen", m]))
             .env("RUST_LOG", "info,openraft=info");
         if let Some(certs) = &self.certs {
             cmd.args(certs.server_flags(Role::Replica, &replica.id.to_string()))

@@ -7,8 +7,10 @@
 //!   defaults written once in each binary's clap `Args`.
 //! - [`clock`]: the wall clock in Unix milliseconds.
 //! - [`net`]: binding a listener with an error that names its flag.
-//! - [`metrics`]: the Prometheus `/metrics` HTTP listener around a render function.
-//! - [`logging`]: the `tracing` subscriber every binary installs.
+//! - [`metrics`]: the `--metrics-listen` HTTP listener (`/metrics` from a Prometheus
+//!   registry, `/healthz`, `/readyz`) and helpers for metrics read at scrape time.
+//! - [`grpc_metrics`]: the gRPC server metrics (started, handled by code, handling time).
+//! - [`logging`]: the `tracing` subscriber every binary installs (`--log-format`).
 //! - [`shutdown`]: the one place SIGINT and SIGTERM become a cancelled token.
 //! - [`grpc`]: the status of an over-size request (`RESOURCE_EXHAUSTED`).
 //! - [`node`]: the NodeService answers that both a replica and a worker give.
@@ -16,6 +18,7 @@
 pub mod clock;
 pub mod config;
 pub mod grpc;
+pub mod grpc_metrics;
 pub mod layered;
 pub mod logging;
 pub mod metrics;

@@ -39,8 +39,10 @@ pub struct View {
     pub assignments: Vec<pb::LayerAssignment>,
     /// The other members, as of the last refresh.
     pub peers: Vec<pb::NodeInfo>,
-    /// When the cluster last answered a heartbeat, Unix milliseconds.
+    /// When the cluster last answered a registration or a heartbeat, Unix milliseconds.
     pub last_seen: i64,
+    /// The heartbeat interval in use (the control plane's, once it has said one).
+    pub heartbeat_interval: Duration,
     /// The latest usage sample.
     pub usage: pb::NodeUsage,
 }
@@ -77,6 +79,7 @@ impl Shared {
             view: Arc::new(Mutex::new(View {
                 node,
                 status: "joining".to_string(),
+                heartbeat_interval: config.heartbeat_interval,
                 ..Default::default()
             })),
             probe: Arc::new(Mutex::new(probe)),
@@ -213,6 +216,7 @@ pub async fn run(config: Config, shared: Shared, auth: ClientAuth, shutdown: Can
                     view.cluster_id = answer.cluster_id;
                     view.peers = answer.existing_nodes;
                     view.status = "healthy".to_string();
+                    view.last_seen = now_ms();
                     break;
                 }
                 Err(status) if status.code() == Code::InvalidArgument => {
@@ -258,9 +262,11 @@ pub async fn run(config: Config, shared: Shared, auth: ClientAuth, shutdown: Can
                     view.assignments = answer.assignments;
                     view.cluster_id = answer.cluster_id;
                     view.last_seen = now_ms();
+                    view.heartbeat_interval = interval;
                 }
                 Err(status) if status.code() == Code::NotFound => {
                     warn!("the cluster does not know this node any more; registering again");
+                    shared.view().status = "joining".to_string();
                     continue 'join;
                 }
                 Err(status) => {

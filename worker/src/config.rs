@@ -45,9 +45,13 @@ pub struct Args {
     /// several groups separated by ';'). UUIDs are stable per node id and index.
     #[arg(long, env = "DLLM_SIMULATE_GPUS")]
     pub simulate_gpus: Option<String>,
-    /// Serve Prometheus metrics over HTTP at /metrics on this ip:port [default: off].
+    /// Serve Prometheus metrics (/metrics), liveness (/healthz) and readiness (/readyz) over
+    /// HTTP on this ip:port [default: off].
     #[arg(long, env = "DLLM_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+    /// Log line format (`--log-format`).
+    #[command(flatten)]
+    pub log: dllm_util::logging::LogArgs,
     /// TLS and who may connect (this worker's certificate is also its identity to the
     /// control plane: spiffe://<trust-domain>/worker/<node-id>).
     #[command(flatten)]

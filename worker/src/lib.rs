@@ -4,8 +4,10 @@
 //! - [`resources`]: CPU and memory from sysinfo, GPUs from NVML (or simulated ones).
 //! - [`agent`]: join, heartbeat, re-join, leave; the worker's [`agent::View`] of itself.
 //! - [`api`]: the worker's own NodeService (itself, its peers, live metrics).
-//! - [`run`]: wires them on one listener until shutdown; `main` and tests call it alike;
-//!   [`entry`]: the command line of `dllm-worker` and `dllm worker`.
+//! - [`metrics`]: what `--metrics-listen` shows (`/metrics`) and when the worker is ready
+//!   (`/readyz`).
+//! - [`run`]: wires them on one listener, with health and reflection, until shutdown; `main`
+//!   and tests call it alike; [`entry`]: the command line of `dllm-worker` and `dllm worker`.
 //!
 //! What the worker shares with a control-plane replica (the environment and TOML layers under
 //! the flags, the clock, logging, signals, the `/metrics` listener) is in `dllm-util`.
@@ -14,6 +16,7 @@ pub mod agent;
 pub mod api;
 pub mod config;
 pub mod entry;
+pub mod metrics;
 pub mod resources;
 
 use std::sync::Arc;
@@ -42,25 +45,13 @@ pub enum RunError {
     /// The credentials for the control plane do not load.
     #[error(transparent)]
     ClientAuth(#[from] dllm_auth::client::ClientAuthError),
+    /// Reflection could not be set up from the descriptor sets.
+    #[error("gRPC reflection setup failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
 }
 
-/// The worker's Prometheus exposition: a fresh usage sample and its status in the cluster.
-fn metrics_text(shared: &agent::Shared, denials: &Denials) -> String {
-    let usage = shared.sample();
-    let view = shared.view();
-    let max = view.node.resources.as_ref().map_or(0, |r| r.max_layers);
-    let mut out = String::new();
-    denials.render(&mut out, "distributed_llm_worker_auth_denials_total");
-    dllm_proto::metrics::write_usage(&mut out, "distributed_llm_worker_", &usage, max);
-    dllm_proto::metrics::write_family(
-        &mut out,
-        "distributed_llm_worker_status",
-        "gauge",
-        "1 for the status the cluster last reported for this worker",
-        [(vec![("status".to_string(), view.status.clone())], 1.0)],
-    );
-    out
-}
+/// The service whose health the worker reports (besides the server's, "").
+const NODE_SERVICE: &str = "distributed_llm.NodeService";
 
 /// Runs the worker on `listener` until `shutdown` is cancelled; then it leaves the cluster
 /// and stops serving.
@@ -75,14 +66,17 @@ pub async fn run(
     let probe = resources::Probe::open(config.simulate_gpus.clone())?;
     let shared = agent::Shared::new(&config, probe);
     let denials = Denials::default();
+    let (registry, grpc_metrics) = metrics::registry(shared.clone(), denials.clone());
     let metrics_task = match config.metrics_listen {
         Some(addr) => {
             let listener = dllm_util::metrics::bind(addr).await?;
-            let (shared, denied) = (shared.clone(), denials.clone());
-            let text = move || metrics_text(&shared, &denied);
+            let watched = shared.clone();
+            let ready: dllm_util::metrics::Readiness =
+                Arc::new(move || metrics::ready_now(&watched));
             Some(tokio::spawn(dllm_util::metrics::serve(
                 listener,
-                text,
+                Arc::new(registry),
+                ready,
                 shutdown.clone(),
             )))
         }
@@ -115,12 +109,26 @@ pub async fn run(
         client_auth,
         shutdown.clone(),
     ));
-    // Transport setup, in one place.
+    // Transport setup, in one place. Health: SERVING while the server runs (readiness for
+    // traffic from the cluster is /readyz on the metrics listener).
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status(NODE_SERVICE, tonic_health::ServingStatus::Serving)
+        .await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(dllm_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
     let gzip = CompressionEncoding::Gzip;
     let router = tonic::transport::Server::builder()
         .trace_fn(|req| tracing::debug_span!("rpc", path = %req.uri().path()))
+        .layer(dllm_util::grpc_metrics::GrpcMetricsLayer(grpc_metrics))
         .layer(dllm_util::grpc::SizeLimitLayer)
         .layer(AuthLayer(guard))
+        .add_service(health)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
         .add_service(
             dllm_proto::pb::node_service_server::NodeServiceServer::new(api::WorkerNodeApi::new(
                 shared,

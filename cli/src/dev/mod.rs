@@ -38,6 +38,9 @@ pub struct DevArgs {
     /// with them, and the exports that make `dllm` use the admin certificate printed.
     #[arg(long)]
     pub secure: bool,
+    /// The children's log line format (their logs are in DATA_DIR).
+    #[command(flatten)]
+    pub log: dllm_util::logging::LogArgs,
 }
 
 /// Simulated GPUs the dev workers get, in turn.
@@ -146,6 +149,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             None => dllm_auth::client::ClientAuth::plaintext(),
         },
     };
+    let log_format = match args.log.log_format {
+        dllm_util::logging::LogFormat::Text => "text",
+        dllm_util::logging::LogFormat::Json => "json",
+    };
     let mut children = Children::default();
     for (i, endpoint) in endpoints.iter().enumerate() {
         let id = i + 1;
@@ -161,6 +168,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                     "--metrics-listen",
                     &format!("127.0.0.1:{}", metrics_ports[i]),
                 ])
+                .args(["--log-format", log_format])
                 .args(secure.iter().flat_map(|s| s.replica_args(id))),
             &data.join(format!("cp{id}.log")),
         )?;
@@ -194,6 +202,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                     GPUS[i % GPUS.len()],
                 ])
                 .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
+                .args(["--log-format", log_format])
                 .args(secure.iter().flat_map(|s| s.worker_args(name))),
             &data.join(format!("{name}.log")),
         )?;
