@@ -123,13 +123,15 @@ impl<'de, M: prost::Message + Default> Deserialize<'de> for Proto<M> {
     }
 }
 
-/// A question about the leader's soft state (usage samples from heartbeats).
+/// A question about the leader's soft state (usage samples and last contacts from
+/// heartbeats).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum UsageQuery {
-    /// The latest usage sample of one node.
+    /// The latest usage sample of one node, and when the leader last heard from it.
     Node(String),
-    /// Free host memory of every node with a sample.
-    FreeMemory,
+    /// Free host memory of every node with a sample, and when the leader last heard from
+    /// each node.
+    Fleet,
 }
 
 /// The leader's answer to a [`UsageQuery`].
@@ -137,8 +139,22 @@ pub enum UsageQuery {
 pub struct UsageAnswer {
     /// For `Node`: the latest usage sample, if the leader has one.
     pub sample: Option<Proto<pb::NodeUsage>>,
-    /// For `FreeMemory`: MiB free per node id.
+    /// For `Fleet`: MiB free per node id.
     pub free_memory_mb: std::collections::BTreeMap<String, i64>,
+    /// When the leader last heard from each node (Unix ms): every node for `Fleet`, the one
+    /// asked about for `Node`.
+    pub last_contact_ms: std::collections::BTreeMap<String, i64>,
+}
+
+impl UsageAnswer {
+    /// `node` with its `last_seen` the later of the replicated value (its last registration)
+    /// and the leader's last contact (heartbeats included).
+    pub fn with_last_seen(&self, mut node: pb::NodeInfo) -> pb::NodeInfo {
+        if let Some(&ms) = self.last_contact_ms.get(&node.node_id) {
+            node.last_seen = node.last_seen.max(ms);
+        }
+        node
+    }
 }
 
 impl WireError {

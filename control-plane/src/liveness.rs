@@ -508,6 +508,20 @@ impl Detector {
         self.tracked.get(node_id).and_then(|t| t.usage.as_ref())
     }
 
+    /// When this leader last heard from each node it has heard from (Unix ms): heartbeats
+    /// and registrations, which the replicated state's `last_seen_ms` (registrations only)
+    /// does not see.
+    pub fn last_contacts(&self) -> impl Iterator<Item = (&str, i64)> {
+        self.tracked
+            .iter()
+            .filter_map(|(id, t)| Some((id.as_str(), t.last_contact_ms?)))
+    }
+
+    /// When this leader last heard from `node_id` (Unix ms).
+    pub fn last_contact(&self, node_id: &str) -> Option<i64> {
+        self.tracked.get(node_id).and_then(|t| t.last_contact_ms)
+    }
+
     /// Free host memory (MiB) of every node with a usage sample.
     pub fn free_memory(&self) -> HashMap<String, i64> {
         self.tracked

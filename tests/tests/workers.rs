@@ -356,3 +356,68 @@ async fn leader_failover_marks_no_worker_offline() {
     }
     drop(workers);
 }
+
+/// A heartbeating worker's `last_seen` is its last heartbeat, not its registration, on every
+/// replica and through every read that returns nodes (heartbeats are not in the Raft log:
+/// replicas ask the leader for its last contact).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_seen_is_fresh_on_every_replica() {
+    init_tracing();
+    // One heartbeat a second (the replicas tell the worker so).
+    let cluster = Cluster::start(3, &["--node-heartbeat-interval-ms", "1000"]);
+    cluster.wait_leader(&[1, 2, 3]).await;
+    let _worker = cluster.start_worker("gpu-1", H100, &[]);
+    let joined = wait_status(&cluster.addr(1), "gpu-1", "healthy").await;
+    let interval_ms = 1000;
+    let registered = joined.last_seen;
+    // Until the registration is three intervals old, a registration-time `last_seen` would
+    // still pass the check below.
+    wait_for(
+        "the registration to be three heartbeat intervals old",
+        Duration::from_secs(10),
+        || async move { (dllm_util::clock::now_ms() - registered > 3 * interval_ms).then_some(()) },
+    )
+    .await;
+    for id in 1..=3 {
+        let addr = cluster.addr(id);
+        let mut c = clients(&addr).await;
+        let by_info = node(&addr, "gpu-1").await.expect("GetNodeInfo").last_seen;
+        let by_peers = c
+            .node
+            .get_peers(pb::PeersRequest::default())
+            .await
+            .expect("GetPeers")
+            .into_inner()
+            .peers;
+        let by_list = c
+            .tui
+            .get_node_list(pb::NodeListRequest::default())
+            .await
+            .expect("GetNodeList")
+            .into_inner()
+            .nodes;
+        let by_discovery = c
+            .discovery
+            .discover_nodes(pb::DiscoveryRequest::default())
+            .await
+            .expect("DiscoverNodes")
+            .into_inner()
+            .discovered_nodes;
+        let seen: Vec<(&str, i64)> = [("GetNodeInfo", by_info)]
+            .into_iter()
+            .chain(by_peers.iter().map(|n| ("GetPeers", n.last_seen)))
+            .chain(by_list.iter().map(|n| ("GetNodeList", n.last_seen)))
+            .chain(by_discovery.iter().map(|n| ("DiscoverNodes", n.last_seen)))
+            .collect();
+        assert_eq!(seen.len(), 4, "replica {id}: {seen:?}");
+        let now = dllm_util::clock::now_ms();
+        for (read, last_seen) in seen {
+            assert!(
+                now - last_seen < 2 * interval_ms && last_seen > registered,
+                "replica {id} {read}: last_seen {} ms old (registered {} ms ago)",
+                now - last_seen,
+                now - registered
+            );
+        }
+    }
+}

@@ -37,6 +37,7 @@ impl DiscoveryService for DiscoveryApi {
         convert::text("requester_id", &req.requester_id, convert::MAX_TEXT_LEN)?;
         let filter = ResourceFilter::parse("filter", req.filter)?;
         let known: HashSet<&str> = req.known_nodes.iter().map(String::as_str).collect();
+        let seen = self.replica.usage(UsageQuery::Fleet).await?;
         let nodes: Vec<pb::NodeInfo> = self
             .replica
             .read(|s| {
@@ -45,7 +46,7 @@ impl DiscoveryService for DiscoveryApi {
                         n.node_id != req.requester_id && !known.contains(n.node_id.as_str())
                     })
                     .filter(|n| filter.matches(n))
-                    .map(convert::node_info)
+                    .map(|n| seen.with_last_seen(convert::node_info(n)))
                     .collect()
             })
             .await?;
@@ -142,11 +143,7 @@ impl DiscoveryService for DiscoveryApi {
     ) -> Result<Response<pb::ClusterInfoResponse>, Status> {
         let req = request.into_inner();
         convert::text("requester_id", &req.requester_id, convert::MAX_TEXT_LEN)?;
-        let free = self
-            .replica
-            .usage(UsageQuery::FreeMemory)
-            .await?
-            .free_memory_mb;
+        let fleet = self.replica.usage(UsageQuery::Fleet).await?;
         let info = self
             .replica
             .read(|s| pb::ClusterInfoResponse {
@@ -154,10 +151,10 @@ impl DiscoveryService for DiscoveryApi {
                 nodes: s
                     .nodes_by_id()
                     .into_iter()
-                    .map(convert::node_info)
+                    .map(|n| fleet.with_last_seen(convert::node_info(n)))
                     .collect(),
                 models: s.models.values().map(convert::model_info).collect(),
-                metrics: Some(convert::cluster_metrics(s, &free)),
+                metrics: Some(convert::cluster_metrics(s, &fleet.free_memory_mb)),
             })
             .await?;
         Ok(answer(info))

@@ -83,11 +83,15 @@ impl NodeService for NodeApi {
         request: Request<pb::NodeInfoRequest>,
     ) -> Result<Response<pb::NodeInfoResponse>, Status> {
         let node_id = convert::node_id("node_id", &request.into_inner().node_id)?;
+        let seen = self
+            .replica
+            .usage(UsageQuery::Node(node_id.clone()))
+            .await?;
         let node = self
             .replica
             .read(|s| find(s, &node_id).map(convert::node_info))
             .await??;
-        Ok(node_info_answer(node))
+        Ok(node_info_answer(seen.with_last_seen(node)))
     }
 
     async fn get_peers(
@@ -96,12 +100,13 @@ impl NodeService for NodeApi {
     ) -> Result<Response<pb::PeersResponse>, Status> {
         let req = request.into_inner();
         convert::text("requester_id", &req.requester_id, convert::MAX_TEXT_LEN)?;
+        let seen = self.replica.usage(UsageQuery::Fleet).await?;
         let peers: Vec<pb::NodeInfo> = self
             .replica
             .read(|s| {
                 s.members()
                     .filter(|n| req.include_self || n.node_id != req.requester_id)
-                    .map(convert::node_info)
+                    .map(|n| seen.with_last_seen(convert::node_info(n)))
                     .collect()
             })
             .await?;

@@ -45,14 +45,7 @@ impl TuiService for TuiApi {
         let req = request.into_inner();
         convert::text("requester_id", &req.requester_id, convert::MAX_TEXT_LEN)?;
         let filter = NodeFilter::parse(req.filter)?;
-        let free = if req.include_metrics {
-            self.replica
-                .usage(UsageQuery::FreeMemory)
-                .await?
-                .free_memory_mb
-        } else {
-            Default::default()
-        };
+        let fleet = self.replica.usage(UsageQuery::Fleet).await?;
         let response = self
             .replica
             .read(|s| pb::NodeListResponse {
@@ -60,11 +53,11 @@ impl TuiService for TuiApi {
                     .nodes_by_id()
                     .into_iter()
                     .filter(|n| filter.matches(n))
-                    .map(convert::node_info)
+                    .map(|n| fleet.with_last_seen(convert::node_info(n)))
                     .collect(),
                 cluster_metrics: req
                     .include_metrics
-                    .then(|| convert::cluster_metrics(s, &free)),
+                    .then(|| convert::cluster_metrics(s, &fleet.free_memory_mb)),
             })
             .await?;
         Ok(answer(response))
@@ -115,8 +108,8 @@ impl TuiService for TuiApi {
             let (replica, types) = (replica.clone(), types.clone());
             async move {
                 let timestamp = now_ms();
-                let free = if types.iter().any(|t| t == "metrics") {
-                    replica.usage(UsageQuery::FreeMemory).await?.free_memory_mb
+                let fleet = if types.iter().any(|t| t == "metrics" || t == "nodes") {
+                    replica.usage(UsageQuery::Fleet).await?
                 } else {
                     Default::default()
                 };
@@ -135,14 +128,17 @@ impl TuiService for TuiApi {
                                         u.nodes = s
                                             .nodes_by_id()
                                             .into_iter()
-                                            .map(convert::node_info)
+                                            .map(|n| fleet.with_last_seen(convert::node_info(n)))
                                             .collect()
                                     }
                                     "models" => {
                                         u.models =
                                             s.models.values().map(convert::model_info).collect()
                                     }
-                                    _ => u.metrics = Some(convert::cluster_metrics(s, &free)),
+                                    _ => {
+                                        u.metrics =
+                                            Some(convert::cluster_metrics(s, &fleet.free_memory_mb))
+                                    }
                                 }
                                 u
                             })

@@ -125,17 +125,26 @@ impl Replica {
         Ok(match query {
             UsageQuery::Node(id) => UsageAnswer {
                 sample: detector.usage(&id).cloned().map(Proto),
+                last_contact_ms: detector
+                    .last_contact(&id)
+                    .map(|ms| (id.clone(), ms))
+                    .into_iter()
+                    .collect(),
                 ..Default::default()
             },
-            UsageQuery::FreeMemory => UsageAnswer {
+            UsageQuery::Fleet => UsageAnswer {
                 free_memory_mb: detector.free_memory().into_iter().collect(),
+                last_contact_ms: detector
+                    .last_contacts()
+                    .map(|(id, ms)| (id.to_string(), ms))
+                    .collect(),
                 ..Default::default()
             },
         })
     }
 
     /// The leader's answer to a question about its soft state (a node's latest usage
-    /// sample, free memory per node).
+    /// sample, free memory per node, last contacts).
     ///
     /// # Errors
     /// `UNAVAILABLE` without a leader.
