@@ -185,6 +185,7 @@ pub async fn nodes(cluster: &Cluster, output: Output) -> Result<String, CallErro
                     requester_id: "dllm-cli".into(),
                     include_metrics: false,
                     filter: None,
+                    ..Default::default()
                 })
                 .await?
                 .into_inner()

@@ -105,6 +105,7 @@ async fn follower_writes_are_visible_everywhere_and_reference_calls_answer() {
             requester_id: "tui-client-1".into(),
             known_nodes: vec![],
             filter: None,
+            ..Default::default()
         })
         .await
         .expect("DiscoverNodes")
@@ -120,6 +121,7 @@ async fn follower_writes_are_visible_everywhere_and_reference_calls_answer() {
                 min_gpus: 1,
                 ..Default::default()
             }),
+            ..Default::default()
         })
         .await
         .expect("DiscoverNodes with a filter")
@@ -242,6 +244,7 @@ async fn follower_writes_are_visible_everywhere_and_reference_calls_answer() {
                 statuses: vec!["left".into()],
                 resources: None,
             }),
+            ..Default::default()
         })
         .await
         .expect("GetNodeList")

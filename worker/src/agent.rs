@@ -291,6 +291,7 @@ async fn refresh_peers(client: DiscoveryServiceClient<Channel>, shared: &Shared,
         requester_id: me.to_string(),
         known_nodes: vec![],
         filter: None,
+        ..Default::default()
     };
     match client.discover_nodes(request).await {
         Ok(answer) => shared.view().peers = answer.into_inner().discovered_nodes,

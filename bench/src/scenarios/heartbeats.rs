@@ -112,6 +112,7 @@ pub async fn run(workers: usize, duration: Duration) -> anyhow::Result<Value> {
                     statuses: vec!["unhealthy".into(), "offline".into()],
                     resources: None,
                 }),
+                ..Default::default()
             };
             while Instant::now() < end {
                 if let Ok(list) = c.get_node_list(request.clone()).await {

@@ -6,6 +6,7 @@ use std::{collections::HashSet, sync::Arc};
 use dllm_proto::pb::{self, discovery_service_server::DiscoveryService};
 use tonic::{Request, Response, Status};
 
+use super::paging::Page;
 use crate::{
     convert::{self, ResourceFilter},
     forward::UsageQuery,
@@ -36,24 +37,34 @@ impl DiscoveryService for DiscoveryApi {
         let req = request.into_inner();
         convert::text("requester_id", &req.requester_id, convert::MAX_TEXT_LEN)?;
         let filter = ResourceFilter::parse("filter", req.filter)?;
+        let page = Page::parse(req.limit, &req.page_token)?;
         let known: HashSet<&str> = req.known_nodes.iter().map(String::as_str).collect();
         let seen = self.replica.usage(UsageQuery::Fleet).await?;
-        let nodes: Vec<pb::NodeInfo> = self
+        let (nodes, next_page_token) = self
             .replica
             .read(|s| {
-                s.members()
-                    .filter(|n| {
-                        n.node_id != req.requester_id && !known.contains(n.node_id.as_str())
-                    })
-                    .filter(|n| filter.matches(n))
+                let (nodes, next) = page.select(s.members_unordered().filter(|n| {
+                    n.node_id != req.requester_id
+                        && !known.contains(n.node_id.as_str())
+                        && filter.matches(n)
+                }));
+                let nodes: Vec<pb::NodeInfo> = nodes
+                    .into_iter()
                     .map(|n| seen.with_last_seen(convert::node_info(n)))
-                    .collect()
+                    .collect();
+                (nodes, next)
             })
             .await?;
+        let more = if next_page_token.is_empty() {
+            ""
+        } else {
+            "; more follow (next_page_token)"
+        };
         Ok(answer(pb::DiscoveryResponse {
-            message: format!("{} node(s) discovered", nodes.len()),
+            message: format!("{} node(s) discovered{more}", nodes.len()),
             discovered_nodes: nodes,
             success: true,
+            next_page_token,
         }))
     }
 

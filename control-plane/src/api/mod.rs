@@ -6,6 +6,7 @@ pub(crate) mod admin;
 pub mod commands;
 mod discovery;
 mod node;
+mod paging;
 mod raft;
 mod streams;
 mod tui;

@@ -12,6 +12,7 @@ use dllm_util::clock::now_ms;
 
 use dllm_auth::policy::{self, Caller};
 
+use super::paging::Page;
 use super::{commands, streams};
 use crate::{
     convert::{self, NodeFilter},
@@ -45,19 +46,23 @@ impl TuiService for TuiApi {
         let req = request.into_inner();
         convert::text("requester_id", &req.requester_id, convert::MAX_TEXT_LEN)?;
         let filter = NodeFilter::parse(req.filter)?;
+        let page = Page::parse(req.limit, &req.page_token)?;
         let fleet = self.replica.usage(UsageQuery::Fleet).await?;
         let response = self
             .replica
-            .read(|s| pb::NodeListResponse {
-                nodes: s
-                    .nodes_by_id()
-                    .into_iter()
-                    .filter(|n| filter.matches(n))
-                    .map(|n| fleet.with_last_seen(convert::node_info(n)))
-                    .collect(),
-                cluster_metrics: req
-                    .include_metrics
-                    .then(|| convert::cluster_metrics(s, &fleet.free_memory_mb)),
+            .read(|s| {
+                let (nodes, next_page_token) =
+                    page.select(s.nodes.values().filter(|n| filter.matches(n)));
+                pb::NodeListResponse {
+                    nodes: nodes
+                        .into_iter()
+                        .map(|n| fleet.with_last_seen(convert::node_info(n)))
+                        .collect(),
+                    cluster_metrics: req
+                        .include_metrics
+                        .then(|| convert::cluster_metrics(s, &fleet.free_memory_mb)),
+                    next_page_token,
+                }
             })
             .await?;
         Ok(answer(response))
