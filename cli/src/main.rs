@@ -7,6 +7,7 @@ mod certs;
 mod client;
 mod commands;
 mod dev;
+mod snapshot;
 mod token;
 mod tui;
 
@@ -47,6 +48,9 @@ enum Cmd {
     /// Make tokens for clients without a certificate.
     #[command(subcommand)]
     Token(token::TokenCmd),
+    /// Back up the cluster state to a file (admin), or check such a file offline.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCmd),
     #[command(flatten)]
     Cluster(ClusterCmd),
 }
@@ -86,6 +90,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Dev(args) => return dev::run(args).await.map(|()| ExitCode::SUCCESS),
         Cmd::Certs(cmd) => return certs::run(cmd).map(|()| ExitCode::SUCCESS),
         Cmd::Token(cmd) => return token::run(cmd, cli.output).map(|()| ExitCode::SUCCESS),
+        Cmd::Snapshot(cmd) => {
+            let cluster = || {
+                Ok(client::Cluster::from_flags(
+                    &cli.endpoints,
+                    &cli.credentials,
+                )?)
+            };
+            print!("{}", snapshot::run(cmd, cluster, cli.output).await?);
+            return Ok(ExitCode::SUCCESS);
+        }
         Cmd::Cluster(command) => command,
     };
     let cluster = client::Cluster::from_flags(&cli.endpoints, &cli.credentials)?;

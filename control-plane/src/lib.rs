@@ -14,6 +14,7 @@
 //! - [`api`]: the gRPC services; [`convert`] turns wire types into validated domain types and
 //!   back; [`error`] maps every failure onto one gRPC status.
 //! - [`observability`]: Prometheus metrics and the per-RPC metrics layer.
+//! - [`recovery`]: backups (`SaveSnapshot`), `--restore-from` and `--force-new-cluster`.
 //! - [`config`]: the flags, each default written once, validated before start.
 //! - [`server`]: transport setup and [`server::run`], which `main` and tests call alike.
 //!
@@ -36,6 +37,7 @@ pub mod placement;
 #[cfg(feature = "planted-bugs")]
 pub mod planted;
 pub mod raft_types;
+pub mod recovery;
 pub mod replica;
 pub mod server;
 pub mod state;

@@ -79,7 +79,10 @@ pub enum BackupError {
         source: std::io::Error,
     },
     /// It does not start with [`MAGIC`]: not a dllm snapshot file.
-    #[error("not a dllm snapshot file (it does not start with {:?})", String::from_utf8_lossy(MAGIC))]
+    #[error(
+        "not a dllm snapshot file (it does not start with {:?})",
+        String::from_utf8_lossy(MAGIC)
+    )]
     Foreign,
     /// A format version this build does not read.
     #[error("snapshot file format version {found} is not supported (this build reads version {FORMAT_VERSION})")]
@@ -160,11 +163,7 @@ pub fn decode(bytes: &[u8]) -> Result<BackupFile, BackupError> {
         return Err(truncated(data_start + CHECKSUM_LEN as u64));
     }
     let (header_end, data_start) = (header_end as usize, data_start as usize);
-    let data_len = u64::from_le_bytes(
-        bytes[header_end..data_start]
-            .try_into()
-            .expect("8 bytes"),
-    );
+    let data_len = u64::from_le_bytes(bytes[header_end..data_start].try_into().expect("8 bytes"));
     let expected = (data_start as u64)
         .checked_add(data_len)
         .and_then(|n| n.checked_add(CHECKSUM_LEN as u64))

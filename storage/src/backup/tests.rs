@@ -40,7 +40,18 @@ fn round_trip() {
 #[test]
 fn truncated_files_are_refused() {
     let (bytes, _) = file();
-    for cut in [0, 3, 8, 12, 15, 16, 40, bytes.len() / 2, bytes.len() - 33, bytes.len() - 1] {
+    for cut in [
+        0,
+        3,
+        8,
+        12,
+        15,
+        16,
+        40,
+        bytes.len() / 2,
+        bytes.len() - 33,
+        bytes.len() - 1,
+    ] {
         let err = decode(&bytes[..cut]).expect_err("a prefix must not decode");
         assert!(
             matches!(err, BackupError::Truncated { .. }),
@@ -86,7 +97,10 @@ fn foreign_files_and_other_versions_are_refused() {
     for foreign in [&b"SQLite format 3\0 and more bytes here"[..], b"{}", b"x"] {
         let err = decode(foreign).expect_err("foreign");
         assert!(matches!(err, BackupError::Foreign), "{err}");
-        assert!(err.to_string().contains("not a dllm snapshot file"), "{err}");
+        assert!(
+            err.to_string().contains("not a dllm snapshot file"),
+            "{err}"
+        );
     }
     assert!(matches!(decode(b""), Err(BackupError::Truncated { .. })));
     let (mut bytes, _) = file();

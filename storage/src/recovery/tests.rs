@@ -16,7 +16,9 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn members() -> BTreeMap<u64, String> {
-    (1..=3).map(|id| (id, format!("127.0.0.1:{}", 9000 + id))).collect()
+    (1..=3)
+        .map(|id| (id, format!("127.0.0.1:{}", 9000 + id)))
+        .collect()
 }
 
 /// A restored store opens with exactly the saved state, applied up to the given log id, with
@@ -25,7 +27,11 @@ fn members() -> BTreeMap<u64, String> {
 fn restore_makes_an_empty_store_begin_at_the_saved_state() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = dir.path().join("raft");
-    let saved = KvData((0..100).map(|i| (format!("k{i}"), format!("v{i}"))).collect());
+    let saved = KvData(
+        (0..100)
+            .map(|i| (format!("k{i}"), format!("v{i}")))
+            .collect(),
+    );
     let at = LogId::new(CommittedLeaderId::new(0, 0), 4242);
     let data = bincode::serialize(&saved).expect("encode");
     restore(&store, at, voters(&members()), data.clone(), "abc123").expect("restore");
@@ -36,10 +42,17 @@ fn restore_makes_an_empty_store_begin_at_the_saved_state() {
         assert_eq!(applied, Some(at), "applied up to the saved point");
         assert_eq!(membership.log_id(), &Some(at));
         let voter_ids: Vec<u64> = membership.membership().voter_ids().collect();
-        assert_eq!(voter_ids, vec![1, 2, 3], "the new cluster's members, all voters");
+        assert_eq!(
+            voter_ids,
+            vec![1, 2, 3],
+            "the new cluster's members, all voters"
+        );
         assert_eq!(sm.state().read(|d| d.0.clone()), saved.0, "the saved state");
         let state = log.get_log_state().await.expect("log state");
-        assert_eq!(state.last_log_id, None, "no log yet: openraft purges up to the snapshot");
+        assert_eq!(
+            state.last_log_id, None,
+            "no log yet: openraft purges up to the snapshot"
+        );
         assert_eq!(log.read_vote().await.expect("vote"), None);
         log.flush().await.expect("flush");
     });
@@ -58,12 +71,18 @@ fn force_new_cluster_keeps_every_entry_and_leaves_one_voter() {
     let dir = tempfile::tempdir().expect("temp dir");
     runtime().block_on(async {
         let (mut log, mut sm) = open_kv(dir.path()).expect("open");
-        log.save_vote(&openraft::Vote::new(3, 2)).await.expect("vote");
-        log.append_durably((1..=80).map(entry)).await.expect("append");
+        log.save_vote(&openraft::Vote::new(3, 2))
+            .await
+            .expect("vote");
+        log.append_durably((1..=80).map(entry))
+            .await
+            .expect("append");
         sm.apply((1..=30).map(entry)).await.expect("apply");
         sm.build_snapshot().await.expect("snapshot at 30");
         sm.apply((31..=50).map(entry)).await.expect("apply");
-        log.save_committed(Some(log_id(60))).await.expect("committed");
+        log.save_committed(Some(log_id(60)))
+            .await
+            .expect("committed");
         log.flush().await.expect("flush");
         let node = BasicNode::new("127.0.0.1:9001");
         let forced = force_new_cluster(&log, &sm, 1, node.clone())
@@ -74,7 +93,10 @@ fn force_new_cluster_keeps_every_entry_and_leaves_one_voter() {
         assert_eq!(forced.last_before.map(|l| l.index), Some(80));
         assert_eq!(forced.applied_from_log, 30, "entries 51..=80");
         assert_eq!(forced.new_log_id.index, 81);
-        assert_eq!(forced.new_log_id.leader_id.term, 4, "above the vote's term 3");
+        assert_eq!(
+            forced.new_log_id.leader_id.term, 4,
+            "above the vote's term 3"
+        );
         log.flush().await.expect("flush");
         let again = force_new_cluster(&log, &sm, 1, node).await;
         assert!(
@@ -98,7 +120,10 @@ fn force_new_cluster_keeps_every_entry_and_leaves_one_voter() {
         );
         let vote = log.read_vote().await.expect("vote").expect("a vote");
         assert_eq!(vote.leader_id().get_term(), 4);
-        assert_eq!(log.read_committed().await.expect("committed"), Some(log_id_at(4, 1, 81)));
+        assert_eq!(
+            log.read_committed().await.expect("committed"),
+            Some(log_id_at(4, 1, 81))
+        );
     });
 }
 
@@ -111,7 +136,10 @@ fn force_new_cluster_on_an_empty_store_is_refused() {
         let err = force_new_cluster(&log, &sm, 1, BasicNode::new("a:1"))
             .await
             .expect_err("nothing to recover");
-        assert!(matches!(err, RecoveryError::NothingToRecover { .. }), "{err}");
+        assert!(
+            matches!(err, RecoveryError::NothingToRecover { .. }),
+            "{err}"
+        );
     });
 }
 
