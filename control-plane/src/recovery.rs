@@ -233,3 +233,44 @@ pub async fn force_new_cluster(
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+    use dllm_util::layered::try_load_from;
+
+    use super::*;
+    use crate::config::Args;
+
+    fn resolve(argv: &[&str]) -> Result<Config, ConfigError> {
+        let argv = ["dllm-control-plane", "--id=1", "--listen=127.0.0.1:8080", "--data-dir=d"]
+            .into_iter()
+            .chain(argv.iter().copied());
+        try_load_from::<Args, _, _>(Args::command(), argv)
+            .expect("parses")
+            .resolve()
+    }
+
+    /// The flags reach the configuration; a restore needs this replica in
+    /// `--initial-cluster`, and the two cannot be combined; each refusal names its flag.
+    #[test]
+    fn recovery_flags_resolve_and_errors_name_the_flag() {
+        assert_eq!(resolve(&[]).expect("valid").recovery, Recovery::None);
+        assert_eq!(
+            resolve(&["--force-new-cluster"]).expect("valid").recovery,
+            Recovery::ForceNewCluster
+        );
+        let members = "--initial-cluster=1=127.0.0.1:8080,2=127.0.0.1:8081";
+        assert_eq!(
+            resolve(&["--restore-from=b.snap", members])
+                .expect("valid")
+                .recovery,
+            Recovery::RestoreFrom("b.snap".into())
+        );
+        let err = resolve(&["--restore-from=b.snap"]).expect_err("no members");
+        assert!(err.to_string().starts_with("--restore-from"), "{err}");
+        let err = resolve(&["--restore-from=b.snap", "--force-new-cluster", members])
+            .expect_err("both");
+        assert!(err.to_string().starts_with("--force-new-cluster"), "{err}");
+    }
+}
