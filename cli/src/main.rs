@@ -1,5 +1,6 @@
 //! `dllm`: the operator's command. `dllm dev` runs a whole local cluster; `dllm certs` and
-//! `dllm token` make a secure cluster's certificates and tokens; the other commands talk to a
+//! `dllm token` make a secure cluster's certificates and tokens; `dllm snapshot` saves and
+//! checks backups of the cluster state; the other commands talk to a
 //! running cluster through any of its control-plane endpoints, with the credentials of
 //! [`client::CredentialFlags`].
 

@@ -243,9 +243,14 @@ mod tests {
     use crate::config::Args;
 
     fn resolve(argv: &[&str]) -> Result<Config, ConfigError> {
-        let argv = ["dllm-control-plane", "--id=1", "--listen=127.0.0.1:8080", "--data-dir=d"]
-            .into_iter()
-            .chain(argv.iter().copied());
+        let argv = [
+            "dllm-control-plane",
+            "--id=1",
+            "--listen=127.0.0.1:8080",
+            "--data-dir=d",
+        ]
+        .into_iter()
+        .chain(argv.iter().copied());
         try_load_from::<Args, _, _>(Args::command(), argv)
             .expect("parses")
             .resolve()
@@ -269,8 +274,8 @@ mod tests {
         );
         let err = resolve(&["--restore-from=b.snap"]).expect_err("no members");
         assert!(err.to_string().starts_with("--restore-from"), "{err}");
-        let err = resolve(&["--restore-from=b.snap", "--force-new-cluster", members])
-            .expect_err("both");
+        let err =
+            resolve(&["--restore-from=b.snap", "--force-new-cluster", members]).expect_err("both");
         assert!(err.to_string().starts_with("--force-new-cluster"), "{err}");
     }
 }
