@@ -203,6 +203,24 @@ pub fn restore(config: &Config, path: &std::path::Path) -> Result<(), StartError
     Ok(())
 }
 
+/// Refuses `--force-new-cluster` on a data directory with no store, before opening it would
+/// create one.
+///
+/// # Errors
+/// [`StartError::Recovery`] with [`recovery::RecoveryError::NothingToRecover`].
+pub fn check_survivor(config: &Config) -> Result<(), StartError> {
+    let store = config.data_dir.join("raft");
+    match recovery::is_empty(&store) {
+        Ok(false) => Ok(()),
+        Ok(true) => Err(recovery::RecoveryError::NothingToRecover { path: store }.into()),
+        Err(source) => Err(recovery::RecoveryError::Io {
+            path: store,
+            source,
+        }
+        .into()),
+    }
+}
+
 /// Carries out `--force-new-cluster` on the opened store, before Raft starts on it.
 ///
 /// # Errors

@@ -138,8 +138,10 @@ impl Replica {
     pub async fn start(config: Config) -> Result<Arc<Self>, StartError> {
         #[cfg(feature = "planted-bugs")]
         crate::planted::enabled(""); // logs which planted bugs are on, once, at start
-        if let Recovery::RestoreFrom(path) = &config.recovery {
-            recovery::restore(&config, path)?;
+        match &config.recovery {
+            Recovery::RestoreFrom(path) => recovery::restore(&config, path)?,
+            Recovery::ForceNewCluster => recovery::check_survivor(&config)?,
+            Recovery::None => {}
         }
         std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
             path: config.data_dir.clone(),

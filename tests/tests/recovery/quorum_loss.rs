@@ -237,3 +237,33 @@ async fn force_new_cluster_keeps_everything_the_survivor_applied() {
     })
     .await;
 }
+
+/// `--force-new-cluster` on a data directory with no store is refused, naming it, and creates
+/// no store there (a start without the flag still finds a fresh replica's directory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_new_cluster_on_an_empty_data_directory_is_refused() {
+    init_tracing();
+    let mut cluster = Cluster::start(1, &["--force-new-cluster"]);
+    wait_for(
+        "the replica to refuse and exit",
+        Duration::from_secs(30),
+        || {
+            let running = cluster.replica(1).is_running();
+            async move { (!running).then_some(()) }
+        },
+    )
+    .await;
+    let status = cluster.replica(1).exit_status().expect("exited");
+    let log = cluster.replica(1).log_tail();
+    assert!(!status.success(), "exits non-zero:\n{log}");
+    assert!(
+        log.contains("holds no Raft state to recover"),
+        "says why:\n{log}"
+    );
+    let store = cluster.replica(1).data_dir.join("raft");
+    assert!(
+        !store.exists(),
+        "no store was created at {}",
+        store.display()
+    );
+}
