@@ -7,7 +7,7 @@
 //! | --- | --- |
 //! | viewer | every read: NodeService, DiscoverNodes, GetClusterInfo, GetNodeList, GetModelList, StreamUpdates, GetReplicaStatus, read-only ExecuteCommand commands |
 //! | operator | viewer + models, drain/undrain, rebalance, leave of any node |
-//! | admin | operator + replica membership (AddReplica, RemoveReplica, `member add/remove`) and token revocation |
+//! | admin | operator + replica membership (AddReplica, RemoveReplica, `member add/remove`), token revocation and backups (SaveSnapshot) |
 //! | worker | RegisterWithCluster, Heartbeat, LeaveCluster for its own node id; NodeService, DiscoverNodes, GetClusterInfo |
 //! | replica | RaftService, and nobody else may |
 //!
@@ -109,6 +109,11 @@ pub const TABLE: &[(&str, Access)] = &[
     ),
     (
         "/distributed_llm.AdminService/RemoveReplica",
+        Access::Roles(ADMINS),
+    ),
+    // The whole state, revoked token ids and all.
+    (
+        "/distributed_llm.AdminService/SaveSnapshot",
         Access::Roles(ADMINS),
     ),
     (

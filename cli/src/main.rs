@@ -1,6 +1,7 @@
 //! `dllm`: the operator's command, and the one binary a host needs: `dllm control-plane` and
-//! `dllm worker` run a replica and a worker agent. `dllm dev` runs a whole local cluster; `dllm certs` and
-//! `dllm token` make a secure cluster's certificates and tokens; the other commands talk to a
+//! `dllm worker` run a replica and a worker agent. `dllm dev` runs a whole local cluster;
+//! `dllm certs` and `dllm token` make a secure cluster's certificates and tokens; `dllm
+//! snapshot` saves and checks backups of the cluster state; the other commands talk to a
 //! running cluster through any of its control-plane endpoints, with the credentials of
 //! [`client::CredentialFlags`].
 
@@ -8,6 +9,7 @@ mod certs;
 mod client;
 mod commands;
 mod dev;
+mod snapshot;
 mod token;
 mod tui;
 
@@ -77,6 +79,9 @@ enum Cmd {
     /// Make tokens for clients without a certificate.
     #[command(subcommand)]
     Token(token::TokenCmd),
+    /// Back up the cluster state to a file (admin), or check such a file offline.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCmd),
     #[command(flatten)]
     Cluster(ClusterCmd),
 }
@@ -120,6 +125,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Dev(args) => return dev::run(args).await.map(|()| ExitCode::SUCCESS),
         Cmd::Certs(cmd) => return certs::run(cmd).map(|()| ExitCode::SUCCESS),
         Cmd::Token(cmd) => return token::run(cmd, cli.output).map(|()| ExitCode::SUCCESS),
+        Cmd::Snapshot(cmd) => {
+            let cluster = || {
+                Ok(client::Cluster::from_flags(
+                    &cli.endpoints,
+                    &cli.credentials,
+                )?)
+            };
+            print!("{}", snapshot::run(cmd, cluster, cli.output).await?);
+            return Ok(ExitCode::SUCCESS);
+        }
         Cmd::Cluster(command) => command,
     };
     let cluster = client::Cluster::from_flags(&cli.endpoints, &cli.credentials)?;
@@ -184,16 +199,9 @@ fn node_command() -> Option<(&'static str, Vec<std::ffi::OsString>)> {
 
 fn main() -> ExitCode {
     if let Some((name, argv)) = node_command() {
-        let run = match name {
-            "dllm control-plane" => dllm_control_plane::entry::main_from(name, argv),
-            _ => dllm_worker::entry::main_from(name, argv),
-        };
-        return match run {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("{name}: {e:#}");
-                ExitCode::FAILURE
-            }
+        return match name {
+            "dllm control-plane" => dllm_control_plane::entry::exit_from(name, argv),
+            _ => dllm_worker::entry::exit_from(name, argv),
         };
     }
     dllm_util::logging::init(

@@ -62,6 +62,33 @@ fn unreachable_endpoints_are_listed() {
     );
 }
 
+/// `dllm snapshot status` refuses a file that is not a snapshot, naming it, and `dllm
+/// snapshot save` with no endpoint answering lists them and writes nothing.
+#[test]
+fn snapshot_commands_refuse_without_writing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let foreign = dir.path().join("notes.txt");
+    std::fs::write(&foreign, "not a snapshot").expect("write");
+    let out = dllm(&["snapshot", "status", s(&foreign)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(s(&foreign)) && stderr.contains("not a dllm snapshot file"),
+        "{stderr}"
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind")
+        .port();
+    let target = dir.path().join("backup.snap");
+    let endpoint = format!("127.0.0.1:{port}");
+    let out = dllm(&["--endpoints", &endpoint, "snapshot", "save", s(&target)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&endpoint), "{stderr}");
+    assert!(!target.exists(), "nothing is written");
+}
+
 /// `dllm dev` refuses to start when one of its ports is taken, naming the port.
 #[test]
 fn dev_names_a_taken_port() {

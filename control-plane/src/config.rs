@@ -90,6 +90,9 @@ pub struct Args {
     /// separate with ',') to trust several during a key rotation [default: tokens refused].
     #[arg(long, env = "DLLM_JWT_PUBLIC_KEY", action = clap::ArgAction::Append, value_delimiter = ',')]
     pub jwt_public_key: Vec<PathBuf>,
+    /// `--restore-from`, `--force-new-cluster`.
+    #[command(flatten)]
+    pub recovery: crate::recovery::RecoveryArgs,
 }
 
 /// A validated replica configuration.
@@ -125,6 +128,8 @@ pub struct Config {
     pub security: dllm_auth::flags::Security,
     /// Public keys client tokens may be signed with.
     pub jwt_public_keys: Vec<PathBuf>,
+    /// What to do to the store before Raft starts (restore, force a new cluster).
+    pub recovery: crate::recovery::Recovery,
 }
 
 /// Parses `1=host:port,2=host:port`.
@@ -248,7 +253,9 @@ impl Args {
                 "tokens need TLS: give --tls-ca, --tls-cert and --tls-key too",
             ));
         }
+        let recovery = self.recovery.resolve(id, &initial_cluster)?;
         Ok(Config {
+            recovery,
             security,
             jwt_public_keys: self.jwt_public_key,
             metrics_listen,

@@ -15,6 +15,7 @@
 //!   back; [`error`] maps every failure onto one gRPC status.
 //! - [`observability`]: what `--metrics-listen` shows (`/metrics`) and when the replica is
 //!   ready (`/readyz`).
+//! - [`recovery`]: backups (`SaveSnapshot`), `--restore-from` and `--force-new-cluster`.
 //! - [`config`]: the flags, each default written once, validated before start.
 //! - [`server`]: transport setup and [`server::run`], which `main` and tests call alike;
 //!   [`entry`]: the command line of `dllm-control-plane` and `dllm control-plane`.
@@ -39,6 +40,7 @@ pub mod placement;
 #[cfg(feature = "planted-bugs")]
 pub mod planted;
 pub mod raft_types;
+pub mod recovery;
 pub mod replica;
 pub mod server;
 pub mod state;

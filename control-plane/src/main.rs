@@ -5,6 +5,6 @@
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-fn main() -> anyhow::Result<()> {
-    dllm_control_plane::entry::main_from("dllm-control-plane", std::env::args_os())
+fn main() -> std::process::ExitCode {
+    dllm_control_plane::entry::exit_from("dllm-control-plane", std::env::args_os())
 }

@@ -16,6 +16,10 @@
 //! The meaning of the state (what a command does) belongs to the caller, through [`AppData`];
 //! this crate only knows how to keep it.
 //!
+//! [`backup`] is the file format of a saved state (`dllm snapshot save`, `--restore-from`);
+//! [`recovery`] restores an empty store from one, or forces a surviving replica's store into
+//! a one-voter cluster (`--force-new-cluster`).
+//!
 //! [`open`] opens or creates the store and checks that everything in it decodes and fits
 //! together, so a damaged data directory fails loudly at start instead of being silently reset.
 
@@ -23,9 +27,11 @@
 // would only move the allocation.
 #![allow(clippy::result_large_err)]
 
+pub mod backup;
 mod error;
 mod flusher;
 mod log_store;
+pub mod recovery;
 mod state_machine;
 
 use std::{io::Cursor, path::Path};

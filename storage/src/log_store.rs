@@ -83,6 +83,11 @@ impl<C: StoreTypeConfig> LogStore<C> {
         locked(&self.inner.committed).map(|id| id.index)
     }
 
+    /// The store's directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.inner.dir
+    }
+
     /// Makes everything written so far durable, through the same flusher thread that completes
     /// openraft's appends.
     ///

@@ -39,9 +39,9 @@ struct Applied<S> {
 
 /// A persisted snapshot: its metadata and the encoded [`AppData`].
 #[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta<u64, openraft::BasicNode>,
-    data: Vec<u8>,
+pub(crate) struct StoredSnapshot {
+    pub(crate) meta: SnapshotMeta<u64, openraft::BasicNode>,
+    pub(crate) data: Vec<u8>,
 }
 
 /// Read access to the applied application state, for serving queries.
@@ -61,6 +61,16 @@ impl<S> StateHandle<S> {
     /// Runs `f` on the current state. Keep `f` short: apply waits while it runs.
     pub fn read<T>(&self, f: impl FnOnce(&S) -> T) -> T {
         f(&self.lock().data)
+    }
+
+    /// A copy of the state with the id of the last log entry it reflects, taken together
+    /// under the lock (O(1) for persistent collections).
+    pub fn copy(&self) -> (Option<LogId<u64>>, S)
+    where
+        S: Clone,
+    {
+        let applied = self.lock();
+        (applied.last_applied, applied.data.clone())
     }
 
     /// Index of the last applied log entry, if any.
@@ -181,7 +191,7 @@ const SNAPSHOT_SYNC_CHUNK: usize = 4 * 1024 * 1024;
 /// The file is synced every [`SNAPSHOT_SYNC_CHUNK`] bytes rather than once at the end: one
 /// sync of tens of MiB of dirty pages would also hold up the log's next fsync (the
 /// filesystem's journal commit waits for them), stalling every write for its duration.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
         let mut file = std::fs::File::create(&tmp)?;

@@ -123,6 +123,13 @@ impl ChildProcess {
         }
     }
 
+    /// How the process ended, once it has (`None` while it runs or after a kill).
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// Sends `signal` to the process.
     pub fn signal(&self, signal: Signal) {
         let pid = Pid::from_raw(self.child.as_ref().expect("running").id() as i32);
@@ -199,6 +206,11 @@ impl Replica {
     /// Sends `signal` to the process.
     pub fn signal(&self, signal: Signal) {
         self.process.as_ref().expect("running").signal(signal);
+    }
+
+    /// How the process ended, once it has exited on its own.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.process.as_mut().and_then(ChildProcess::exit_status)
     }
 
     /// SIGKILLs the process and reaps it.
@@ -391,11 +403,11 @@ impl Cluster {
             metrics: self.metrics.then(|| format!("127.0.0.1:{}", free_port())),
             process: None,
         };
-        self.spawn(&mut replica, founding);
+        self.spawn(&mut replica, founding, &[]);
         self.replicas.insert(id, replica);
     }
 
-    fn spawn(&self, replica: &mut Replica, founding: bool) {
+    fn spawn(&self, replica: &mut Replica, founding: bool, extra_args: &[&str]) {
         let mut cmd = Command::new(binary("dllm-control-plane"));
         cmd.arg("--id")
             .arg(replica.id.to_string())
@@ -405,6 +417,7 @@ impl Cluster {
             .arg(&replica.data_dir)
             .args(&self.extra_args)
             .args(replica.metrics.iter().flat_map(|m| ["--metrics-listen", m]))
+            .args(extra_args)
             .env("RUST_LOG", "info,openraft=info");
         if let Some(certs) = &self.certs {
             cmd.args(certs.server_flags(Role::Replica, &replica.id.to_string()))
@@ -470,12 +483,18 @@ impl Cluster {
 
     /// Restarts a stopped replica on its old address and data directory.
     pub fn restart(&mut self, id: u64) {
+        self.restart_with(id, &[]);
+    }
+
+    /// Like [`Cluster::restart`], with `extra_args` added for this start only (e.g.
+    /// `--force-new-cluster`).
+    pub fn restart_with(&mut self, id: u64, extra_args: &[&str]) {
         let mut replica = self.replicas.remove(&id).expect("known replica");
         assert!(!replica.is_running(), "replica {id} is still running");
         let founding = self
             .initial_cluster
             .contains(&format!("{id}={}", replica.addr));
-        self.spawn(&mut replica, founding);
+        self.spawn(&mut replica, founding, extra_args);
         self.replicas.insert(id, replica);
     }
 

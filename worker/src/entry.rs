@@ -1,13 +1,29 @@
 //! The worker's command line, shared by `dllm-worker` and `dllm worker`: parse and validate
 //! the configuration, bind, and run until SIGINT or SIGTERM, then leave the cluster.
 
-use std::ffi::OsString;
+use std::{ffi::OsString, process::ExitCode};
 
 use anyhow::Context;
 use clap::CommandFactory;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Args;
+
+/// [`main_from`] as a process's exit: an error is one line on stderr, `name: reason` with
+/// its causes (no backtrace: these are an operator's mistakes, not bugs), and exit code 1.
+pub fn exit_from<I, T>(name: &'static str, argv: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString>,
+{
+    match main_from(name, argv) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// Runs a worker from `argv` (the program name first); `name` is how `--help` and errors
 /// name the command.

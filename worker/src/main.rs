@@ -1,5 +1,5 @@
 //! `dllm-worker`: a worker agent (the same as `dllm worker`).
 
-fn main() -> anyhow::Result<()> {
-    dllm_worker::entry::main_from("dllm-worker", std::env::args_os())
+fn main() -> std::process::ExitCode {
+    dllm_worker::entry::exit_from("dllm-worker", std::env::args_os())
 }

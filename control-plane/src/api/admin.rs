@@ -35,6 +35,25 @@ pub(crate) fn add_change(id: u64, address: &str) -> Result<MembershipChange, Api
 
 #[tonic::async_trait]
 impl AdminService for AdminApi {
+    type SaveSnapshotStream =
+        tokio_stream::Iter<std::vec::IntoIter<Result<pb::SnapshotChunk, Status>>>;
+
+    async fn save_snapshot(
+        &self,
+        _request: Request<pb::SaveSnapshotRequest>,
+    ) -> Result<Response<Self::SaveSnapshotStream>, Status> {
+        let file = crate::recovery::save(&self.replica).await?;
+        let chunks: Vec<_> = file
+            .chunks(crate::recovery::CHUNK_BYTES)
+            .map(|data| {
+                Ok(pb::SnapshotChunk {
+                    data: data.to_vec(),
+                })
+            })
+            .collect();
+        Ok(Response::new(tokio_stream::iter(chunks)))
+    }
+
     async fn get_replica_status(
         &self,
         _request: Request<pb::ReplicaStatusRequest>,

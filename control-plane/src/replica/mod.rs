@@ -49,6 +49,7 @@ use crate::{
     liveness::Detector,
     network::{Network, Peers},
     raft_types::{LogStore, Raft, StateHandle, StateMachine},
+    recovery::{self, Recovery},
     state::{ClusterState, Command, Outcome},
 };
 use dllm_proto::pb;
@@ -103,6 +104,17 @@ pub enum StartError {
     /// The TLS files do not load.
     #[error(transparent)]
     Tls(#[from] dllm_auth::tls::TlsError),
+    /// `--restore-from` was refused; the data directory is as it was.
+    #[error("--restore-from {path}: {reason}")]
+    Restore {
+        /// The snapshot file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// `--force-new-cluster` failed.
+    #[error("--force-new-cluster: {0}")]
+    Recovery(#[from] dllm_storage::recovery::RecoveryError),
 }
 
 /// Why a replica did not stop cleanly.
@@ -126,6 +138,11 @@ impl Replica {
     pub async fn start(config: Config) -> Result<Arc<Self>, StartError> {
         #[cfg(feature = "planted-bugs")]
         crate::planted::enabled(""); // logs which planted bugs are on, once, at start
+        match &config.recovery {
+            Recovery::RestoreFrom(path) => recovery::restore(&config, path)?,
+            Recovery::ForceNewCluster => recovery::check_survivor(&config)?,
+            Recovery::None => {}
+        }
         std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
             path: config.data_dir.clone(),
             source,
@@ -134,6 +151,9 @@ impl Replica {
             &config.data_dir.join("raft"),
             &dllm_storage::StoreOptions::default(),
         )?;
+        if config.recovery == Recovery::ForceNewCluster {
+            recovery::force_new_cluster(&config, &log_store, &state_machine).await?;
+        }
         let state = state_machine.state();
         let tasks = Tasks {
             tracker: TaskTracker::new(),

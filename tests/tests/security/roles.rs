@@ -20,6 +20,8 @@ pub(super) enum Probe {
     AddReplica,
     /// id 99, not a member: NOT_FOUND when allowed.
     RemoveReplica,
+    /// A backup of the whole state, read to the end.
+    SaveSnapshot,
     /// ExecuteCommand with this command and arguments.
     Command(&'static str, &'static [&'static str]),
     /// RaftService ReadIndex with an empty payload (bincode of `()`).
@@ -38,6 +40,7 @@ const PROBES: &[Probe] = &[
     Probe::Leave,
     Probe::AddReplica,
     Probe::RemoveReplica,
+    Probe::SaveSnapshot,
     Probe::Command("nodes", &[]),
     Probe::Command("drain", &["x"]),
     Probe::Command("member", &["remove", "99"]),
@@ -55,6 +58,7 @@ impl Probe {
             Probe::Leave => "/distributed_llm.DiscoveryService/LeaveCluster",
             Probe::AddReplica => "/distributed_llm.AdminService/AddReplica",
             Probe::RemoveReplica => "/distributed_llm.AdminService/RemoveReplica",
+            Probe::SaveSnapshot => "/distributed_llm.AdminService/SaveSnapshot",
             Probe::Command(..) => "/distributed_llm.TUIService/ExecuteCommand",
             Probe::ReadIndex => "/distributed_llm.raft.RaftService/ReadIndex",
         }
@@ -119,6 +123,15 @@ impl Probe {
                 .remove_replica(pb::RemoveReplicaRequest { id: 99 })
                 .await
                 .map(drop),
+            Probe::SaveSnapshot => {
+                let mut chunks = c
+                    .admin
+                    .save_snapshot(pb::SaveSnapshotRequest {})
+                    .await?
+                    .into_inner();
+                while chunks.message().await?.is_some() {}
+                Ok(())
+            }
             Probe::Command(command, args) => c
                 .tui
                 .execute_command(pb::CommandRequest {
@@ -223,6 +236,10 @@ async fn every_role_reaches_exactly_what_the_roles_table_gives_it() {
     assert!(
         denied(Probe::AddReplica, Some(Role::Operator)),
         "membership is admin"
+    );
+    assert!(
+        denied(Probe::SaveSnapshot, Some(Role::Operator)),
+        "a backup holds the whole state: admin"
     );
     assert!(denied(Probe::Command("drain", &["x"]), Some(Role::Viewer)));
     assert!(denied(Probe::Command("member", &[]), Some(Role::Operator)));
