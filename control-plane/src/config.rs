@@ -58,6 +58,11 @@ pub struct Args {
     /// commit off: every write is its own entry.
     #[arg(long, env = "DLLM_MAX_WRITES_PER_ENTRY", default_value_t = 256)]
     pub max_writes_per_entry: usize,
+    /// Most other nodes a RegisterWithCluster answer lists in existing_nodes (the first by
+    /// node_id; its message then says how many there are and to page DiscoverNodes); 0 lists
+    /// every one, whatever the fleet costs.
+    #[arg(long, env = "DLLM_MAX_EXISTING_NODES", default_value_t = 100)]
+    pub max_existing_nodes: usize,
     /// How long a client request may wait for a leader or a quorum, in milliseconds.
     #[arg(long, env = "DLLM_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
     pub request_timeout_ms: u64,
@@ -116,6 +121,8 @@ pub struct Config {
     pub snapshot_logs: u64,
     /// Group commit: most client writes in one log entry.
     pub max_writes_per_entry: usize,
+    /// Most nodes in a join answer's existing_nodes; 0: no bound.
+    pub max_existing_nodes: usize,
     /// Client request budget.
     pub request_timeout: Duration,
     /// Shutdown drain budget.
@@ -269,6 +276,7 @@ impl Args {
             election_timeout: (emin, emax),
             snapshot_logs: self.snapshot_logs,
             max_writes_per_entry: self.max_writes_per_entry,
+            max_existing_nodes: self.max_existing_nodes,
             request_timeout: nonzero_ms("request-timeout-ms", self.request_timeout_ms)?,
             shutdown_timeout: nonzero_ms("shutdown-timeout-ms", self.shutdown_timeout_ms)?,
         })

@@ -761,3 +761,71 @@ async fn no_quorum_is_unavailable_not_a_hang() {
     })
     .await;
 }
+
+/// A join answer lists at most --max-existing-nodes other nodes and says so when there are
+/// more; DiscoverNodes pages through all of them, each exactly once, in node_id order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_answers_are_bounded_and_discovery_pages() {
+    init_tracing();
+    let cluster = Cluster::start(3, &["--max-existing-nodes", "3"]);
+    cluster.wait_leader(&[1, 2, 3]).await;
+    let mut c = clients(&cluster.addr(2)).await;
+    let small = c
+        .discovery
+        .register_with_cluster(join_request("n0", 1))
+        .await
+        .expect("join")
+        .into_inner();
+    assert_eq!(small.message, "registered", "nothing to leave out yet");
+    register_all(&mut c, &cluster, "n", 1..7).await;
+    let join = c
+        .discovery
+        .register_with_cluster(join_request("n7", 1))
+        .await
+        .expect("join")
+        .into_inner();
+    let listed: Vec<&str> = join
+        .existing_nodes
+        .iter()
+        .map(|n| n.node_id.as_str())
+        .collect();
+    assert_eq!(listed, ["n0", "n1", "n2"], "the first by node_id");
+    assert!(
+        join.message.contains("first 3 of 7") && join.message.contains("DiscoverNodes"),
+        "{}",
+        join.message
+    );
+
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = c
+            .discovery
+            .discover_nodes(pb::DiscoveryRequest {
+                limit: 3,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("DiscoverNodes page")
+            .into_inner();
+        assert!(page.discovered_nodes.len() <= 3);
+        seen.extend(page.discovered_nodes.into_iter().map(|n| n.node_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let all: Vec<String> = (0..8).map(|i| format!("n{i}")).collect();
+    assert_eq!(seen, all, "every node once, in order");
+    let bad = c
+        .tui
+        .get_node_list(pb::NodeListRequest {
+            limit: -1,
+            ..Default::default()
+        })
+        .await
+        .expect_err("a negative limit");
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad.message().starts_with("limit"), "{}", bad.message());
+}

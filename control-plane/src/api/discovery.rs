@@ -73,6 +73,10 @@ impl DiscoveryService for DiscoveryApi {
         request: Request<pb::ClusterJoinRequest>,
     ) -> Result<Response<pb::ClusterJoinResponse>, Status> {
         let caller = request.extensions().get::<Caller>().cloned();
+        let request_compressed = request
+            .metadata()
+            .get("grpc-encoding")
+            .is_some_and(|e| e != "identity");
         let request = request.into_inner();
         let skip_existing = request.skip_existing_nodes;
         let spec = NodeSpec::try_from(request)?;
@@ -96,28 +100,49 @@ impl DiscoveryService for DiscoveryApi {
             }));
         }
         let outcome = self.replica.write(command).await?;
-        let message = match outcome {
+        let mut message = match outcome {
             Outcome::Registered { created: true } => "registered",
             _ => "re-registered",
-        };
+        }
+        .to_string();
         // write() returns once this replica has applied the registration, so its own state
         // is at least as new as the write.
         let existing_nodes = if skip_existing {
             Vec::new()
         } else {
-            self.replica.local_state().read(|s| {
-                s.members()
-                    .filter(|n| n.node_id != node_id)
-                    .map(convert::node_info)
-                    .collect()
-            })
+            let bound = self.replica.config().max_existing_nodes;
+            let (nodes, others) = self.replica.local_state().read(|s| {
+                let others = || s.members_unordered().filter(|n| n.node_id != node_id);
+                let page = Page::first(bound);
+                let (nodes, _) = page.select(others());
+                let nodes: Vec<pb::NodeInfo> = nodes.into_iter().map(convert::node_info).collect();
+                let count = if nodes.len() < bound || bound == 0 {
+                    nodes.len()
+                } else {
+                    others().count()
+                };
+                (nodes, count)
+            });
+            if nodes.len() < others {
+                message = format!(
+                    "{message}; existing_nodes lists the first {} of {others} other member nodes (by node_id): page the rest with DiscoverNodes (limit, page_token)",
+                    nodes.len()
+                );
+            }
+            nodes
         };
-        Ok(answer(pb::ClusterJoinResponse {
+        let mut response = answer(pb::ClusterJoinResponse {
             success: true,
-            message: message.to_string(),
+            message,
             existing_nodes,
             cluster_id,
-        }))
+        });
+        if !request_compressed {
+            // As grpc-go servers do: compress the answer only for a client that compressed
+            // its request; the member list is the one large answer here.
+            response.disable_compression();
+        }
+        Ok(response)
     }
 
     async fn leave_cluster(
