@@ -29,18 +29,19 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct CredentialFlags {
     /// The cluster CA's certificate: connect with TLS and verify servers against it.
-    #[arg(long, global = true, env = "DLLM_TLS_CA", value_name = "FILE")]
+    #[arg(long, global = true, help_heading = crate::CLUSTER_HEADING, env = "DLLM_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
     /// This client's certificate, for mutual TLS (with --tls-key and --tls-ca).
-    #[arg(long, global = true, env = "DLLM_TLS_CERT", value_name = "FILE")]
+    #[arg(long, global = true, help_heading = crate::CLUSTER_HEADING, env = "DLLM_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
     /// This client's private key (with --tls-cert).
-    #[arg(long, global = true, env = "DLLM_TLS_KEY", value_name = "FILE")]
+    #[arg(long, global = true, help_heading = crate::CLUSTER_HEADING, env = "DLLM_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
     /// A JWT (`dllm token create`) sent with every request.
     #[arg(
         long,
         global = true,
+        help_heading = crate::CLUSTER_HEADING,
         env = "DLLM_TOKEN",
         hide_env_values = true,
         value_name = "JWT"

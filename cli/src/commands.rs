@@ -1,5 +1,6 @@
-//! The operator commands: `status`, `nodes`, `models`, `exec`, `watch`; aligned tables for
-//! people, `--output json` for scripts.
+//! The operator commands: `status`, `nodes`, `models`, `exec` (and what `watch` and the TUI
+//! share with them: JSON forms, the GPU summary, local times); aligned tables for people,
+//! `--output json` for scripts.
 
 use dllm_proto::pb;
 use serde_json::{json, Value};
@@ -13,6 +14,18 @@ pub enum Output {
     Table,
     /// One JSON document.
     Json,
+}
+
+/// The local time of day of a Unix-ms time, `14:03:07` (the `TZ` variable, else
+/// `/etc/localtime`).
+pub fn local_time(ms: i64) -> String {
+    use chrono::TimeZone;
+    match chrono::Local.timestamp_millis_opt(ms) {
+        chrono::LocalResult::Single(t) | chrono::LocalResult::Ambiguous(t, _) => {
+            t.format("%H:%M:%S").to_string()
+        }
+        chrono::LocalResult::None => "--:--:--".to_string(),
+    }
 }
 
 /// Formats rows as aligned columns (first row is the header).
@@ -64,9 +77,35 @@ pub fn metrics_json(m: &pb::ClusterMetrics) -> Value {
     })
 }
 
+/// A node's GPUs as placement sees them: `2x NVIDIA H100 80G` (count, model, memory each),
+/// kinds joined by `+`; `none` without GPUs.
+pub fn gpu_summary(r: &pb::ResourceInfo) -> String {
+    let mut kinds: Vec<(&str, i64, usize)> = Vec::new();
+    for g in &r.gpus {
+        match kinds
+            .iter_mut()
+            .find(|(name, mb, _)| *name == g.name && *mb == g.memory_mb)
+        {
+            Some(kind) => kind.2 += 1,
+            None => kinds.push((&g.name, g.memory_mb, 1)),
+        }
+    }
+    if kinds.is_empty() {
+        return "none".to_string();
+    }
+    kinds
+        .iter()
+        .map(|(name, mb, n)| {
+            let name = if name.is_empty() { "GPU" } else { name };
+            format!("{n}x {name} {}G", (mb + 512) / 1024)
+        })
+        .collect::<Vec<_>>()
+        .join(" + ")
+}
+
 /// Node rows for a table.
 pub fn node_rows(nodes: &[pb::NodeInfo]) -> Vec<Vec<String>> {
-    let mut rows = vec![["NODE", "STATUS", "ADDRESS", "GPUS", "MEMORY_MB", "LAYERS"]
+    let mut rows = vec![["NODE", "STATUS", "ADDRESS", "GPUS", "RAM_MB", "LAYERS"]
         .map(String::from)
         .to_vec()];
     for n in nodes {
@@ -75,7 +114,7 @@ pub fn node_rows(nodes: &[pb::NodeInfo]) -> Vec<Vec<String>> {
             n.node_id.clone(),
             n.status.clone(),
             format!("{}:{}", n.address, n.port),
-            r.gpus.len().to_string(),
+            gpu_summary(&r),
             r.memory_mb.to_string(),
             format!("{}/{}", r.used_layers, r.max_layers),
         ]);
@@ -242,49 +281,6 @@ pub async fn exec(
         .await
 }
 
-/// One line describing an update, for `dllm watch`.
-pub fn update_line(u: &pb::ClusterUpdate, output: Output) -> String {
-    if output == Output::Json {
-        return json!({
-            "update_type": u.update_type, "timestamp": u.timestamp,
-            "nodes": u.nodes.iter().map(node_json).collect::<Vec<_>>(),
-            "models": u.models.iter().map(model_json).collect::<Vec<_>>(),
-            "metrics": u.metrics.as_ref().map(metrics_json),
-        })
-        .to_string();
-    }
-    match u.update_type.as_str() {
-        "nodes" => {
-            let by: Vec<String> = u
-                .nodes
-                .iter()
-                .map(|n| format!("{}={}", n.node_id, n.status))
-                .collect();
-            format!("{} nodes    {}", u.timestamp, by.join(" "))
-        }
-        "models" => {
-            let by: Vec<String> = u
-                .models
-                .iter()
-                .map(|m| format!("{}={}", m.id, m.placement_status))
-                .collect();
-            format!("{} models   {}", u.timestamp, by.join(" "))
-        }
-        _ => {
-            let m = u.metrics.unwrap_or_default();
-            format!(
-                "{} metrics  nodes {}/{} healthy, layers {}/{}, gpus {}",
-                u.timestamp,
-                m.healthy_nodes,
-                m.total_nodes,
-                m.allocated_layers,
-                m.total_layers,
-                m.total_gpus
-            )
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,5 +292,25 @@ mod tests {
             vec!["wide cell".into(), "x".into()],
         ]);
         assert_eq!(t, "A          LONG HEADER\nwide cell  x\n");
+    }
+
+    /// GPUs are summed up by kind, with the memory of each, which is what placement uses.
+    #[test]
+    fn gpus_are_summarised_by_kind() {
+        let gpu = |name: &str, memory_mb| pb::GpuInfo {
+            name: name.into(),
+            memory_mb,
+            ..Default::default()
+        };
+        let r = pb::ResourceInfo {
+            gpus: vec![
+                gpu("NVIDIA H100", 81920),
+                gpu("NVIDIA H100", 81920),
+                gpu("NVIDIA L4", 24576),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(gpu_summary(&r), "2x NVIDIA H100 80G + 1x NVIDIA L4 24G");
+        assert_eq!(gpu_summary(&pb::ResourceInfo::default()), "none");
     }
 }

@@ -9,15 +9,16 @@ mod certs;
 mod client;
 mod commands;
 mod dev;
+mod layers;
 mod snapshot;
 mod token;
 mod tui;
+mod watch;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use commands::Output;
-use futures::StreamExt;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -32,6 +33,9 @@ Examples:
   dllm control-plane --config /etc/dllm/control-plane.toml
   dllm worker --config /etc/dllm/worker.toml";
 
+/// Where the flags that reach a cluster are listed in `--help`.
+pub const CLUSTER_HEADING: &str = "Cluster connection";
+
 /// The dllm operator command.
 #[derive(Parser, Debug)]
 #[command(
@@ -43,7 +47,7 @@ Examples:
 struct Cli {
     /// Control-plane endpoints to try, in order: host:port, http://host:port or
     /// https://host:port, comma-separated. TLS is on when --tls-ca is given.
-    #[arg(long, global = true, env = "DLLM_ENDPOINTS", default_value = client::DEFAULT_ENDPOINTS)]
+    #[arg(long, global = true, env = "DLLM_ENDPOINTS", default_value = client::DEFAULT_ENDPOINTS, help_heading = CLUSTER_HEADING)]
     endpoints: String,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
@@ -104,15 +108,11 @@ enum ClusterCmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Print cluster updates as they come (StreamUpdates).
-    Watch {
-        /// Seconds between updates.
-        #[arg(long, default_value_t = 2)]
-        interval: i32,
-        /// Update types: nodes, models, metrics [default: all].
-        #[arg(long, value_delimiter = ',')]
-        types: Vec<String>,
-    },
+    /// Print what changes in the cluster, as it changes: node status, nodes joining and
+    /// leaving, models added and removed, layers moving between workers (one line each, local
+    /// time; with --output json one object per change). Reconnects to the next endpoint when
+    /// the stream breaks (saying so on stderr) and exits 1 when none answers for --give-up-after.
+    Watch(watch::WatchArgs),
     /// The terminal UI.
     Tui,
 }
@@ -161,24 +161,42 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::from(out.exit_code.clamp(0, 255) as u8))
         }
-        ClusterCmd::Watch { interval, types } => {
-            let mut stream = cluster
-                .first_answer(|mut c| {
-                    let request = dllm_proto::pb::UpdateStreamRequest {
-                        requester_id: "dllm-cli".into(),
-                        interval_seconds: interval,
-                        update_types: types.clone(),
-                    };
-                    async move { Ok(c.tui.stream_updates(request).await?.into_inner()) }
-                })
-                .await?;
-            while let Some(update) = stream.next().await {
-                println!("{}", commands::update_line(&update?, cli.output));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        ClusterCmd::Watch(args) => watch::run(&cluster, args, cli.output).await,
         ClusterCmd::Tui => tui::run(cluster).await.map(|()| ExitCode::SUCCESS),
     }
+}
+
+/// The subcommands that do not talk to a running cluster, so whose help leaves out the
+/// cluster flags (they are global, so that both `dllm --endpoints X nodes` and `dllm nodes
+/// --endpoints X` work); `token` keeps `--output` (`token create --output json`).
+const LOCAL_COMMANDS: [&str; 5] = ["dev", "certs", "token", "control-plane", "worker"];
+
+/// The parser, with the cluster flags hidden from the help of [`LOCAL_COMMANDS`]. A built
+/// command has its global flags copied into every subcommand, so they can be hidden there.
+fn command_line() -> clap::Command {
+    fn hide(command: &mut clap::Command, keep_output: bool) {
+        let cluster_flags = ["endpoints", "tls_ca", "tls_cert", "tls_key", "token"];
+        *command = std::mem::take(command).mut_args(|arg| {
+            let id = arg.get_id().as_str();
+            if cluster_flags.contains(&id) || (id == "output" && !keep_output) {
+                arg.hide(true)
+            } else {
+                arg
+            }
+        });
+        for sub in command.get_subcommands_mut() {
+            hide(sub, keep_output);
+        }
+    }
+    let mut command = Cli::command();
+    command.build();
+    for sub in command.get_subcommands_mut() {
+        if LOCAL_COMMANDS.contains(&sub.get_name()) {
+            let keep_output = sub.get_name() == "token";
+            hide(sub, keep_output);
+        }
+    }
+    command
 }
 
 /// jemalloc, as the standalone `dllm-control-plane` has it (this binary is a replica too).
@@ -209,7 +227,10 @@ fn main() -> ExitCode {
         dllm_util::logging::LogFormat::Text,
         dllm_util::logging::Output::Stderr,
     );
-    let cli = Cli::parse();
+    let cli = match Cli::from_arg_matches(&command_line().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {

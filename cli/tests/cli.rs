@@ -89,6 +89,62 @@ fn snapshot_commands_refuse_without_writing() {
     assert!(!target.exists(), "nothing is written");
 }
 
+/// The cluster flags are listed only where they apply: `dllm nodes --help` and `dllm --help`
+/// show `--endpoints`, the credentials and `--output`; the commands that reach no cluster do
+/// not (`token` keeps `--output`, for `token create --output json`); both places for the flag
+/// are still taken, and `http://` endpoints too.
+#[test]
+fn cluster_flags_show_only_where_they_apply() {
+    let cluster_flags = [
+        "--endpoints",
+        "--tls-ca",
+        "--tls-cert",
+        "--tls-key",
+        "--token ",
+    ];
+    for args in [
+        &["dev", "--help"][..],
+        &["certs", "init", "--help"],
+        &["certs", "--help"],
+        &["token", "create", "--help"],
+        &["help", "dev"],
+    ] {
+        let help = dllm_ok(args);
+        for flag in cluster_flags {
+            assert!(!help.contains(flag), "dllm {args:?} lists {flag}:\n{help}");
+        }
+        let has_output = help.contains("--output");
+        assert_eq!(
+            has_output,
+            args[0] == "token",
+            "dllm {args:?} and --output:\n{help}"
+        );
+    }
+    for args in [&["nodes", "--help"][..], &["--help"], &["watch", "--help"]] {
+        let help = dllm_ok(args);
+        for flag in cluster_flags.iter().chain(&["--output"]) {
+            assert!(help.contains(flag), "dllm {args:?} lacks {flag}:\n{help}");
+        }
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    for args in [
+        ["--endpoints", &endpoint, "nodes"],
+        ["nodes", "--endpoints", &endpoint],
+    ] {
+        let out = dllm(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("  127.0.0.1:{port}: cannot connect")),
+            "the flag is taken in either place, scheme stripped: {args:?}: {stderr}"
+        );
+    }
+}
+
 /// `dllm dev` refuses to start when one of its ports is taken, naming the port.
 #[test]
 fn dev_names_a_taken_port() {

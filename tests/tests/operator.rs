@@ -252,9 +252,12 @@ fn screen(session: &str) -> String {
     String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", session]).stdout).to_string()
 }
 
-/// `dllm tui` in an 80x24 tmux pane: the Nodes tab lists the worker live, `2` shows the
-/// models, `:ping` runs a command and shows its answer, the stream survives the replica it
-/// reads from being killed (reconnecting to another), and `q` quits.
+/// `dllm tui` in an 80x24 tmux pane: every tab title is whole, the Nodes tab lists the worker
+/// live with its GPU model, `2` shows the models, `:ping` runs a command and shows its answer,
+/// a long answer (a mistyped command: the error, then the help) is shown from its start and
+/// scrolls to its end, the stream survives the replica it reads from being killed
+/// (reconnecting to another), the data is marked stale once every replica is gone, and `q`
+/// quits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tui_in_tmux() {
     init_tracing();
@@ -301,10 +304,31 @@ async fn tui_in_tmux() {
     };
     let s = see("tui-worker").await;
     assert!(s.contains("healthy") && s.contains("live:"), "{s}");
+    assert!(
+        s.contains("1 Nodes │ 2 Models │ 3 Cluster"),
+        "tab titles whole at 80 columns: {s}"
+    );
+    assert!(
+        s.contains("1x NVIDIA H100 80G"),
+        "GPU model and memory: {s}"
+    );
     tmux(&["send-keys", "-t", &session, "2"]);
     see("Models (0)").await;
     tmux(&["send-keys", "-t", &session, ":", "ping", "Enter"]);
     see("pong from replica").await;
+
+    info!("--- a long answer scrolls");
+    tmux(&["send-keys", "-t", &session, ":", "modle add x", "Enter"]);
+    let s = see("did you mean").await;
+    assert!(
+        s.contains("(PgUp/PgDn)") && !s.contains("(exit 2)"),
+        "the answer's start, and a scroll hint: {s}"
+    );
+    tmux(&["send-keys", "-t", &session, "End"]);
+    let s = see("(exit 2)").await;
+    assert!(!s.contains("did you mean"), "scrolled to the end: {s}");
+    tmux(&["send-keys", "-t", &session, "Home"]);
+    see("did you mean").await;
     tmux(&["send-keys", "-t", &session, "?"]);
     see("Keys").await;
     tmux(&["send-keys", "-t", &session, "x", "1"]);
@@ -346,6 +370,14 @@ async fn tui_in_tmux() {
         )
     });
     assert!(moved.contains("tui-worker"), "{moved}");
+
+    info!("--- every replica gone: the data is marked stale");
+    let ids: Vec<u64> = cluster.replicas.keys().copied().collect();
+    for id in ids {
+        cluster.replica(id).kill();
+    }
+    let s = see("disconnected: data from").await;
+    assert!(s.contains("Nodes (1) (stale)"), "{s}");
 
     tmux(&["send-keys", "-t", &session, "q"]);
     wait_for("the TUI to quit", Duration::from_secs(10), || {

@@ -1,6 +1,8 @@
 //! The TUI's state and how keys and cluster updates change it; no drawing and no I/O, so it
 //! is tested directly.
 
+use std::cell::Cell;
+
 use dllm_proto::pb;
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
@@ -73,6 +75,11 @@ pub struct App {
     pub input: Option<String>,
     /// The last command and its output.
     pub output: Vec<String>,
+    /// The first line of the output pane shown (0: the start of the answer).
+    pub output_scroll: usize,
+    /// The output pane as last drawn: lines in all (after wrapping) and lines shown; the
+    /// drawing sets it, so scrolling stops at the end and pages are a pane high.
+    pub output_view: Cell<(usize, usize)>,
     /// Whether the help overlay is open.
     pub show_help: bool,
     /// When the last update arrived (its timestamp, Unix ms).
@@ -95,6 +102,8 @@ impl Default for App {
             },
             input: None,
             output: Vec::new(),
+            output_scroll: 0,
+            output_view: Cell::new((0, 0)),
             show_help: false,
             updated_at: 0,
             quit: false,
@@ -109,6 +118,9 @@ impl App {
             self.quit = true;
             return None;
         }
+        if self.scroll(key.code) {
+            return None;
+        }
         if let Some(line) = self.input.as_mut() {
             match key.code {
                 KeyCode::Esc => self.input = None,
@@ -116,6 +128,7 @@ impl App {
                     let line = self.input.take().unwrap_or_default();
                     if !line.trim().is_empty() {
                         self.output = vec![format!(":{line}"), "running ...".into()];
+                        self.output_scroll = 0;
                         return Some(Action::Execute(line));
                     }
                 }
@@ -145,6 +158,30 @@ impl App {
         None
     }
 
+    /// Scrolls the output pane for Up, Down, PgUp, PgDn, Home and End; whether the key was
+    /// one of those.
+    fn scroll(&mut self, code: KeyCode) -> bool {
+        let (total, shown) = self.output_view.get();
+        let page = shown.max(1);
+        let end = total.saturating_sub(shown);
+        let at = self.output_scroll.min(end);
+        self.output_scroll = match code {
+            KeyCode::Up => at.saturating_sub(1),
+            KeyCode::Down => (at + 1).min(end),
+            KeyCode::PageUp => at.saturating_sub(page),
+            KeyCode::PageDown => (at + page).min(end),
+            KeyCode::Home => 0,
+            KeyCode::End => end,
+            _ => return false,
+        };
+        true
+    }
+
+    /// Whether what is shown is old: the stream broke after data came.
+    pub fn is_stale(&self) -> bool {
+        !matches!(self.connection, Connection::Live(_)) && self.updated_at > 0
+    }
+
     /// Takes in one cluster update.
     pub fn on_update(&mut self, update: pb::ClusterUpdate) {
         self.updated_at = update.timestamp;
@@ -169,6 +206,7 @@ impl App {
             Err(e) => out.push(format!("failed: {e}")),
         }
         self.output = out;
+        self.output_scroll = 0;
     }
 }
 
@@ -214,5 +252,35 @@ mod tests {
         assert!(app.input.is_none());
         app.on_key(key(KeyCode::Char('q')));
         assert!(app.quit, "q quits once the command line is closed");
+    }
+
+    /// An answer is shown from its start; the scroll keys move through it a line or a pane
+    /// at a time and stop at either end.
+    #[test]
+    fn the_output_scrolls_and_stops_at_the_ends() {
+        let mut app = App::default();
+        let answer = pb::CommandResponse {
+            output: (1..=20).map(|i| format!("line {i}\n")).collect(),
+            ..Default::default()
+        };
+        app.output_scroll = 7;
+        app.on_output("help", Ok(answer));
+        assert_eq!(app.output_scroll, 0, "a new answer starts at its top");
+        app.output_view.set((21, 5));
+        app.on_key(key(KeyCode::PageDown));
+        assert_eq!(app.output_scroll, 5);
+        app.on_key(key(KeyCode::Up));
+        assert_eq!(app.output_scroll, 4);
+        app.on_key(key(KeyCode::End));
+        assert_eq!(app.output_scroll, 16, "the last pane");
+        app.on_key(key(KeyCode::PageDown));
+        assert_eq!(app.output_scroll, 16, "stops at the end");
+        app.on_key(key(KeyCode::Home));
+        app.on_key(key(KeyCode::PageUp));
+        assert_eq!(app.output_scroll, 0, "stops at the start");
+        assert!(
+            !app.quit && app.tab == Tab::Nodes,
+            "scrolling is all they do"
+        );
     }
 }
