@@ -4,7 +4,8 @@
 #
 # The tests need, beyond the Rust toolchain: tmux (the TUI is driven through it), ip and nft
 # (the fault runs' network namespaces and partitions, as root) and promtool (Prometheus's
-# linter, run on live /metrics pages). Missing ones are installed with apt-get when this runs
+# linter, run on live /metrics pages) and curl (README's tour, followed by tests/tests/tour.rs).
+# Missing ones are installed with apt-get when this runs
 # as root; otherwise the script says which to install and stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,7 @@ command -v tmux >/dev/null || missing+=(tmux)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v nft >/dev/null || missing+=(nftables)
 command -v promtool >/dev/null || missing+=(prometheus)
+command -v curl >/dev/null || missing+=(curl)
 
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

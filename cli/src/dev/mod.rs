@@ -283,12 +283,17 @@ A child that exits is reported here and the rest go on; type `restart <name>` (e
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("SIGTERM handler")?;
+    // Its terminal closing (SIGHUP) stops the cluster too: the children are in their own
+    // process groups, so the hangup would not reach them.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("SIGHUP handler")?;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut typed = stdin_lines();
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
+            _ = hup.recv() => break,
             line = typed.recv(), if !typed.is_closed() => {
                 if let Some(line) = line {
                     let answer = children.command(&line);

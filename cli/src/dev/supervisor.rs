@@ -43,14 +43,25 @@ impl Child {
             .append(true)
             .open(&self.log)
             .with_context(|| format!("opening {}", self.log.display()))?;
-        let process = Command::new(&self.program)
+        let mut command = Command::new(&self.program);
+        command
             .args(&self.args)
             // Plain text in the log files.
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
-            .process_group(0)
+            .process_group(0);
+        // If `dllm dev` itself dies without stopping them (SIGKILL), its children follow
+        // (they are in their own process groups, so no terminal signal reaches them).
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(signal::Signal::SIGTERM)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let process = command
             .spawn()
             .with_context(|| format!("starting {}", self.name))?;
         self.process = Some(process);
