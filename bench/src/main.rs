@@ -98,6 +98,19 @@ enum Scenario {
         #[arg(long, default_value_t = 10_000)]
         workers: usize,
     },
+    /// Placement under churn: workers fail and return, then `rebalance` runs twice; hops
+    /// per model and layers moved per failure.
+    Placement {
+        /// Simulated workers (mixed sizes: 1-2 GPUs of 80 GiB, 32/48/64 layers).
+        #[arg(long, default_value_t = 8)]
+        workers: usize,
+        /// Models of 64 layers, 64 GiB each.
+        #[arg(long, default_value_t = 4)]
+        models: usize,
+        /// Failure/return cycles, one worker each, in turn.
+        #[arg(long, default_value_t = 8)]
+        cycles: usize,
+    },
     /// A tiny run of every scenario, to keep them working (CI).
     Smoke,
 }
@@ -136,6 +149,11 @@ async fn run(scenario: Scenario) -> anyhow::Result<Value> {
         Scenario::Recovery { entries } => scenarios::recovery::run(entries).await?,
         Scenario::Memory { nodes, models } => scenarios::memory::run(nodes, models).await?,
         Scenario::ReconnectStorm { workers } => scenarios::reconnect::run(workers).await?,
+        Scenario::Placement {
+            workers,
+            models,
+            cycles,
+        } => scenarios::placement::run(workers, models, cycles).await?,
         Scenario::Smoke => {
             let etcd = std::path::Path::new("/usr/bin/etcd")
                 .exists()
@@ -147,6 +165,7 @@ async fn run(scenario: Scenario) -> anyhow::Result<Value> {
                 scenarios::recovery::run(500).await?,
                 scenarios::memory::run(100, 3).await?,
                 scenarios::reconnect::run(50).await?,
+                scenarios::placement::run(3, 1, 1).await?,
             ])
         }
     })

@@ -278,6 +278,17 @@ pub fn node_info(node: &Node) -> pb::NodeInfo {
     }
 }
 
+/// A model's ranges as `node:first-last`, in layer order: the pipeline a forward pass
+/// follows, one hop per change of node.
+pub fn pipeline(ranges: &[crate::state::Range]) -> Vec<String> {
+    let mut ranges: Vec<&crate::state::Range> = ranges.iter().collect();
+    ranges.sort_by_key(|r| r.first);
+    ranges
+        .into_iter()
+        .map(|r| format!("{}:{}-{}", r.node_id, r.first, r.last))
+        .collect()
+}
+
 /// The wire form of a model.
 pub fn model_info(model: &Model) -> pb::ModelInfo {
     let spec = &model.spec;
@@ -292,11 +303,7 @@ pub fn model_info(model: &Model) -> pb::ModelInfo {
         layer_count: spec.layer_count,
         file_path: spec.file_path.clone(),
         size_bytes: spec.size_bytes,
-        node_assignments: model
-            .ranges()
-            .iter()
-            .map(|r| format!("{}:{}-{}", r.node_id, r.first, r.last))
-            .collect(),
+        node_assignments: pipeline(model.ranges()),
         placement_status: placement_status.to_string(),
         pending_reason,
     }

@@ -1,155 +1,53 @@
 //! Where layers go: decided by the leader, committed as explicit assignments, and checked
 //! again by the state machine (`state::invariants`).
 //!
-//! Policy:
-//! - **Memory-weighted contiguous ranges.** Healthy nodes, ordered by node id, each take a
-//!   contiguous range in proportion to their free layer memory (GPU memory, or RAM without
-//!   GPUs), with largest-remainder rounding, capped by free `max_layers` and free memory
-//!   (per-layer size = size_bytes / layer_count); what a capped node cannot take is spread
-//!   over the others by the same rule.
+//! A model runs as a pipeline: each change of worker along its layer order is a network hop
+//! per token. Policy:
+//! - **Fewest hops.** A model goes to the fewest healthy workers whose room holds it (room:
+//!   free `max_layers` and free layer memory, GPU memory or RAM without GPUs, beside every
+//!   other model; per-layer size = size_bytes / layer_count), the largest rooms first, one
+//!   contiguous range each, sized in proportion to free memory and capped by room
+//!   ([`target`]). `hops = ranges - 1` is then the fewest the memory split allows.
 //! - **All or nothing.** A model that does not fit is `pending` with the reason; it is never
 //!   half placed. Pending models are placed as soon as capacity appears.
 //! - **Minimal repair.** When a node holding layers goes offline, leaves or drains, only its
-//!   ranges move (split over the healthy nodes by the same rule); layers on healthy nodes stay.
-//!   If the orphaned layers cannot all be re-homed the model becomes pending. Unhealthy nodes
-//!   keep their layers (they may be back in a moment) but take no new ones.
-//! - **Rebalance on request only**: re-splits a model from scratch, as if newly added.
+//!   ranges move; layers on healthy nodes stay. An orphaned range goes whole to the worker
+//!   before or after it in the pipeline when that one has room (one hop fewer), else whole to
+//!   one worker (a worker new to the model first, so no worker holds two ranges), and is split
+//!   only when no worker can take it whole (the neighbours take what they can from its ends,
+//!   the largest rooms the rest). If the orphaned layers cannot all be re-homed the model is
+//!   re-split afresh, or becomes pending. Unhealthy nodes keep their layers (they may be back
+//!   in a moment) but take no new ones.
+//! - **Background merge** ([`merge`]). A model left with a worker holding two or more of its
+//!   ranges is moved, by the leader, towards a fewest-hops placement, at most
+//!   [`merge::MOVES_PER_TICK`] layer moves per liveness tick, each step a complete placement.
+//! - **Rebalance on request** settles in one call: it re-plans every model that is not at the
+//!   fewest hops (and keeps those that are, so a second call moves nothing).
+
+mod capacity;
+pub mod merge;
+pub mod target;
+
+pub use capacity::{rooms, split, Room};
+pub use target::{fewest_workers, fewest_workers_for, is_fewest_hops};
+
+use std::collections::{BTreeSet, HashMap};
+
+use capacity::Capacity;
 
 use crate::state::{
-    invariants::usage_by_node, ClusterState, ModelSpec, NodeStatus, Placement, PlacementChange,
-    Range,
+    invariants::usage_by_node, ClusterState, Command, ModelSpec, Outcome, Placement,
+    PlacementChange, Range,
 };
 
-/// Free capacity of the healthy nodes, updated as a plan assigns layers.
-struct Capacity {
-    /// (node id, free layers, free MiB), ordered by node id.
-    nodes: Vec<(String, i64, i64)>,
-}
+/// Passes over the models a rebalance makes at most. Each pass re-plans the models that a
+/// pass before it changed the room of; a change only ever lowers (models with layers off
+/// their room, ranges of the others), so passes end long before this (two or three in the
+/// property tests); the cap only bounds the work of a bug.
+const MAX_REBALANCE_PASSES: usize = 64;
 
-impl Capacity {
-    /// Free capacity given `state`, ignoring the ranges of `except`.
-    fn of(state: &ClusterState, except: Option<&str>) -> Self {
-        let used = usage_by_node(state, except);
-        let nodes = state
-            .nodes_by_id()
-            .into_iter()
-            .filter(|n| n.status == NodeStatus::Healthy)
-            .map(|n| {
-                let (layers, mb) = used.get(&n.node_id).copied().unwrap_or_default();
-                (
-                    n.node_id.clone(),
-                    (i64::from(n.resources.max_layers) - layers).max(0),
-                    (n.resources.layer_memory_mb() - mb).max(0),
-                )
-            })
-            .collect();
-        Self { nodes }
-    }
-
-    /// How many layers of `layer_mb` MiB each node could take.
-    fn caps(&self, layer_mb: i64) -> Vec<i64> {
-        self.nodes
-            .iter()
-            .map(|(_, layers, mb)| {
-                if layer_mb == 0 {
-                    *layers
-                } else {
-                    (*layers).min(mb / layer_mb)
-                }
-            })
-            .collect()
-    }
-
-    fn total(&self, layer_mb: i64) -> i64 {
-        self.caps(layer_mb).iter().sum()
-    }
-
-    /// Splits layers `first..=last` over the nodes in order (see [`split`]) and takes the
-    /// capacity; `None` (and nothing taken) when they do not fit.
-    fn assign(&mut self, first: i32, last: i32, layer_mb: i64) -> Option<Vec<Range>> {
-        let count = i64::from(last - first + 1);
-        let caps = self.caps(layer_mb);
-        let weights: Vec<i64> = self.nodes.iter().map(|(_, _, mb)| *mb).collect();
-        let shares = split(count, &weights, &caps)?;
-        let mut ranges = Vec::new();
-        let mut next = first;
-        for (i, share) in shares.into_iter().enumerate() {
-            if share == 0 {
-                continue;
-            }
-            let node = &mut self.nodes[i];
-            node.1 -= share;
-            node.2 -= share * layer_mb;
-            ranges.push(Range {
-                node_id: node.0.clone(),
-                first: next,
-                last: next + share as i32 - 1,
-            });
-            next += share as i32;
-        }
-        Some(ranges)
-    }
-}
-
-/// Splits `total` items over nodes in proportion to `weights`, never giving node `i` more
-/// than `caps[i]`: largest-remainder rounding, then what capped nodes cannot take is split
-/// again over the rest. Ties go to the earlier node. `None` when the caps do not add up.
-pub fn split(total: i64, weights: &[i64], caps: &[i64]) -> Option<Vec<i64>> {
-    if caps.iter().sum::<i64>() < total {
-        return None;
-    }
-    let mut shares = vec![0i64; caps.len()];
-    let mut open: Vec<usize> = (0..caps.len()).filter(|&i| caps[i] > 0).collect();
-    let mut remaining = total;
-    while remaining > 0 && !open.is_empty() {
-        // Nodes with no free memory weight still take layers if nothing else can.
-        let w = |i: usize| -> i128 {
-            if open.iter().all(|&j| weights[j] <= 0) {
-                1
-            } else {
-                weights[i].max(0) as i128
-            }
-        };
-        let sum: i128 = open.iter().map(|&i| w(i)).sum();
-        let mut alloc: Vec<(usize, i64, i128)> = open
-            .iter()
-            .map(|&i| {
-                let num = remaining as i128 * w(i);
-                (i, (num / sum) as i64, num % sum)
-            })
-            .collect();
-        let mut leftover = remaining - alloc.iter().map(|a| a.1).sum::<i64>();
-        let mut order: Vec<usize> = (0..alloc.len()).collect();
-        order.sort_by(|&a, &b| {
-            alloc[b]
-                .2
-                .cmp(&alloc[a].2)
-                .then(alloc[a].0.cmp(&alloc[b].0))
-        });
-        for k in order {
-            if leftover == 0 {
-                break;
-            }
-            alloc[k].1 += 1;
-            leftover -= 1;
-        }
-        let mut saturated = Vec::new();
-        for (i, give, _) in alloc {
-            let room = caps[i] - shares[i];
-            let give = give.min(room);
-            shares[i] += give;
-            remaining -= give;
-            if shares[i] == caps[i] {
-                saturated.push(i);
-            }
-        }
-        open.retain(|i| !saturated.contains(i));
-    }
-    (remaining == 0).then_some(shares)
-}
-
-/// Merges adjacent ranges on the same node.
-fn merge(mut ranges: Vec<Range>) -> Vec<Range> {
+/// Merges adjacent ranges on the same node, in layer order.
+pub fn merge(mut ranges: Vec<Range>) -> Vec<Range> {
     ranges.sort_by_key(|r| r.first);
     let mut out: Vec<Range> = Vec::with_capacity(ranges.len());
     for r in ranges {
@@ -163,6 +61,18 @@ fn merge(mut ranges: Vec<Range>) -> Vec<Range> {
     out
 }
 
+/// Network hops of a pipeline over `ranges`: changes of worker along the layer order.
+pub fn hops(ranges: &[Range]) -> usize {
+    merge(ranges.to_vec()).len().saturating_sub(1)
+}
+
+/// Whether some worker holds two or more separate ranges of the model.
+pub fn interleaved(ranges: &[Range]) -> bool {
+    let merged = merge(ranges.to_vec());
+    let nodes: BTreeSet<&str> = merged.iter().map(|r| r.node_id.as_str()).collect();
+    nodes.len() < merged.len()
+}
+
 fn pending_reason(spec: &ModelSpec, free: i64) -> String {
     format!(
         "needs {} layers of {} MiB each; the healthy workers can take {free} more",
@@ -171,19 +81,39 @@ fn pending_reason(spec: &ModelSpec, free: i64) -> String {
     )
 }
 
-/// The placement of a new model (or a rebalanced one, whose own ranges are ignored).
+/// The placement of a new model (or of a pending one), at the fewest hops.
 pub fn fresh(state: &ClusterState, spec: &ModelSpec) -> Placement {
-    let mut capacity = Capacity::of(state, Some(&spec.id));
-    place_fresh(&mut capacity, spec)
+    match target::plan(state, spec, &[]) {
+        Some(ranges) => Placement::Placed(ranges),
+        None => {
+            let free = Capacity::of(state, Some(&spec.id)).total(spec.layer_mb());
+            Placement::Pending(pending_reason(spec, free))
+        }
+    }
 }
 
-fn place_fresh(capacity: &mut Capacity, spec: &ModelSpec) -> Placement {
-    let layer_mb = spec.layer_mb();
-    let free = capacity.total(layer_mb);
-    match capacity.assign(0, spec.layer_count - 1, layer_mb) {
-        Some(ranges) => Placement::Placed(ranges),
-        None => Placement::Pending(pending_reason(spec, free)),
+/// Applies `placement` to `scratch` as the change the leader will commit (with the epoch the
+/// model will have then, as a model may change twice in one batch) and records it; nothing
+/// when the state machine would refuse it.
+fn commit(
+    scratch: &mut ClusterState,
+    changes: &mut Vec<PlacementChange>,
+    model_id: &str,
+    placement: Placement,
+) -> bool {
+    let change = PlacementChange {
+        model_id: model_id.to_string(),
+        epoch: scratch.models[model_id].epoch,
+        placement,
+    };
+    let out = scratch.apply(Command::SetPlacements {
+        changes: vec![change.clone()],
+    });
+    let applied = matches!(out, Outcome::PlacementsChanged { applied: 1, .. });
+    if applied {
+        changes.push(change);
     }
+    applied
 }
 
 /// The changes that bring every model back to a valid placement: orphaned ranges (on nodes
@@ -208,22 +138,6 @@ pub fn repair(state: &ClusterState) -> Vec<PlacementChange> {
     }
     let mut scratch = state.clone();
     let mut changes: Vec<PlacementChange> = Vec::new();
-    // Each change carries the epoch the model will have when it applies, which is the
-    // scratch copy's epoch now (a model may change twice in one batch).
-    let commit = |scratch: &mut ClusterState,
-                  changes: &mut Vec<PlacementChange>,
-                  model_id: &str,
-                  placement: Placement| {
-        let change = PlacementChange {
-            model_id: model_id.to_string(),
-            epoch: scratch.models[model_id].epoch,
-            placement,
-        };
-        scratch.apply(crate::state::Command::SetPlacements {
-            changes: vec![change.clone()],
-        });
-        changes.push(change);
-    };
     // First re-home (or give up) orphaned ranges, which may free capacity; then place
     // pending models with whatever is free.
     for model in state.models.values() {
@@ -276,10 +190,10 @@ fn repair_one(state: &ClusterState, model_id: &str) -> Option<Placement> {
         return None;
     }
     let mut capacity = Capacity::of(state, None);
-    let mut rehomed = Vec::new();
+    let mut placed = kept;
     for r in &orphaned {
-        match capacity.assign(r.first, r.last, layer_mb) {
-            Some(new) => rehomed.extend(new),
+        match rehome(&mut capacity, &placed, r, layer_mb) {
+            Some(pieces) => placed.extend(pieces),
             None => {
                 // The orphans do not fit around the kept ranges: split the whole model
                 // afresh if that fits, else it waits, with the reason.
@@ -296,12 +210,93 @@ fn repair_one(state: &ClusterState, model_id: &str) -> Option<Placement> {
             }
         }
     }
-    kept.extend(rehomed);
-    Some(Placement::Placed(merge(kept)))
+    Some(Placement::Placed(merge(placed)))
+}
+
+/// Where the orphaned range `r` goes, given the ranges `placed` so far: whole to a pipeline
+/// neighbour with room, else whole to one worker (new to the model first, then the largest
+/// room), else in pieces (the neighbours take what they can from its ends, the largest rooms
+/// the rest, so as few pieces as the rooms allow). `None` (nothing taken) when it does not
+/// fit.
+fn rehome(
+    capacity: &mut Capacity,
+    placed: &[Range],
+    r: &Range,
+    layer_mb: i64,
+) -> Option<Vec<Range>> {
+    let len = i64::from(r.len());
+    let owner = |layer: i32| {
+        placed
+            .iter()
+            .find(|p| p.first <= layer && layer <= p.last)
+            .map(|p| p.node_id.clone())
+    };
+    let left = owner(r.first - 1);
+    let right = owner(r.last + 1);
+    for n in [&left, &right].into_iter().flatten() {
+        if capacity.cap_of(n, layer_mb) >= len {
+            return Some(vec![capacity.take(n, r.first, r.last, layer_mb)]);
+        }
+    }
+    let holders: BTreeSet<&str> = placed.iter().map(|p| p.node_id.as_str()).collect();
+    let caps = capacity.caps(layer_mb);
+    let whole = capacity
+        .nodes
+        .iter()
+        .zip(&caps)
+        .filter(|(_, &cap)| cap >= len)
+        .max_by(|(a, ca), (b, cb)| {
+            let new = |id: &String| !holders.contains(id.as_str());
+            new(&a.0)
+                .cmp(&new(&b.0))
+                .then(ca.cmp(cb))
+                .then(b.0.cmp(&a.0))
+        })
+        .map(|(n, _)| n.0.clone());
+    if let Some(n) = whole {
+        return Some(vec![capacity.take(&n, r.first, r.last, layer_mb)]);
+    }
+    if capacity.total(layer_mb) < len {
+        return None;
+    }
+    let (mut first, mut last) = (r.first, r.last);
+    let mut pieces = Vec::new();
+    if let Some(n) = &left {
+        let c = capacity.cap_of(n, layer_mb).min(len) as i32;
+        if c > 0 {
+            pieces.push(capacity.take(n, first, first + c - 1, layer_mb));
+            first += c;
+        }
+    }
+    if let Some(n) = &right {
+        let c = capacity
+            .cap_of(n, layer_mb)
+            .min(i64::from(last - first + 1)) as i32;
+        if c > 0 {
+            pieces.push(capacity.take(n, last - c + 1, last, layer_mb));
+            last -= c;
+        }
+    }
+    while first <= last {
+        let caps = capacity.caps(layer_mb);
+        let (i, cap) = caps
+            .iter()
+            .enumerate()
+            .max_by(|(i, a), (j, b)| a.cmp(b).then(j.cmp(i)))
+            .map(|(i, c)| (i, *c))?;
+        if cap <= 0 {
+            return None;
+        }
+        let c = cap.min(i64::from(last - first + 1)) as i32;
+        let n = capacity.nodes[i].0.clone();
+        pieces.push(capacity.take(&n, first, first + c - 1, layer_mb));
+        first += c;
+    }
+    Some(pieces)
 }
 
 /// Layers and MiB by which each node that may hold layers exceeds its capacity.
-fn overcommitted(state: &ClusterState) -> std::collections::HashMap<String, (i64, i64)> {
+fn overcommitted(state: &ClusterState) -> HashMap<String, (i64, i64)> {
     usage_by_node(state, None)
         .into_iter()
         .filter_map(|(id, (layers, mb))| {
@@ -314,8 +309,25 @@ fn overcommitted(state: &ClusterState) -> std::collections::HashMap<String, (i64
         .collect()
 }
 
-/// A fresh split of one model (or of every placed model, one after another, when `model_id`
-/// is `None`), for an explicit `rebalance`.
+/// Whether every range of `ranges` is on a healthy node with room for it beside the other
+/// models (a placement a fewest-hops plan can be measured against).
+fn within_room(state: &ClusterState, spec: &ModelSpec, ranges: &[Range]) -> bool {
+    let rooms = rooms(state, &spec.id, spec.layer_mb());
+    crate::state::invariants::layers_by_node(ranges)
+        .into_iter()
+        .all(|(node, layers)| {
+            rooms
+                .iter()
+                .any(|room| room.node_id == node && layers <= room.layers)
+        })
+}
+
+/// An explicit `rebalance` of one model (or of every model when `model_id` is `None`): each
+/// model not at the fewest hops the memory split allows is re-planned ([`target::plan`],
+/// moving as little as it finds), and one already there stays as it is. Moving one model
+/// changes the room of the others, so the models are planned again, pass after pass, until a
+/// pass changes nothing: the result is settled, and a second call right after proposes
+/// nothing. A placed model never becomes pending here.
 pub fn rebalance(state: &ClusterState, model_id: Option<&str>) -> Vec<PlacementChange> {
     let mut scratch = state.clone();
     let mut changes = Vec::new();
@@ -323,25 +335,37 @@ pub fn rebalance(state: &ClusterState, model_id: Option<&str>) -> Vec<PlacementC
         Some(id) => vec![id.to_string()],
         None => state.models.keys().cloned().collect(),
     };
-    for id in ids {
-        let Some(model) = scratch.models.get(&id).cloned() else {
-            continue;
-        };
-        let placement = fresh(&scratch, &model.spec);
-        if placement == model.placement {
-            continue;
+    for _ in 0..MAX_REBALANCE_PASSES {
+        let mut changed = false;
+        for id in &ids {
+            let Some(model) = scratch.models.get(id) else {
+                continue;
+            };
+            let spec = model.spec.clone();
+            let better = match &model.placement {
+                Placement::Pending(_) => target::plan(&scratch, &spec, &[]),
+                Placement::Placed(ranges) if is_fewest_hops(&scratch, &spec, ranges) => None,
+                Placement::Placed(ranges) => {
+                    target::plan(&scratch, &spec, ranges).filter(|target| {
+                        // Strictly better: fewer ranges, or off nodes without room for it.
+                        !within_room(&scratch, &spec, ranges)
+                            || merge(target.clone()).len() < merge(ranges.clone()).len()
+                    })
+                }
+            };
+            if let Some(target) = better {
+                changed |= commit(&mut scratch, &mut changes, id, Placement::Placed(target));
+            }
         }
-        if let Some(m) = scratch.models.get_mut(&id) {
-            m.placement = placement.clone();
+        if !changed {
+            break;
         }
-        changes.push(PlacementChange {
-            model_id: id,
-            epoch: model.epoch,
-            placement,
-        });
     }
     changes
 }
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod proptests;

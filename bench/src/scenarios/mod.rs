@@ -3,6 +3,7 @@
 pub mod failover;
 pub mod heartbeats;
 pub mod memory;
+pub mod placement;
 pub mod reconnect;
 pub mod recovery;
 pub mod writes;

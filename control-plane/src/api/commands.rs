@@ -436,26 +436,24 @@ pub async fn run(replica: &Replica, cmd: Cmd) -> Result<String, ApiError> {
             let models = replica
                 .read(|s| s.models.values().cloned().collect::<Vec<_>>())
                 .await?;
-            let mut rows = vec![["MODEL", "LAYERS", "SIZE_MB", "STATUS", "PLACEMENT"]
+            let mut rows = vec![["MODEL", "LAYERS", "SIZE_MB", "STATUS", "HOPS", "PLACEMENT"]
                 .map(String::from)
                 .to_vec()];
             rows.extend(models.iter().map(|m| {
-                let (status, detail) = match &m.placement {
+                let (status, hops, detail) = match &m.placement {
                     Placement::Placed(ranges) => (
                         "placed",
-                        ranges
-                            .iter()
-                            .map(|r| format!("{}:{}-{}", r.node_id, r.first, r.last))
-                            .collect::<Vec<_>>()
-                            .join(" "),
+                        crate::placement::hops(ranges).to_string(),
+                        convert::pipeline(ranges).join(" "),
                     ),
-                    Placement::Pending(reason) => ("pending", reason.clone()),
+                    Placement::Pending(reason) => ("pending", "-".to_string(), reason.clone()),
                 };
                 vec![
                     m.spec.id.clone(),
                     m.spec.layer_count.to_string(),
                     (m.spec.size_bytes >> 20).to_string(),
                     status.to_string(),
+                    hops,
                     detail,
                 ]
             }));
@@ -504,11 +502,14 @@ pub async fn run(replica: &Replica, cmd: Cmd) -> Result<String, ApiError> {
             Ok(format!("node {node_id} left\n"))
         }
         Cmd::Rebalance(model) => match replica.propose(Proposal::Rebalance(model)).await? {
+            Outcome::PlacementsChanged { applied: 0, skipped } if skipped.is_empty() => {
+                Ok("rebalanced: nothing to move, every placed model is at the fewest hops its room allows\n".to_string())
+            }
             Outcome::PlacementsChanged { applied, skipped } if skipped.is_empty() => {
-                Ok(format!("rebalanced {applied} model(s)\n"))
+                Ok(format!("rebalanced: {applied} placement change(s)\n"))
             }
             Outcome::PlacementsChanged { applied, skipped } => Ok(format!(
-                "rebalanced {applied} model(s); skipped: {}\n",
+                "rebalanced: {applied} placement change(s); skipped: {}\n",
                 skipped.join("; ")
             )),
             other => Err(ApiError::Internal(format!("rebalance answered {other:?}"))),

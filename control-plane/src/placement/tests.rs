@@ -1,14 +1,13 @@
-//! Placement: the split rule, repair with minimal moves, pending models, and property tests
-//! of the invariants over random sequences of joins, failures, drains and model changes.
-
-use proptest::prelude::*;
+//! Placement: the split rule, fewest-hops plans, repair with minimal moves, pending models,
+//! a rebalance that settles, and the background merge, by example (properties over random
+//! histories are in `proptests.rs`).
 
 use super::*;
-use crate::state::{invariants, Command, Gpu, NodeSpec, Outcome, Resources};
+use crate::state::{invariants, Command, Gpu, NodeSpec, NodeStatus, Outcome, Resources};
 
-const GIB: i64 = 1 << 30;
+pub(super) const GIB: i64 = 1 << 30;
 
-fn register(state: &mut ClusterState, id: &str, gpu_mb: i64, max_layers: i32) {
+pub(super) fn register(state: &mut ClusterState, id: &str, gpu_mb: i64, max_layers: i32) {
     let out = state.apply(Command::RegisterNode {
         spec: NodeSpec {
             node_id: id.into(),
@@ -30,7 +29,7 @@ fn register(state: &mut ClusterState, id: &str, gpu_mb: i64, max_layers: i32) {
     assert!(matches!(out, Outcome::Registered { .. }));
 }
 
-fn spec(id: &str, layers: i32, size_bytes: i64) -> ModelSpec {
+pub(super) fn spec(id: &str, layers: i32, size_bytes: i64) -> ModelSpec {
     ModelSpec {
         id: id.into(),
         name: id.into(),
@@ -42,13 +41,13 @@ fn spec(id: &str, layers: i32, size_bytes: i64) -> ModelSpec {
 }
 
 /// What the leader does for `model add`: plan, then commit.
-fn add(state: &mut ClusterState, s: ModelSpec) -> Outcome {
+pub(super) fn add(state: &mut ClusterState, s: ModelSpec) -> Outcome {
     let placement = fresh(state, &s);
     state.apply(Command::AddModel { spec: s, placement })
 }
 
 /// What the leader's repair loop does: plan, commit, and the plan always applies.
-fn repair_now(state: &mut ClusterState) {
+pub(super) fn repair_now(state: &mut ClusterState) {
     let changes = repair(state);
     let n = changes.len() as u32;
     if n == 0 {
@@ -62,7 +61,7 @@ fn repair_now(state: &mut ClusterState) {
     }
 }
 
-fn ranges(state: &ClusterState, model: &str) -> Vec<String> {
+pub(super) fn ranges(state: &ClusterState, model: &str) -> Vec<String> {
     state.models[model]
         .ranges()
         .iter()
@@ -79,7 +78,7 @@ fn owner(state: &ClusterState, model: &str, layer: i32) -> String {
         .unwrap_or_default()
 }
 
-fn set_status(state: &mut ClusterState, id: &str, to: NodeStatus) {
+pub(super) fn set_status(state: &mut ClusterState, id: &str, to: NodeStatus) {
     let node = &state.nodes[id];
     state.apply(Command::SetNodeStatuses {
         changes: vec![crate::state::StatusChange {
@@ -116,35 +115,79 @@ fn split_is_proportional_with_largest_remainder_and_caps() {
     );
 }
 
-/// Three workers with 80, 40 and 24 GiB; an 80-layer model of 1 GiB per layer is split in
-/// proportion to memory, as contiguous ranges in node order.
+/// Places `ranges` (node, first, last) as the model's placement, as an old plan may have.
+fn add_placed(state: &mut ClusterState, s: ModelSpec, ranges: &[(&str, i32, i32)]) {
+    let placement = Placement::Placed(
+        ranges
+            .iter()
+            .map(|(n, f, l)| Range {
+                node_id: n.to_string(),
+                first: *f,
+                last: *l,
+            })
+            .collect(),
+    );
+    let id = s.id.clone();
+    state.apply(Command::AddModel { spec: s, placement });
+    assert!(
+        matches!(state.models[&id].placement, Placement::Placed(_)),
+        "{:?}",
+        state.models[&id].placement
+    );
+}
+
+/// Layers whose node differs between two placements of one model.
+pub(super) fn moved(before: &[Range], after: &[Range]) -> usize {
+    let own = |rs: &[Range], l: i32| {
+        rs.iter()
+            .find(|r| r.first <= l && l <= r.last)
+            .map(|r| r.node_id.clone())
+    };
+    let layers = before.iter().map(|r| r.last + 1).max().unwrap_or(0);
+    (0..layers)
+        .filter(|&l| own(before, l) != own(after, l))
+        .count()
+}
+
+/// Three workers with 80, 40 and 24 GiB; a 100-layer model of 1 GiB per layer goes to the
+/// fewest workers that hold it (the two largest), one range each, split by memory.
 #[test]
-fn a_model_is_split_by_memory() {
+fn a_model_goes_to_the_fewest_workers_split_by_memory() {
     let mut state = ClusterState::default();
     register(&mut state, "a", 80 * 1024, 100);
     register(&mut state, "b", 40 * 1024, 100);
     register(&mut state, "c", 24 * 1024, 100);
     assert_eq!(
-        add(&mut state, spec("m", 80, 80 * GIB)),
+        add(&mut state, spec("m", 100, 100 * GIB)),
         Outcome::ModelAdded
     );
-    // 80 * 80/144 = 44.4, 80 * 40/144 = 22.2, 80 * 24/144 = 13.3: floors 44 + 22 + 13 = 79,
-    // and the one left over goes to the largest remainder (a's .4).
-    assert_eq!(ranges(&state, "m"), ["a:0-44", "b:45-66", "c:67-79"]);
-    assert_eq!(state.nodes["a"].used_layers, 45);
+    // Rooms 80, 40, 24: two workers suffice. 100 * 80/120 = 66.7, 100 * 40/120 = 33.3.
+    assert_eq!(ranges(&state, "m"), ["a:0-66", "b:67-99"]);
+    assert_eq!(hops(state.models["m"].ranges()), 1, "the fewest hops");
+    assert_eq!(state.nodes["a"].used_layers, 67);
     invariants::check_state(&state).expect("invariants hold");
+    add(&mut state, spec("s", 20, 20 * GIB));
+    assert_eq!(
+        ranges(&state, "s"),
+        ["c:0-19"],
+        "one worker with room: no hop"
+    );
 }
 
-/// A failed node's ranges move; everything else stays where it is.
+/// A failed node's ranges move whole to a pipeline neighbour with room; everything else
+/// stays where it is, and the pipeline loses a hop.
 #[test]
 fn repair_moves_only_the_failed_nodes_layers() {
     let mut state = ClusterState::default();
     register(&mut state, "a", 80 * 1024, 100);
     register(&mut state, "b", 40 * 1024, 100);
     register(&mut state, "c", 40 * 1024, 100);
-    add(&mut state, spec("m", 40, 40 * GIB));
+    add_placed(
+        &mut state,
+        spec("m", 40, 40 * GIB),
+        &[("a", 0, 19), ("b", 20, 29), ("c", 30, 39)],
+    );
     let before = ranges(&state, "m");
-    assert_eq!(before, ["a:0-19", "b:20-29", "c:30-39"]);
     set_status(&mut state, "b", NodeStatus::Unhealthy);
     repair_now(&mut state);
     assert_eq!(
@@ -156,15 +199,47 @@ fn repair_moves_only_the_failed_nodes_layers() {
     repair_now(&mut state);
     let after = ranges(&state, "m");
     for layer in (0..20).chain(30..40) {
-        assert_ne!(owner(&state, "m", layer), "b");
         assert_eq!(
             owner(&state, "m", layer),
             if layer < 20 { "a" } else { "c" },
             "layer {layer} on a healthy node did not move: {after:?}"
         );
     }
-    assert!(!after.iter().any(|r| r.starts_with("b:")), "{after:?}");
+    assert_eq!(after, ["a:0-29", "c:30-39"], "the neighbour took it whole");
     assert_eq!(state.nodes["b"].used_layers, 0);
+    invariants::check_state(&state).expect("invariants hold");
+}
+
+/// With both pipeline neighbours full, an orphan goes whole to a worker new to the model (no
+/// worker holds two ranges); when no worker can take it whole, the neighbours take what they
+/// can from its ends and the largest rooms the middle.
+#[test]
+fn an_orphan_goes_whole_to_one_worker_and_is_split_only_when_it_must() {
+    let mut state = ClusterState::default();
+    register(&mut state, "a", 80 * 1024, 20);
+    register(&mut state, "b", 80 * 1024, 10);
+    register(&mut state, "c", 80 * 1024, 10);
+    register(&mut state, "d", 80 * 1024, 12);
+    register(&mut state, "e", 80 * 1024, 10);
+    add_placed(
+        &mut state,
+        spec("m", 40, 40 * GIB),
+        &[("a", 0, 19), ("b", 20, 29), ("c", 30, 39)],
+    );
+    set_status(&mut state, "b", NodeStatus::Offline);
+    repair_now(&mut state);
+    // a and c are full; d (12) is the largest room, and new to the model.
+    assert_eq!(ranges(&state, "m"), ["a:0-19", "d:20-29", "c:30-39"]);
+    // a fails: no worker can take its 20 layers whole. Its right neighbour d takes the
+    // last 2 it has room for, the largest rooms (e, then f, 10 each) the rest.
+    register(&mut state, "f", 80 * 1024, 10);
+    set_status(&mut state, "a", NodeStatus::Offline);
+    repair_now(&mut state);
+    assert_eq!(
+        ranges(&state, "m"),
+        ["e:0-9", "f:10-17", "d:18-29", "c:30-39"],
+        "pieces: the neighbour d takes the end, the largest rooms the rest"
+    );
     invariants::check_state(&state).expect("invariants hold");
 }
 
@@ -184,13 +259,15 @@ fn a_model_that_does_not_fit_waits_for_capacity() {
     assert_eq!(ranges(&state, "big"), ["a:0-9", "b:10-19"]);
 }
 
-/// A drained node ends with no layers; undrained it takes new ones only on rebalance.
+/// A drained node ends with no layers; undrained, nothing moves back, and a rebalance keeps
+/// a placement already at the fewest hops.
 #[test]
-fn drain_moves_layers_off_and_rebalance_brings_them_back() {
+fn drain_moves_layers_off_and_rebalance_keeps_a_settled_placement() {
     let mut state = ClusterState::default();
     register(&mut state, "a", 40 * 1024, 100);
     register(&mut state, "b", 40 * 1024, 100);
     add(&mut state, spec("m", 20, 20 * GIB));
+    assert_eq!(ranges(&state, "m"), ["a:0-19"]);
     state.apply(Command::SetDrain {
         node_id: "a".into(),
         drain: true,
@@ -207,9 +284,124 @@ fn drain_moves_layers_off_and_rebalance_brings_them_back() {
         ["b:0-19"],
         "no reshuffle without rebalance"
     );
-    let changes = rebalance(&state, Some("m"));
-    state.apply(Command::SetPlacements { changes });
-    assert_eq!(ranges(&state, "m"), ["a:0-9", "b:10-19"]);
+    assert!(rebalance(&state, Some("m")).is_empty(), "already one range");
+}
+
+/// The case: after repairs a model interleaves over workers; one rebalance brings
+/// every model to the fewest workers, one range each, and a second moves nothing.
+#[test]
+fn rebalance_settles_in_one_call() {
+    let mut state = ClusterState::default();
+    for (id, max) in [("w1", 12), ("w2", 12), ("w3", 40), ("w4", 20)] {
+        register(&mut state, id, 80 * 1024, max);
+    }
+    add_placed(
+        &mut state,
+        spec("m", 42, 42 * GIB),
+        &[("w1", 0, 3), ("w3", 4, 36), ("w1", 37, 41)],
+    );
+    add_placed(
+        &mut state,
+        spec("n", 20, 20 * GIB),
+        &[("w4", 0, 9), ("w2", 10, 19)],
+    );
+    assert!(interleaved(state.models["m"].ranges()));
+    let changes = rebalance(&state, None);
+    assert!(!changes.is_empty());
+    let n = changes.len() as u32;
+    let out = state.apply(Command::SetPlacements { changes });
+    assert!(
+        matches!(out, Outcome::PlacementsChanged { applied, .. } if applied == n),
+        "{out:?}"
+    );
+    invariants::check_state(&state).expect("invariants hold");
+    for id in ["m", "n"] {
+        let m = &state.models[id];
+        assert!(
+            is_fewest_hops(&state, &m.spec, m.ranges()),
+            "{id}: {:?}",
+            ranges(&state, id)
+        );
+    }
+    assert_eq!(
+        hops(state.models["m"].ranges()),
+        1,
+        "{:?}",
+        ranges(&state, "m")
+    );
+    assert_eq!(
+        rebalance(&state, None),
+        vec![],
+        "a second rebalance moves nothing"
+    );
+}
+
+/// The background merge takes an interleaved model to one range per worker in bounded steps,
+/// each a complete placement, then goes quiet; a settled state gets no step, tick after tick.
+#[test]
+fn the_merge_is_bounded_keeps_coverage_and_goes_quiet() {
+    let mut state = ClusterState::default();
+    for (id, max) in [("w1", 20), ("w3", 40)] {
+        register(&mut state, id, 80 * 1024, max);
+    }
+    add_placed(
+        &mut state,
+        spec("m", 42, 42 * GIB),
+        &[("w1", 0, 3), ("w3", 4, 36), ("w1", 37, 41)],
+    );
+    let mut merger = merge::Merger::default();
+    let mut ticks = 0;
+    loop {
+        let before = state.models["m"].ranges().to_vec();
+        let changes = merger.tick(&state, 4);
+        if changes.is_empty() {
+            break;
+        }
+        ticks += 1;
+        assert!(ticks < 50, "the merge ends");
+        let n = changes.len() as u32;
+        let out = state.apply(Command::SetPlacements { changes });
+        assert!(
+            matches!(out, Outcome::PlacementsChanged { applied, .. } if applied == n),
+            "{out:?}"
+        );
+        invariants::check_state(&state).expect("every step is a valid, complete placement");
+        let moved = moved(&before, state.models["m"].ranges());
+        assert!(moved <= 4, "at most 4 moves a tick, {moved}");
+    }
+    assert!(
+        !interleaved(state.models["m"].ranges()),
+        "{:?}",
+        ranges(&state, "m")
+    );
+    assert!(ticks > 1, "spread over ticks");
+    for _ in 0..5 {
+        assert!(merger.tick(&state, 4).is_empty(), "quiet when settled");
+    }
+}
+
+/// Two full workers holding each other's layers swap them together in one step, since no
+/// single move fits.
+#[test]
+fn full_workers_swap_layers() {
+    let mut state = ClusterState::default();
+    register(&mut state, "a", 80 * 1024, 4);
+    register(&mut state, "b", 80 * 1024, 4);
+    add_placed(
+        &mut state,
+        spec("m", 8, 8 * GIB),
+        &[("a", 0, 1), ("b", 2, 3), ("a", 4, 5), ("b", 6, 7)],
+    );
+    let mut merger = merge::Merger::default();
+    for _ in 0..10 {
+        let changes = merger.tick(&state, 1);
+        if changes.is_empty() {
+            break;
+        }
+        state.apply(Command::SetPlacements { changes });
+        invariants::check_state(&state).expect("valid");
+    }
+    assert_eq!(ranges(&state, "m"), ["a:0-3", "b:4-7"]);
 }
 
 /// The state machine refuses placements that break an invariant: a stale AddModel plan
@@ -279,91 +471,4 @@ fn the_state_machine_refuses_bad_placements() {
         matches!(&small.models["m"].placement, Placement::Pending(r) if r.contains("MiB")),
         "over memory is refused"
     );
-}
-
-#[derive(Clone, Debug)]
-enum Op {
-    Join(u8, u16, u8),
-    Fail(u8),
-    Recover(u8),
-    Drain(u8),
-    Undrain(u8),
-    Leave(u8),
-    AddModel(u8, u8, u8),
-    RemoveModel(u8),
-    Rebalance,
-}
-
-fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![
-        (0u8..8, 1u16..100, 1u8..60).prop_map(|(n, gb, l)| Op::Join(n, gb, l)),
-        (0u8..8).prop_map(Op::Fail),
-        (0u8..8).prop_map(Op::Recover),
-        (0u8..8).prop_map(Op::Drain),
-        (0u8..8).prop_map(Op::Undrain),
-        (0u8..8).prop_map(Op::Leave),
-        (0u8..5, 1u8..100, 1u8..120).prop_map(|(m, l, gb)| Op::AddModel(m, l, gb)),
-        (0u8..5).prop_map(Op::RemoveModel),
-        Just(Op::Rebalance),
-    ]
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
-
-    /// Over any sequence of joins, failures, recoveries, drains, leaves, model adds and
-    /// removes and rebalances, with the leader's repair after each step: the planner's
-    /// changes always apply, the state keeps every invariant, no layer stays on a node that
-    /// cannot hold it, and a pending model is one that truly does not fit.
-    #[test]
-    fn placement_keeps_its_invariants(ops in proptest::collection::vec(op(), 1..60)) {
-        let mut state = ClusterState::default();
-        for op in ops {
-            match op {
-                Op::Join(n, gb, l) => register(&mut state, &format!("n{n}"), i64::from(gb) * 1024, i32::from(l)),
-                Op::Fail(n) | Op::Recover(n) => {
-                    let id = format!("n{n}");
-                    if let Some(node) = state.nodes.get(&id) {
-                        let to = match (&op, node.status) {
-                            (Op::Fail(_), NodeStatus::Healthy) => NodeStatus::Offline,
-                            (Op::Recover(_), NodeStatus::Offline) => NodeStatus::Healthy,
-                            _ => continue,
-                        };
-                        set_status(&mut state, &id, to);
-                    }
-                }
-                Op::Drain(n) | Op::Undrain(n) => {
-                    state.apply(Command::SetDrain { node_id: format!("n{n}"), drain: matches!(op, Op::Drain(_)) });
-                }
-                Op::Leave(n) => {
-                    state.apply(Command::LeaveNode { node_id: format!("n{n}"), now_ms: 2 });
-                }
-                Op::AddModel(m, l, gb) => {
-                    let out = add(&mut state, spec(&format!("m{m}"), i32::from(l), i64::from(gb) * GIB));
-                    prop_assert!(matches!(out, Outcome::ModelAdded | Outcome::Rejected(crate::state::Rejection::ModelExists(_))), "{out:?}");
-                }
-                Op::RemoveModel(m) => {
-                    state.apply(Command::RemoveModel { id: format!("m{m}") });
-                }
-                Op::Rebalance => {
-                    let changes = rebalance(&state, None);
-                    let n = changes.len() as u32;
-                    if n > 0 {
-                        let out = state.apply(Command::SetPlacements { changes });
-                        prop_assert!(matches!(&out, Outcome::PlacementsChanged { applied, .. } if *applied == n), "{out:?}");
-                    }
-                }
-            }
-            repair_now(&mut state);
-            prop_assert!(invariants::check_state(&state).is_ok(), "{:?}", invariants::check_state(&state));
-            for model in state.models.values() {
-                for r in model.ranges() {
-                    prop_assert!(state.nodes[&r.node_id].status.may_hold_layers(), "{r:?} on a node that cannot hold it");
-                }
-                if let Placement::Pending(_) = model.placement {
-                    prop_assert!(matches!(fresh(&state, &model.spec), Placement::Pending(_)), "pending model {} fits", model.spec.id);
-                }
-            }
-        }
-    }
 }

@@ -1,6 +1,7 @@
 //! What the leader does on its own, in the background: give the cluster its id, sweep the
-//! failure detector and commit the status transitions it finds, and repair placement. Every
-//! replica runs these loops; they act only while it leads.
+//! failure detector and commit the status transitions it finds, repair placement and merge
+//! fragmented placements a few layers at a time. Every replica runs these loops; they act
+//! only while it leads.
 
 use std::{sync::Arc, time::Duration};
 
@@ -36,8 +37,9 @@ impl Replica {
     }
 
     /// Background duty of every replica: while leading, sweep the failure detector and
-    /// commit the transitions it finds (in one entry), then repair placement; while
-    /// following, keep no soft state. Ends when the replica stops.
+    /// commit the transitions it finds (in one entry), then repair placement, then take one
+    /// step of the background merge; while following, keep no soft state. Ends when the
+    /// replica stops.
     pub(super) async fn run_liveness(self: Arc<Self>) {
         let every = (self.config.liveness.interval / 4).max(Duration::from_millis(20));
         let mut ticker = tokio::time::interval(every);
@@ -51,10 +53,44 @@ impl Replica {
                 return;
             }
             if self.leading().is_err() {
+                if self.merger().in_progress() > 0 {
+                    *self.merger() = placement::merge::Merger::default();
+                }
                 continue;
             }
             self.sweep_statuses().await;
             self.repair_placement().await;
+            self.merge_placement().await;
+        }
+    }
+
+    fn merger(&self) -> std::sync::MutexGuard<'_, placement::merge::Merger> {
+        self.merger.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Commits one step of the background merge (`placement::merge`): at most
+    /// [`placement::merge::MOVES_PER_TICK`] layer moves over the interleaved models, as one
+    /// entry; nothing, and no entry, when no model is interleaved.
+    async fn merge_placement(&self) {
+        // An O(1) copy: the plan is made with the state unlocked.
+        let state = self.state.read(Clone::clone);
+        let changes = self.merger().tick(&state, placement::merge::MOVES_PER_TICK);
+        if changes.is_empty() {
+            return;
+        }
+        for c in &changes {
+            debug!(model = %c.model_id, placement = ?c.placement, "placement merge step");
+        }
+        info!(models = changes.len(), "placement merge step");
+        match self.leader_write(Command::SetPlacements { changes }).await {
+            Ok((Outcome::PlacementsChanged { skipped, .. }, _)) if !skipped.is_empty() => {
+                warn!(
+                    ?skipped,
+                    "some merge steps were stale; replanning next tick"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = ?e, "could not commit a merge step; retrying next tick"),
         }
     }
 

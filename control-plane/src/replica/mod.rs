@@ -65,6 +65,9 @@ pub struct Replica {
     peers: Peers,
     config: Config,
     detector: Mutex<Detector>,
+    /// The leader's background merges under way (`placement::merge`): soft state, like the
+    /// detector's.
+    merger: Mutex<crate::placement::merge::Merger>,
     heartbeats: AtomicU64,
     /// Client writes waiting to be committed together (see `batching.rs`).
     group_commit: tokio::sync::mpsc::Sender<PendingWrite>,
@@ -216,6 +219,7 @@ impl Replica {
             log_store,
             peers,
             detector: Mutex::new(Detector::new(config.liveness)),
+            merger: Mutex::default(),
             heartbeats: Default::default(),
             config,
             tasks: tasks.tracker,
