@@ -115,8 +115,8 @@ impl ClientAuth {
         }
     }
 
-    /// The same credentials, for servers whose certificates name one of `roles` (the CLI,
-    /// which may be pointed at a worker's own port, accepts replicas and workers).
+    /// The same credentials, for servers whose certificates name one of `roles` (a client of
+    /// a worker's own port expects a worker).
     pub fn serving(mut self, roles: &'static [Role]) -> Self {
         self.server_roles = roles;
         self

@@ -23,12 +23,15 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::identity::Role;
 
-/// How long a TLS handshake may take before the connection is dropped.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a TLS handshake may take before the connection is dropped (a handshake takes
+/// milliseconds; this bounds how long a connection that sends nothing holds a slot).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How many handshakes a server runs at once; further connections wait in the kernel's
-/// accept queue, so a flood of connections costs bounded memory and CPU.
-pub const MAX_HANDSHAKES: usize = 256;
+/// accept queue, so a flood of connections costs bounded memory and CPU. Large enough that
+/// an idle-connection flood must hold thousands of sockets open to stall accepting (each for
+/// at most [`HANDSHAKE_TIMEOUT`]); a per-source limit would be the next step.
+pub const MAX_HANDSHAKES: usize = 1024;
 
 /// How often the files are looked at (their modification time and size), at most.
 const RECHECK: Duration = Duration::from_secs(1);

@@ -9,7 +9,7 @@
 
 use std::{future::Future, path::PathBuf, time::Duration};
 
-use dllm_auth::{client::ClientAuth, Role};
+use dllm_auth::client::ClientAuth;
 use dllm_proto::client::Channel;
 use dllm_proto::pb::{
     admin_service_client::AdminServiceClient, discovery_service_client::DiscoveryServiceClient,
@@ -98,9 +98,7 @@ impl Cluster {
             flags.tls_cert.as_deref(),
             flags.tls_key.as_deref(),
             flags.token.as_deref(),
-        )?
-        // `--endpoints` may name a worker's own port (NodeService) as well as replicas.
-        .serving(&[Role::Replica, Role::Worker]);
+        )?;
         Ok(Self { endpoints, auth })
     }
 

@@ -120,7 +120,9 @@ enum ClusterCmd {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let command = match cli.command {
         Cmd::ControlPlane { .. } | Cmd::Worker { .. } => {
-            unreachable!("`main` runs these before the runtime starts")
+            anyhow::bail!(
+                "`control-plane` and `worker` take their own flags: put them first (`dllm control-plane --help`)"
+            )
         }
         Cmd::Dev(args) => return dev::run(args).await.map(|()| ExitCode::SUCCESS),
         Cmd::Certs(cmd) => return certs::run(cmd).map(|()| ExitCode::SUCCESS),

@@ -199,17 +199,36 @@ where
     };
     let start = applied_before.map_or(0, |a| a.index + 1);
     let entries = log.try_get_log_entries(start..).await?;
-    let applied_from_log = entries.len();
+    // Only a tail that follows what was applied belongs to this replica's history: indexes
+    // one after another, terms never going down (a Raft log's terms only rise). A tail that
+    // does not (a crash between a snapshot's install and the truncation of a conflicting
+    // tail) is dropped with the rest of the log below.
+    let mut applied_from_log = 0;
+    let (mut next, mut term_so_far) = (start, applied_before.map_or(0, |a| a.leader_id.term));
     for entry in entries {
+        if entry.log_id.index != next || entry.log_id.leader_id.term < term_so_far {
+            tracing::warn!(
+                at = %entry.log_id,
+                "the log's tail does not follow what was applied; it is dropped, not applied"
+            );
+            break;
+        }
+        (next, term_so_far) = (next + 1, entry.log_id.leader_id.term);
         if let EntryPayload::Normal(command) = entry.payload {
             data.apply(&entry.log_id, command);
         }
+        applied_from_log += 1;
     }
     let term = vote
         .map_or(0, |v| v.leader_id().get_term())
         .max(last_before.leader_id.term)
         + 1;
-    let new_log_id = LogId::new(CommittedLeaderId::new(term, id), last_before.index + 1);
+    // Past every index the store holds, so the purge below leaves nothing behind.
+    let last_index = state
+        .last_log_id
+        .map_or(0, |l| l.index)
+        .max(applied_before.map_or(0, |a| a.index));
+    let new_log_id = LogId::new(CommittedLeaderId::new(term, id), last_index + 1);
     log.save_vote(&Vote::new(term, id)).await?;
     let meta = SnapshotMeta {
         last_log_id: Some(new_log_id),

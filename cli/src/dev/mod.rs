@@ -80,13 +80,20 @@ fn check_ports(ports: &[u16]) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_until<T, F, Fut>(what: &str, mut check: F) -> anyhow::Result<T>
+async fn wait_until<T, F, Fut>(
+    what: &str,
+    stop: &tokio_util::sync::CancellationToken,
+    mut check: F,
+) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
+        if stop.is_cancelled() {
+            bail!("stopped while waiting for {what}");
+        }
         if let Some(v) = check().await {
             return Ok(v);
         }
@@ -116,6 +123,29 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .collect();
     check_ports(&all)?;
     let (cp_command, worker_command) = node_commands()?;
+    // Signals are caught from here on, before any child starts, and by one receiver each for
+    // the whole run (a receiver made later would miss a signal sent before it): Ctrl-C,
+    // SIGTERM and the terminal closing (SIGHUP; the children are in their own process
+    // groups, so it would not reach them) all stop the cluster in order.
+    let signal = |kind, name: &str| {
+        tokio::signal::unix::signal(kind).with_context(|| format!("{name} handler"))
+    };
+    use tokio::signal::unix::SignalKind;
+    let mut int = signal(SignalKind::interrupt(), "SIGINT")?;
+    let mut term = signal(SignalKind::terminate(), "SIGTERM")?;
+    let mut hup = signal(SignalKind::hangup(), "SIGHUP")?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+                _ = hup.recv() => {}
+            }
+            stop.cancel();
+        }
+    });
     let data = match args.data_dir {
         Some(d) => d,
         None => {
@@ -174,7 +204,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         )?;
     }
     let first = endpoints[0].clone();
-    wait_until("a leader", || {
+    wait_until("a leader", &stop, || {
         let (cluster, first) = (cluster.clone(), first.clone());
         async move {
             let mut c = cluster.connect(&first).await.ok()?;
@@ -208,7 +238,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         )?;
     }
     let workers = args.workers as usize;
-    wait_until("the workers to join", || {
+    wait_until("the workers to join", &stop, || {
         let (cluster, first) = (cluster.clone(), first.clone());
         async move {
             let mut c = cluster.connect(&first).await.ok()?;
@@ -281,19 +311,11 @@ A child that exits is reported here and the rest go on; type `restart <name>` (e
         metrics_ports[metrics_ports.len() - 1],
         data.display(),
     );
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("SIGTERM handler")?;
-    // Its terminal closing (SIGHUP) stops the cluster too: the children are in their own
-    // process groups, so the hangup would not reach them.
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("SIGHUP handler")?;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut typed = stdin_lines();
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
-            _ = hup.recv() => break,
+            () = stop.cancelled() => break,
             line = typed.recv(), if !typed.is_closed() => {
                 if let Some(line) = line {
                     let answer = children.command(&line);

@@ -54,11 +54,18 @@ impl Child {
             .process_group(0);
         // If `dllm dev` itself dies without stopping them (SIGKILL), its children follow
         // (they are in their own process groups, so no terminal signal reaches them).
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        // SAFETY: prctl and getppid are async-signal-safe; nothing else runs between fork and
+        // exec.
+        let parent = nix::unistd::getpid();
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 nix::sys::prctl::set_pdeathsig(signal::Signal::SIGTERM)
-                    .map_err(std::io::Error::from)
+                    .map_err(std::io::Error::from)?;
+                // A parent that died before the line above would never be noticed.
+                if nix::unistd::getppid() != parent {
+                    return Err(std::io::Error::other("dllm dev exited"));
+                }
+                Ok(())
             });
         }
         let process = command
@@ -196,8 +203,9 @@ fn stop(children: &mut [Child]) {
 
 fn stop_all(children: &mut [&mut Child]) {
     for child in children.iter() {
+        // The child leads its own process group: anything it started goes too.
         if let Some(pid) = child.pid() {
-            let _ = signal::kill(pid, signal::Signal::SIGTERM);
+            let _ = signal::killpg(pid, signal::Signal::SIGTERM);
         }
     }
     let deadline = Instant::now() + STOP_GRACE;

@@ -250,6 +250,9 @@ fn merge_tick(
         moves <= budget.max(workers),
         "{moves} layer moves in one tick, budget {budget}"
     );
+    // The leader's next tick repairs before it merges again: a merge step can leave room in
+    // a shape a pending model now fits (CI found one), which only repair places.
+    repair_now(state);
     Ok(true)
 }
 

@@ -127,6 +127,40 @@ fn force_new_cluster_keeps_every_entry_and_leaves_one_voter() {
     });
 }
 
+/// A log tail that does not follow the applied entry (a lower term after it: left by a crash
+/// between a snapshot's install and the truncation of a conflicting tail) is not applied, and
+/// the new log starts past every index the store held.
+#[test]
+fn force_new_cluster_drops_a_tail_that_does_not_follow() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let at = |term: u64, index: u64| {
+        let mut e = entry(index);
+        e.log_id = log_id_at(term, 1, index);
+        e
+    };
+    runtime().block_on(async {
+        let (mut log, mut sm) = open_kv(dir.path()).expect("open");
+        log.append_durably((1..=50).map(|i| at(2, i)))
+            .await
+            .expect("append");
+        sm.apply((1..=50).map(|i| at(2, i))).await.expect("apply");
+        log.append_durably((51..=60).map(|i| at(1, i)))
+            .await
+            .expect("a stale lower-term tail");
+        log.flush().await.expect("flush");
+        let forced = force_new_cluster(&log, &sm, 1, BasicNode::new("a:1"))
+            .await
+            .expect("force");
+        assert_eq!(forced.applied_from_log, 0, "nothing of the stale tail");
+        assert_eq!(forced.new_log_id.index, 61, "past every index held");
+        assert_eq!(sm.state().read(|d| d.0.len()), 50);
+        assert!(
+            log.try_get_log_entries(0..).await.expect("read").is_empty(),
+            "the stale tail is purged with the rest"
+        );
+    });
+}
+
 /// A store with nothing in it has nothing to recover.
 #[test]
 fn force_new_cluster_on_an_empty_store_is_refused() {
