@@ -12,11 +12,14 @@
 //! - [`grpc_metrics`]: the gRPC server metrics (started, handled by code, handling time).
 //! - [`logging`]: the `tracing` subscriber every binary installs (`--log-format`).
 //! - [`shutdown`]: the one place SIGINT and SIGTERM become a cancelled token.
+//! - [`entry`]: how a node's command line ends (a runtime, the listener, serving until a
+//!   signal; an error as one line and exit code 1).
 //! - [`grpc`]: the status of an over-size request (`RESOURCE_EXHAUSTED`).
 //! - [`node`]: the NodeService answers that both a replica and a worker give.
 
 pub mod clock;
 pub mod config;
+pub mod entry;
 pub mod grpc;
 pub mod grpc_metrics;
 pub mod layered;

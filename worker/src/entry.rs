@@ -3,26 +3,17 @@
 
 use std::{ffi::OsString, process::ExitCode};
 
-use anyhow::Context;
 use clap::CommandFactory;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::Args;
 
-/// [`main_from`] as a process's exit: an error is one line on stderr, `name: reason` with
-/// its causes (no backtrace: these are an operator's mistakes, not bugs), and exit code 1.
+/// [`main_from`] as a process's exit ([`dllm_util::entry::exit`]).
 pub fn exit_from<I, T>(name: &'static str, argv: I) -> ExitCode
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString>,
 {
-    match main_from(name, argv) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{name}: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    dllm_util::entry::exit(name, main_from(name, argv))
 }
 
 /// Runs a worker from `argv` (the program name first); `name` is how `--help` and errors
@@ -31,7 +22,7 @@ where
 /// # Errors
 /// A configuration that does not validate, a port that cannot be bound, a worker that stops
 /// with an error.
-pub fn main_from<I, T>(name: &'static str, argv: I) -> anyhow::Result<()>
+pub fn main_from<I, T>(name: &'static str, argv: I) -> Result<(), dllm_util::entry::BoxError>
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString>,
@@ -44,16 +35,8 @@ where
         dllm_util::logging::Output::Stdout,
     );
     let config = args.resolve()?;
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?
-        .block_on(async {
-            let listener = dllm_util::net::bind("listen", config.listen).await?;
-            let shutdown = CancellationToken::new();
-            dllm_util::shutdown::cancel_on_signal(shutdown.clone())
-                .context("installing the SIGTERM handler")?;
-            crate::run(config, listener, shutdown).await?;
-            Ok(())
-        })
+    let listen = config.listen;
+    dllm_util::entry::serve(listen, |listener, shutdown| {
+        crate::run(config, listener, shutdown)
+    })
 }
