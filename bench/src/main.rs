@@ -111,6 +111,19 @@ enum Scenario {
         #[arg(long, default_value_t = 8)]
         cycles: usize,
     },
+    /// Re-registrations by clients written as the API reference's Python example (gzip on,
+    /// no skip_existing_nodes) against a cluster holding many nodes.
+    JoinStorm {
+        /// Nodes registered first.
+        #[arg(long, default_value_t = 20_000)]
+        nodes: usize,
+        /// Re-registrations in the storm.
+        #[arg(long, default_value_t = 3_000)]
+        joins: usize,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+    },
     /// A tiny run of every scenario, to keep them working (CI).
     Smoke,
 }
@@ -149,6 +162,11 @@ async fn run(scenario: Scenario) -> anyhow::Result<Value> {
         Scenario::Recovery { entries } => scenarios::recovery::run(entries).await?,
         Scenario::Memory { nodes, models } => scenarios::memory::run(nodes, models).await?,
         Scenario::ReconnectStorm { workers } => scenarios::reconnect::run(workers).await?,
+        Scenario::JoinStorm {
+            nodes,
+            joins,
+            clients,
+        } => scenarios::join_storm::run(nodes, joins, clients).await?,
         Scenario::Placement {
             workers,
             models,
@@ -165,6 +183,7 @@ async fn run(scenario: Scenario) -> anyhow::Result<Value> {
                 scenarios::recovery::run(500).await?,
                 scenarios::memory::run(100, 3).await?,
                 scenarios::reconnect::run(50).await?,
+                scenarios::join_storm::run(50, 50, 4).await?,
                 scenarios::placement::run(3, 1, 1).await?,
             ])
         }

@@ -2,6 +2,7 @@
 
 pub mod failover;
 pub mod heartbeats;
+pub mod join_storm;
 pub mod memory;
 pub mod placement;
 pub mod reconnect;
