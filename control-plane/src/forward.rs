@@ -132,6 +132,9 @@ pub enum UsageQuery {
     /// Free host memory of every node with a sample, and when the leader last heard from
     /// each node.
     Fleet,
+    /// When the leader last heard from these nodes (a page of a list: what it costs is the
+    /// page's, not the fleet's).
+    LastSeen(Vec<String>),
 }
 
 /// The leader's answer to a [`UsageQuery`].
@@ -141,8 +144,8 @@ pub struct UsageAnswer {
     pub sample: Option<Proto<pb::NodeUsage>>,
     /// For `Fleet`: MiB free per node id.
     pub free_memory_mb: std::collections::BTreeMap<String, i64>,
-    /// When the leader last heard from each node (Unix ms): every node for `Fleet`, the one
-    /// asked about for `Node`.
+    /// When the leader last heard from each node (Unix ms): every node for `Fleet`, the ones
+    /// asked about for `Node` and `LastSeen`.
     pub last_contact_ms: std::collections::BTreeMap<String, i64>,
 }
 

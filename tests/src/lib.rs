@@ -874,6 +874,18 @@ pub fn join_request(node_id: &str, gpus: usize) -> pb::ClusterJoinRequest {
     }
 }
 
+/// Runs the built `dllm` with `--endpoints endpoints` and `args`, to its end.
+///
+/// # Panics
+/// When it cannot be started.
+pub fn dllm_at(endpoints: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(binary("dllm"))
+        .args(["--endpoints", endpoints])
+        .args(args)
+        .output()
+        .expect("run dllm")
+}
+
 /// Installs a test log subscriber once (RUST_LOG respected).
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()

@@ -8,16 +8,8 @@ use std::{
     time::Duration,
 };
 
-use dllm_tests::{binary, init_tracing, wait_for, Cluster};
+use dllm_tests::{binary, dllm_at as dllm, init_tracing, wait_for, Cluster};
 use tracing::info;
-
-fn dllm(endpoints: &str, args: &[&str]) -> std::process::Output {
-    Command::new(binary("dllm"))
-        .args(["--endpoints", endpoints])
-        .args(args)
-        .output()
-        .expect("run dllm")
-}
 
 /// A base port with 120 free ports above it (dev uses BASE.., BASE+10.., BASE+100..), all
 /// below the kernel's ephemeral range: a port in that range can be taken at any moment by an
@@ -53,7 +45,8 @@ async fn dev_cluster_and_operator_commands() {
     let alone = tempfile::tempdir().expect("tmp");
     let lone_dllm = alone.path().join("dllm");
     std::fs::copy(binary("dllm"), &lone_dllm).expect("copy dllm");
-    let mut dev = Command::new(&lone_dllm)
+    let mut command = Command::new(&lone_dllm);
+    command
         .args(["dev", "--base-port", &base.to_string(), "--workers", "2"])
         .arg("--data-dir")
         .arg(data.path())
@@ -62,9 +55,23 @@ async fn dev_cluster_and_operator_commands() {
         .env_remove("CARGO_TARGET_DIR")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start dllm dev");
+        .stderr(Stdio::piped());
+    // A child forked meanwhile by another test's thread may still hold the copy's write
+    // descriptor (until it execs): the kernel then refuses to run the file (ETXTBSY) until
+    // that child has exec'd, which takes milliseconds.
+    let mut dev = wait_for(
+        "the copied dllm to be runnable",
+        Duration::from_secs(10),
+        || {
+            let spawned = match command.spawn() {
+                Ok(child) => Some(child),
+                Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) => None,
+                Err(e) => panic!("start dllm dev: {e}"),
+            };
+            async move { spawned }
+        },
+    )
+    .await;
     let mut typed = dev.stdin.take().expect("stdin");
     let (tx, rx) = mpsc::channel();
     let stdout = dev.stdout.take().expect("stdout");

@@ -8,16 +8,8 @@ use std::{
     time::Duration,
 };
 
-use dllm_tests::{binary, init_tracing, wait_for, Cluster};
+use dllm_tests::{binary, dllm_at as dllm, init_tracing, wait_for, Cluster};
 use tracing::info;
-
-fn dllm(endpoints: &str, args: &[&str]) -> std::process::Output {
-    Command::new(binary("dllm"))
-        .args(["--endpoints", endpoints])
-        .args(args)
-        .output()
-        .expect("run dllm")
-}
 
 /// Starts `dllm` with `args`, its stdout and stderr read line by line on threads of their
 /// own; the lines come over the two receivers as they are printed.

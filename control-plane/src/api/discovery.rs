@@ -39,7 +39,6 @@ impl DiscoveryService for DiscoveryApi {
         let filter = ResourceFilter::parse("filter", req.filter)?;
         let page = Page::parse(req.limit, &req.page_token)?;
         let known: HashSet<&str> = req.known_nodes.iter().map(String::as_str).collect();
-        let seen = self.replica.usage(UsageQuery::Fleet).await?;
         let (nodes, next_page_token) = self
             .replica
             .read(|s| {
@@ -48,13 +47,11 @@ impl DiscoveryService for DiscoveryApi {
                         && !known.contains(n.node_id.as_str())
                         && filter.matches(n)
                 }));
-                let nodes: Vec<pb::NodeInfo> = nodes
-                    .into_iter()
-                    .map(|n| seen.with_last_seen(convert::node_info(n)))
-                    .collect();
+                let nodes: Vec<pb::NodeInfo> = nodes.into_iter().map(convert::node_info).collect();
                 (nodes, next)
             })
             .await?;
+        let nodes = self.replica.with_last_seen(nodes).await?;
         let more = if next_page_token.is_empty() {
             ""
         } else {

@@ -47,24 +47,31 @@ impl TuiService for TuiApi {
         convert::text("requester_id", &req.requester_id, convert::MAX_TEXT_LEN)?;
         let filter = NodeFilter::parse(req.filter)?;
         let page = Page::parse(req.limit, &req.page_token)?;
-        let fleet = self.replica.usage(UsageQuery::Fleet).await?;
-        let response = self
+        // Cluster metrics need the fleet's free memory; otherwise only the page's last contacts
+        // are asked for.
+        let fleet = match req.include_metrics {
+            true => Some(self.replica.usage(UsageQuery::Fleet).await?),
+            false => None,
+        };
+        let mut response = self
             .replica
             .read(|s| {
                 let (nodes, next_page_token) =
                     page.select(s.nodes.values().filter(|n| filter.matches(n)));
                 pb::NodeListResponse {
-                    nodes: nodes
-                        .into_iter()
-                        .map(|n| fleet.with_last_seen(convert::node_info(n)))
-                        .collect(),
-                    cluster_metrics: req
-                        .include_metrics
-                        .then(|| convert::cluster_metrics(s, &fleet.free_memory_mb)),
+                    nodes: nodes.into_iter().map(convert::node_info).collect(),
+                    cluster_metrics: fleet
+                        .as_ref()
+                        .map(|f| convert::cluster_metrics(s, &f.free_memory_mb)),
                     next_page_token,
                 }
             })
             .await?;
+        let nodes = std::mem::take(&mut response.nodes);
+        response.nodes = match &fleet {
+            Some(f) => nodes.into_iter().map(|n| f.with_last_seen(n)).collect(),
+            None => self.replica.with_last_seen(nodes).await?,
+        };
         Ok(answer(response))
     }
 

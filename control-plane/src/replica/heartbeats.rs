@@ -132,6 +132,13 @@ impl Replica {
                     .collect(),
                 ..Default::default()
             },
+            UsageQuery::LastSeen(ids) => UsageAnswer {
+                last_contact_ms: ids
+                    .into_iter()
+                    .filter_map(|id| Some((id.clone(), detector.last_contact(&id)?)))
+                    .collect(),
+                ..Default::default()
+            },
             UsageQuery::Fleet => UsageAnswer {
                 free_memory_mb: detector.free_memory().into_iter().collect(),
                 last_contact_ms: detector
@@ -141,6 +148,24 @@ impl Replica {
                 ..Default::default()
             },
         })
+    }
+
+    /// `nodes` with `last_seen` the leader's last contact where that is later than the
+    /// replicated value (registrations only; heartbeats are not in the log), asking the
+    /// leader about these nodes only.
+    ///
+    /// # Errors
+    /// `UNAVAILABLE` without a leader.
+    pub async fn with_last_seen(
+        &self,
+        nodes: Vec<pb::NodeInfo>,
+    ) -> Result<Vec<pb::NodeInfo>, ApiError> {
+        if nodes.is_empty() {
+            return Ok(nodes);
+        }
+        let ids = nodes.iter().map(|n| n.node_id.clone()).collect();
+        let seen = self.usage(UsageQuery::LastSeen(ids)).await?;
+        Ok(nodes.into_iter().map(|n| seen.with_last_seen(n)).collect())
     }
 
     /// The leader's answer to a question about its soft state (a node's latest usage
