@@ -325,16 +325,27 @@ pub fn cluster_metrics(
         m.allocated_layers += node.used_layers;
         if node.status == NodeStatus::Healthy {
             m.healthy_nodes += 1;
-            m.available_memory_mb += free_memory_mb
-                .get(&node.node_id)
-                .copied()
-                .unwrap_or(node.resources.memory_mb);
         }
     }
+    m.available_memory_mb = available_memory_mb(state.members_unordered(), |id| {
+        free_memory_mb.get(id).copied()
+    });
     if m.total_layers > 0 {
         m.cluster_utilization = m.allocated_layers as f32 / m.total_layers as f32;
     }
     m
+}
+
+/// The free host memory of the healthy ones of `nodes` summed: `free` of each, or all of its
+/// memory where `free` has no sample.
+pub fn available_memory_mb<'a>(
+    nodes: impl Iterator<Item = &'a Node>,
+    free: impl Fn(&str) -> Option<i64>,
+) -> i64 {
+    nodes
+        .filter(|n| n.status == NodeStatus::Healthy)
+        .map(|n| free(&n.node_id).unwrap_or(n.resources.memory_mb))
+        .sum()
 }
 
 /// Validates a heartbeat.

@@ -135,6 +135,9 @@ pub enum UsageQuery {
     /// When the leader last heard from these nodes (a page of a list: what it costs is the
     /// page's, not the fleet's).
     LastSeen(Vec<String>),
+    /// The free host memory of the healthy members summed (a node without a sample counts
+    /// all of its memory): the cluster metrics' figure, without the fleet's samples.
+    AvailableMemory,
 }
 
 /// The leader's answer to a [`UsageQuery`].
@@ -147,6 +150,8 @@ pub struct UsageAnswer {
     /// When the leader last heard from each node (Unix ms): every node for `Fleet`, the ones
     /// asked about for `Node` and `LastSeen`.
     pub last_contact_ms: std::collections::BTreeMap<String, i64>,
+    /// For `AvailableMemory`: the sum, MiB.
+    pub available_memory_mb: Option<i64>,
 }
 
 impl UsageAnswer {

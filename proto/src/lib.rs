@@ -8,6 +8,8 @@
 //! - [`server`]: the server side: when answers go compressed.
 //! - [`metrics`]: the stable metric names of `GetMetrics`/`StreamMetrics` and how a usage
 //!   sample renders into them; part of the contract like the messages.
+//! - [`view`]: a client's copy of the cluster kept from `StreamUpdates`, whole lists or
+//!   deltas.
 //! - [`FILE_DESCRIPTOR_SET`]: both files' descriptors, for gRPC server reflection.
 //!
 //! This crate stays thin: conversion into validated domain types happens in the crates
@@ -16,6 +18,7 @@
 pub mod client;
 pub mod metrics;
 pub mod server;
+pub mod view;
 
 /// Generated code for `node.proto`.
 pub mod pb {

@@ -270,6 +270,7 @@ async fn follower_writes_are_visible_everywhere_and_reference_calls_answer() {
             requester_id: "t".into(),
             interval_seconds: 1,
             update_types: vec!["nodes".into(), "metrics".into()],
+            deltas: false,
         })
         .await
         .expect("StreamUpdates")

@@ -1,14 +1,21 @@
 //! `dllm watch` against a real cluster: what it prints, when it prints nothing, and how it
-//! ends when the cluster goes away.
+//! ends when the cluster goes away; and the delta streams it reads, through a leader change.
 
 use std::{
     io::{BufRead, BufReader},
     process::{Command, Stdio},
-    sync::mpsc,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc, Arc, Mutex,
+    },
     time::Duration,
 };
 
-use dllm_tests::{binary, dllm_at as dllm, init_tracing, wait_for, Cluster};
+use dllm_proto::{pb, view::ClusterView};
+use dllm_tests::{
+    binary, dllm_at as dllm, init_tracing, register_all, wait_for, Cluster, FAST_LIVENESS,
+};
+use futures::StreamExt;
 use tracing::info;
 
 /// Starts `dllm` with `args`, its stdout and stderr read line by line on threads of their
@@ -247,4 +254,225 @@ async fn watch_prints_changes_with_local_times() {
     assert_eq!(code, Some(1), "stderr: {said:#?}");
     let _ = json_watch.kill();
     let _ = json_watch.wait();
+}
+
+/// Follows a delta stream of nodes and models on `endpoints` in turn, applying each update to
+/// `view`; when a stream breaks it subscribes again on the next endpoint, and the new
+/// stream's whole lists replace what the view held. A delta before its whole list fails the
+/// test.
+async fn follow_deltas(
+    endpoints: Vec<String>,
+    view: Arc<Mutex<ClusterView>>,
+    streams: Arc<AtomicUsize>,
+) {
+    for endpoint in endpoints.iter().cycle() {
+        let Ok(Ok(ch)) =
+            tokio::time::timeout(Duration::from_secs(2), dllm_tests::channel(endpoint)).await
+        else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let mut c = dllm_tests::Clients::over(ch);
+        let request = pb::UpdateStreamRequest {
+            requester_id: "delta-test".into(),
+            interval_seconds: 1,
+            update_types: vec!["nodes".into(), "models".into()],
+            deltas: true,
+        };
+        let Ok(stream) = c.tui.stream_updates(request).await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        streams.fetch_add(1, Ordering::SeqCst);
+        let mut stream = stream.into_inner();
+        let mut whole = Vec::new();
+        while let Ok(Some(Ok(u))) =
+            tokio::time::timeout(Duration::from_secs(5), stream.next()).await
+        {
+            if !u.delta {
+                whole.push(u.update_type.clone());
+            }
+            assert!(
+                whole.contains(&u.update_type),
+                "a delta before its whole list: {u:?}"
+            );
+            if u.update_type == "models"
+                && (!u.models.is_empty() || !u.removed_model_ids.is_empty() || !u.delta)
+            {
+                info!(
+                    "{endpoint}: models delta={} {:?} removed {:?}",
+                    u.delta,
+                    u.models.iter().map(|m| &m.id).collect::<Vec<_>>(),
+                    u.removed_model_ids
+                );
+            }
+            view.lock().unwrap().apply(u).expect("applies");
+        }
+    }
+}
+
+fn model_ids(models: &[pb::ModelInfo]) -> Vec<String> {
+    models
+        .iter()
+        .map(|m| format!("{}:{}", m.id, m.placement_status))
+        .collect()
+}
+
+/// What a view or a whole list says of the nodes (all but last_seen, which a delta refreshes
+/// every 30 s) and the models.
+fn described(
+    nodes: Vec<pb::NodeInfo>,
+    models: Vec<pb::ModelInfo>,
+) -> (Vec<pb::NodeInfo>, Vec<pb::ModelInfo>) {
+    let mut nodes: Vec<pb::NodeInfo> = nodes
+        .into_iter()
+        .map(|n| pb::NodeInfo { last_seen: 0, ..n })
+        .collect();
+    nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    (nodes, models)
+}
+
+/// `StreamUpdates` with `deltas`, followed by clients that apply them: nodes join, leave and
+/// fall unhealthy then offline (they never heartbeat), models come and go, and the leader is
+/// SIGKILLed in the middle. A stream on a follower carries on through the leader change; a
+/// stream on the leader breaks, and its client resumes on another replica from a new whole
+/// list. Both clients' lists end equal to what GetNodeList and GetModelList answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_streams_keep_the_whole_lists_through_a_leader_change() {
+    init_tracing();
+    let mut cluster = Cluster::start(3, FAST_LIVENESS);
+    let leader = cluster.wait_leader(&[1, 2, 3]).await;
+    let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+    let addrs: std::collections::HashMap<u64, String> = [1, 2, 3]
+        .into_iter()
+        .map(|id| (id, cluster.addr(id)))
+        .collect();
+    let addr = |id: u64| addrs[&id].clone();
+    let (on_follower, on_leader) = (
+        Arc::new(Mutex::new(ClusterView::default())),
+        Arc::new(Mutex::new(ClusterView::default())),
+    );
+    let streams = Arc::new(AtomicUsize::new(0));
+    let follower_task = tokio::spawn(follow_deltas(
+        vec![addr(survivors[0]), addr(survivors[1])],
+        on_follower.clone(),
+        streams.clone(),
+    ));
+    let leader_task = tokio::spawn(follow_deltas(
+        vec![addr(leader), addr(survivors[1]), addr(survivors[0])],
+        on_leader.clone(),
+        streams.clone(),
+    ));
+    let endpoints = format!("{},{}", addr(survivors[0]), addr(survivors[1]));
+
+    info!("--- joins, leaves, a model, nodes falling offline");
+    let mut c = dllm_tests::clients(&addr(survivors[0])).await;
+    register_all(&mut c, &cluster, "before-", 0..20).await;
+    for id in ["before-3", "before-7", "before-11"] {
+        c.discovery
+            .leave_cluster(pb::ClusterLeaveRequest {
+                node_id: id.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("leave");
+    }
+    let out = dllm(
+        &endpoints,
+        &[
+            "exec", "model", "add", "m1", "--layers", "4", "--size", "1G",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+
+    info!("--- kill leader {leader}");
+    cluster.replica(leader).kill();
+    cluster.wait_leader(&survivors).await;
+    let mut c = dllm_tests::clients(&addr(survivors[1])).await;
+    register_all(&mut c, &cluster, "after-", 0..10).await;
+    c.discovery
+        .leave_cluster(pb::ClusterLeaveRequest {
+            node_id: "after-2".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("leave");
+    for args in [
+        &[
+            "exec", "model", "add", "m2", "--layers", "2", "--size", "1G",
+        ][..],
+        &["exec", "model", "remove", "m1"][..],
+    ] {
+        let out = dllm(&endpoints, args);
+        assert!(out.status.success(), "{out:?}");
+    }
+
+    info!("--- both clients' lists equal the whole lists");
+    wait_for(
+        "the clients' lists to match",
+        Duration::from_secs(60),
+        || {
+            let (a, b, addr) = (on_follower.clone(), on_leader.clone(), addr(survivors[0]));
+            async move {
+                let mut c = dllm_tests::clients(&addr).await;
+                let nodes = c
+                    .tui
+                    .get_node_list(pb::NodeListRequest::default())
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .nodes;
+                let models = c
+                    .tui
+                    .get_model_list(pb::ModelListRequest::default())
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .models;
+                // Wait until the cluster has settled: every node that never heartbeats is offline.
+                if nodes
+                    .iter()
+                    .any(|n| n.status != "offline" && n.status != "left")
+                {
+                    return None;
+                }
+                let want = described(nodes, models);
+                let held = |v: &Arc<Mutex<ClusterView>>| {
+                    let v = v.lock().unwrap();
+                    described(
+                        v.node_list().into_iter().cloned().collect(),
+                        v.model_list().into_iter().cloned().collect(),
+                    )
+                };
+                let (a, b) = (held(&a), held(&b));
+                if a != want || b != want {
+                    let ids = |l: &[pb::NodeInfo]| {
+                        l.iter()
+                            .map(|n| format!("{}:{}", n.node_id, n.status))
+                            .collect::<Vec<_>>()
+                    };
+                    info!(
+                        "not yet:\n want {:?}\n follower's {:?}\n leader's {:?}\n models {:?} {:?} {:?}",
+                        ids(&want.0),
+                        ids(&a.0),
+                        ids(&b.0),
+                        model_ids(&want.1),
+                        model_ids(&a.1),
+                        model_ids(&b.1)
+                    );
+                }
+                (a == want && b == want).then_some(())
+            }
+        },
+    )
+    .await;
+    let view = on_follower.lock().unwrap().clone();
+    assert_eq!(view.node_list().len(), 30);
+    assert_eq!(view.model_list().len(), 1);
+    assert!(
+        streams.load(Ordering::SeqCst) >= 3,
+        "the leader's client subscribed again"
+    );
+    follower_task.abort();
+    leader_task.abort();
 }

@@ -3,7 +3,10 @@
 
 use std::cell::Cell;
 
-use dllm_proto::pb;
+use dllm_proto::{
+    pb,
+    view::{ClusterView, DeltaWithoutBase},
+};
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 /// The tabs, in order.
@@ -61,12 +64,12 @@ pub enum Action {
 pub struct App {
     /// The selected tab.
     pub tab: Tab,
-    /// Nodes as of the last update.
-    pub nodes: Vec<pb::NodeInfo>,
-    /// Models as of the last update.
-    pub models: Vec<pb::ModelInfo>,
-    /// Cluster metrics as of the last update.
-    pub metrics: Option<pb::ClusterMetrics>,
+    /// Nodes, models and metrics as the stream (whole lists, then deltas) described them.
+    pub view: ClusterView,
+    /// The first row of the Nodes table shown.
+    pub node_scroll: usize,
+    /// The Nodes table as last drawn: rows shown (the drawing sets it, for paging).
+    pub node_rows: Cell<usize>,
     /// Replica status as of the last poll.
     pub replicas: Option<pb::ReplicaStatusResponse>,
     /// Connection state.
@@ -92,9 +95,9 @@ impl Default for App {
     fn default() -> Self {
         Self {
             tab: Tab::Nodes,
-            nodes: Vec::new(),
-            models: Vec::new(),
-            metrics: None,
+            view: ClusterView::default(),
+            node_scroll: 0,
+            node_rows: Cell::new(0),
             replicas: None,
             connection: Connection::Connecting {
                 attempt: 0,
@@ -153,6 +156,7 @@ impl App {
             KeyCode::Char('3') => self.tab = Tab::Cluster,
             KeyCode::Tab | KeyCode::Right => self.tab = Tab::ALL[(self.tab.index() + 1) % 3],
             KeyCode::BackTab | KeyCode::Left => self.tab = Tab::ALL[(self.tab.index() + 2) % 3],
+            KeyCode::Char(c @ ('j' | 'k' | 'J' | 'K' | 'g' | 'G')) => self.scroll_nodes(c),
             _ => {}
         }
         None
@@ -177,19 +181,47 @@ impl App {
         true
     }
 
+    /// Moves the Nodes table: `j`/`k` a row, `J`/`K` a page, `g`/`G` the top or the end.
+    fn scroll_nodes(&mut self, key: char) {
+        let total = self.node_count();
+        let page = self.node_rows.get().max(1);
+        let end = total.saturating_sub(page);
+        let at = self.node_scroll.min(end);
+        self.node_scroll = match key {
+            'j' => (at + 1).min(end),
+            'k' => at.saturating_sub(1),
+            'J' => (at + page).min(end),
+            'K' => at.saturating_sub(page),
+            'g' => 0,
+            _ => end,
+        };
+    }
+
+    /// How many nodes are held.
+    pub fn node_count(&self) -> usize {
+        self.view.nodes.as_ref().map_or(0, |n| n.len())
+    }
+
+    /// The models held, by id.
+    pub fn models(&self) -> Vec<&pb::ModelInfo> {
+        self.view.model_list()
+    }
+
     /// Whether what is shown is old: the stream broke after data came.
     pub fn is_stale(&self) -> bool {
         !matches!(self.connection, Connection::Live(_)) && self.updated_at > 0
     }
 
     /// Takes in one cluster update.
-    pub fn on_update(&mut self, update: pb::ClusterUpdate) {
-        self.updated_at = update.timestamp;
-        match update.update_type.as_str() {
-            "nodes" => self.nodes = update.nodes,
-            "models" => self.models = update.models,
-            _ => self.metrics = update.metrics,
-        }
+    ///
+    /// # Errors
+    /// A delta before its whole list; nothing is changed (the stream should be followed
+    /// again).
+    pub fn on_update(&mut self, update: pb::ClusterUpdate) -> Result<(), DeltaWithoutBase> {
+        let timestamp = update.timestamp;
+        self.view.apply(update)?;
+        self.updated_at = timestamp;
+        Ok(())
     }
 
     /// Shows the answer to a command.

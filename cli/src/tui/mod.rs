@@ -1,4 +1,4 @@
-//! `dllm tui`: a live terminal UI driven by `StreamUpdates`. It reconnects to the next
+//! `dllm tui`: a live terminal UI driven by `StreamUpdates` (whole lists, then deltas). It reconnects to the next
 //! endpoint when the stream breaks and says so on screen instead of freezing; `q` quits and
 //! the terminal is restored even on error or panic.
 
@@ -40,16 +40,25 @@ async fn follow(cluster: Cluster, tx: mpsc::Sender<AppEvent>) {
                     requester_id: "dllm-tui".into(),
                     interval_seconds: 2,
                     update_types: vec![],
+                    deltas: true,
                 };
                 match c.tui.stream_updates(request).await {
                     Err(s) => s.message().to_string(),
                     Ok(stream) => {
                         let mut stream = stream.into_inner();
                         let mut live = false;
+                        // The types this stream has sent a whole list of.
+                        let mut whole: Vec<String> = Vec::new();
                         loop {
                             match tokio::time::timeout(Duration::from_secs(10), stream.next()).await
                             {
                                 Ok(Some(Ok(update))) => {
+                                    let kind = &update.update_type;
+                                    if !update.delta {
+                                        whole.push(kind.clone());
+                                    } else if !whole.contains(kind) {
+                                        break format!("a {kind} delta came before the list");
+                                    }
                                     if !live {
                                         live = true;
                                         attempt = 0;
@@ -168,7 +177,16 @@ pub async fn run(cluster: Cluster) -> anyhow::Result<()> {
                     });
                 }
             }
-            AppEvent::Update(u) => app.on_update(u),
+            AppEvent::Update(u) => {
+                // The follower checks each stream's order, so this cannot fail; if it did,
+                // nothing would change and the screen would say why.
+                if let Err(e) = app.on_update(u) {
+                    app.connection = Connection::Connecting {
+                        attempt: 0,
+                        last_error: Some(e.to_string()),
+                    };
+                }
+            }
             AppEvent::Replicas(r) => app.replicas = Some(r),
             AppEvent::Connection(c) => app.connection = c,
             AppEvent::Output(line, result) => app.on_output(&line, result),

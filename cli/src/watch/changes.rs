@@ -1,14 +1,15 @@
-//! What changed between two snapshots of the cluster. `StreamUpdates` sends the whole state
-//! each interval (and when an entry is applied); `dllm watch` keeps the last one it saw and
-//! reports only the differences: node status changes, nodes joining and leaving, models added
-//! and removed or changing placement status, layers moving between workers, and the headline
-//! metrics. The first snapshot of each kind is reported whole, so a reader knows where
-//! things started; after a reconnect the new snapshot is compared with the old one, so what
-//! changed while the stream was down is reported too.
+//! What changed in the cluster, update by update. `dllm watch` asks `StreamUpdates` for
+//! deltas: the first nodes and models lists whole, then only what changed, kept in a
+//! [`ClusterView`]. It reports the differences: node status changes, nodes joining and
+//! leaving, models added and removed or changing placement status, layers moving between
+//! workers, and the headline metrics. The first list of each kind is reported whole, so a
+//! reader knows where things started; after a reconnect the new stream's whole list is
+//! compared with the lists held, so what changed while the stream was down is reported too.
 
-use std::collections::BTreeMap;
-
-use dllm_proto::pb;
+use dllm_proto::{
+    pb,
+    view::{Applied, ClusterView, DeltaWithoutBase},
+};
 
 use crate::layers;
 
@@ -91,87 +92,36 @@ pub struct Headline {
     pub total_gpus: i32,
 }
 
-/// The last snapshot seen of each kind.
+/// The cluster as the stream has described it, and the last headline metrics.
 #[derive(Debug, Default)]
 pub struct Seen {
-    nodes: Option<BTreeMap<String, String>>,
-    models: Option<BTreeMap<String, pb::ModelInfo>>,
+    view: ClusterView,
     metrics: Option<Headline>,
 }
 
 impl Seen {
-    /// Takes in one update and says what changed since the last of its kind.
-    pub fn update(&mut self, u: &pb::ClusterUpdate) -> Vec<Change> {
-        match u.update_type.as_str() {
-            "nodes" => self.nodes(&u.nodes),
-            "models" => self.models(&u.models),
-            _ => self.metrics(u.metrics.unwrap_or_default()),
-        }
-    }
-
-    fn nodes(&mut self, nodes: &[pb::NodeInfo]) -> Vec<Change> {
-        let now: BTreeMap<String, String> = nodes
-            .iter()
-            .map(|n| (n.node_id.clone(), n.status.clone()))
-            .collect();
-        let Some(before) = self.nodes.replace(now.clone()) else {
-            return vec![Change::Nodes(nodes.to_vec())];
-        };
-        let mut out = Vec::new();
-        for (node, status) in &now {
-            match before.get(node) {
-                None => out.push(Change::NodeJoined {
-                    node: node.clone(),
-                    status: status.clone(),
-                }),
-                Some(old) if old != status => out.push(Change::NodeStatus {
-                    node: node.clone(),
-                    from: old.clone(),
-                    to: status.clone(),
-                }),
-                Some(_) => {}
+    /// Takes in one update (a whole list or a delta) and says what changed since the last of
+    /// its kind.
+    ///
+    /// # Errors
+    /// A delta before the whole list it changes (the stream should be followed again).
+    pub fn update(&mut self, u: pb::ClusterUpdate) -> Result<Vec<Change>, DeltaWithoutBase> {
+        let kind = u.update_type.clone();
+        Ok(match self.view.apply(u)? {
+            Applied::First if kind == "nodes" => {
+                vec![Change::Nodes(
+                    self.view.node_list().into_iter().cloned().collect(),
+                )]
             }
-        }
-        out.extend(
-            before
-                .keys()
-                .filter(|n| !now.contains_key(*n))
-                .map(|node| Change::NodeGone { node: node.clone() }),
-        );
-        out
-    }
-
-    fn models(&mut self, models: &[pb::ModelInfo]) -> Vec<Change> {
-        let now: BTreeMap<String, pb::ModelInfo> =
-            models.iter().map(|m| (m.id.clone(), m.clone())).collect();
-        let Some(before) = self.models.replace(now.clone()) else {
-            return vec![Change::Models(models.to_vec())];
-        };
-        let mut out = Vec::new();
-        for (id, m) in &now {
-            let Some(old) = before.get(id) else {
-                out.push(Change::ModelAdded(m.clone()));
-                continue;
-            };
-            if old.placement_status != m.placement_status {
-                out.push(Change::ModelStatus {
-                    model: id.clone(),
-                    from: old.placement_status.clone(),
-                    to: m.placement_status.clone(),
-                    reason: m.pending_reason.clone(),
-                });
+            Applied::First => {
+                vec![Change::Models(
+                    self.view.model_list().into_iter().cloned().collect(),
+                )]
             }
-            out.extend(moves(old, m));
-        }
-        out.extend(
-            before
-                .keys()
-                .filter(|m| !now.contains_key(*m))
-                .map(|model| Change::ModelRemoved {
-                    model: model.clone(),
-                }),
-        );
-        out
+            Applied::Nodes(changes) => changes.into_iter().filter_map(node_change).collect(),
+            Applied::Models(changes) => changes.into_iter().flat_map(model_changes).collect(),
+            Applied::Metrics(_) => self.metrics(self.view.metrics.unwrap_or_default()),
+        })
     }
 
     fn metrics(&mut self, m: pb::ClusterMetrics) -> Vec<Change> {
@@ -186,6 +136,45 @@ impl Seen {
             return Vec::new();
         }
         vec![Change::Metrics(now)]
+    }
+}
+
+/// What a node's change is worth a line for: joining, going, a new status.
+fn node_change((before, after): (Option<pb::NodeInfo>, Option<pb::NodeInfo>)) -> Option<Change> {
+    match (before, after) {
+        (None, Some(n)) => Some(Change::NodeJoined {
+            node: n.node_id,
+            status: n.status,
+        }),
+        (Some(n), None) => Some(Change::NodeGone { node: n.node_id }),
+        (Some(old), Some(n)) if old.status != n.status => Some(Change::NodeStatus {
+            node: n.node_id,
+            from: old.status,
+            to: n.status,
+        }),
+        _ => None,
+    }
+}
+
+/// A model's change: added, removed, a new placement status, layers moved.
+fn model_changes((before, after): (Option<pb::ModelInfo>, Option<pb::ModelInfo>)) -> Vec<Change> {
+    match (before, after) {
+        (None, Some(m)) => vec![Change::ModelAdded(m)],
+        (Some(m), None) => vec![Change::ModelRemoved { model: m.id }],
+        (Some(old), Some(m)) => {
+            let mut out = Vec::new();
+            if old.placement_status != m.placement_status {
+                out.push(Change::ModelStatus {
+                    model: m.id.clone(),
+                    from: old.placement_status.clone(),
+                    to: m.placement_status.clone(),
+                    reason: m.pending_reason.clone(),
+                });
+            }
+            out.extend(moves(&old, &m));
+            out
+        }
+        (None, None) => Vec::new(),
     }
 }
 
@@ -265,18 +254,22 @@ mod tests {
     #[test]
     fn nodes_report_only_what_changed() {
         let mut seen = Seen::default();
-        let first = seen.update(&nodes(&[("w1", "healthy"), ("w2", "healthy")]));
+        let first = seen
+            .update(nodes(&[("w1", "healthy"), ("w2", "healthy")]))
+            .unwrap();
         assert!(
             matches!(&first[..], [Change::Nodes(n)] if n.len() == 2),
             "{first:?}"
         );
         assert_eq!(
-            seen.update(&nodes(&[("w1", "healthy"), ("w2", "healthy")])),
+            seen.update(nodes(&[("w1", "healthy"), ("w2", "healthy")]))
+                .unwrap(),
             [],
             "an unchanged snapshot says nothing"
         );
         assert_eq!(
-            seen.update(&nodes(&[("w1", "unhealthy"), ("w3", "healthy")])),
+            seen.update(nodes(&[("w1", "unhealthy"), ("w3", "healthy")]))
+                .unwrap(),
             [
                 Change::NodeStatus {
                     node: "w1".into(),
@@ -292,14 +285,44 @@ mod tests {
         );
     }
 
+    /// A delta reports what it changes, as a whole list would, and nothing for a node sent
+    /// again unchanged (its last_seen refreshed).
+    #[test]
+    fn deltas_report_what_they_change() {
+        let mut seen = Seen::default();
+        seen.update(nodes(&[("w1", "healthy"), ("w2", "healthy")]))
+            .unwrap();
+        let delta = |list: &[(&str, &str)], removed: &[&str]| pb::ClusterUpdate {
+            delta: true,
+            removed_node_ids: removed.iter().map(|s| s.to_string()).collect(),
+            ..nodes(list)
+        };
+        assert_eq!(seen.update(delta(&[("w2", "healthy")], &[])).unwrap(), []);
+        assert_eq!(
+            seen.update(delta(&[("w2", "offline")], &["w1"])).unwrap(),
+            [
+                Change::NodeStatus {
+                    node: "w2".into(),
+                    from: "healthy".into(),
+                    to: "offline".into()
+                },
+                Change::NodeGone { node: "w1".into() },
+            ]
+        );
+        let mut fresh = Seen::default();
+        assert!(fresh.update(delta(&[("w2", "offline")], &[])).is_err());
+    }
+
     /// Layers that change hands are reported as ranges, one per (from, to) run; a model
     /// placed later reports its status and layers coming from nowhere; a removed one, once.
     #[test]
     fn layer_moves_are_ranges_in_layer_order() {
         let mut seen = Seen::default();
-        seen.update(&models("m", "placed", &["w1:0-39", "w2:40-79"]));
+        seen.update(models("m", "placed", &["w1:0-39", "w2:40-79"]))
+            .unwrap();
         assert_eq!(
-            seen.update(&models("m", "placed", &["w3:0-20", "w1:21-39", "w2:40-79"])),
+            seen.update(models("m", "placed", &["w3:0-20", "w1:21-39", "w2:40-79"]))
+                .unwrap(),
             [Change::LayersMoved {
                 model: "m".into(),
                 first: 0,
@@ -308,7 +331,7 @@ mod tests {
                 to: Some("w3".into())
             }]
         );
-        let changes = seen.update(&models("m", "pending", &[]));
+        let changes = seen.update(models("m", "pending", &[])).unwrap();
         assert_eq!(
             changes.len(),
             4,
@@ -324,12 +347,14 @@ mod tests {
                 ..
             }
         ));
-        let changes = seen.update(&pb::ClusterUpdate {
-            update_type: "models".into(),
-            ..Default::default()
-        });
+        let changes = seen
+            .update(pb::ClusterUpdate {
+                update_type: "models".into(),
+                ..Default::default()
+            })
+            .unwrap();
         assert_eq!(changes, [Change::ModelRemoved { model: "m".into() }]);
-        let changes = seen.update(&models("m", "placed", &["w1:0-79"]));
+        let changes = seen.update(models("m", "placed", &["w1:0-79"])).unwrap();
         assert!(matches!(&changes[..], [Change::ModelAdded(m)] if m.id == "m"));
     }
 
@@ -347,10 +372,14 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert_eq!(seen.update(&metrics(3, 100)).len(), 1, "first view");
-        assert_eq!(seen.update(&metrics(3, 90)), [], "memory moved only");
+        assert_eq!(seen.update(metrics(3, 100)).unwrap().len(), 1, "first view");
+        assert_eq!(
+            seen.update(metrics(3, 90)).unwrap(),
+            [],
+            "memory moved only"
+        );
         assert!(matches!(
-            &seen.update(&metrics(2, 90))[..],
+            &seen.update(metrics(2, 90)).unwrap()[..],
             [Change::Metrics(Headline {
                 healthy_nodes: 2,
                 ..

@@ -67,9 +67,11 @@ pub async fn run(cluster: &Cluster, args: WatchArgs, output: Output) -> anyhow::
                 );
                 tried.clear();
             }
-            for change in seen.update(update) {
-                println!("{}", render(&change, update.timestamp, output));
+            let timestamp = update.timestamp;
+            for change in seen.update(update).map_err(|e| e.to_string())? {
+                println!("{}", render(&change, timestamp, output));
             }
+            Ok(())
         })
         .await;
         let why = match stop {
@@ -117,7 +119,7 @@ async fn follow(
     endpoint: &str,
     args: &WatchArgs,
     silence: Duration,
-    mut each: impl FnMut(&pb::ClusterUpdate),
+    mut each: impl FnMut(pb::ClusterUpdate) -> Result<(), String>,
 ) -> (Stop, bool) {
     let mut clients = match cluster.connect(endpoint).await {
         Ok(c) => c,
@@ -127,6 +129,7 @@ async fn follow(
         requester_id: "dllm-watch".into(),
         interval_seconds: args.interval,
         update_types: args.types.clone(),
+        deltas: true,
     };
     let mut stream = match clients.tui.stream_updates(request).await {
         Ok(s) => s.into_inner(),
@@ -146,7 +149,9 @@ async fn follow(
         match tokio::time::timeout(silence, stream.next()).await {
             Ok(Some(Ok(update))) => {
                 streamed = true;
-                each(&update);
+                if let Err(why) = each(update) {
+                    return (Stop::Retry(why), streamed);
+                }
             }
             Ok(Some(Err(s))) => return (Stop::Retry(s.message().to_string()), streamed),
             Ok(None) => return (Stop::Retry("stream ended".into()), streamed),

@@ -10,6 +10,7 @@ mod paging;
 mod raft;
 mod streams;
 mod tui;
+mod updates;
 
 pub use admin::AdminApi;
 pub use discovery::DiscoveryApi;

@@ -8,21 +8,19 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use dllm_util::clock::now_ms;
-
 use dllm_auth::policy::{self, Caller};
 
 use super::paging::Page;
-use super::{commands, streams};
+use super::{
+    commands, streams,
+    updates::{Subscription, UPDATE_TYPES},
+};
 use crate::{
     convert::{self, NodeFilter},
     error::ApiError,
     forward::UsageQuery,
     replica::Replica,
 };
-
-/// The update types StreamUpdates knows.
-pub const UPDATE_TYPES: &[&str] = &["nodes", "models", "metrics"];
 
 /// Serves TUIService on one replica.
 pub struct TuiApi {
@@ -109,56 +107,24 @@ impl TuiService for TuiApi {
                 .into());
             }
         }
-        let types: Arc<Vec<String>> = Arc::new(if req.update_types.is_empty() {
+        let types = if req.update_types.is_empty() {
             UPDATE_TYPES.iter().map(|t| t.to_string()).collect()
         } else {
-            req.update_types
-        });
-        let replica = self.replica.clone();
+            // Each type once, in the order asked.
+            let mut types: Vec<String> = Vec::new();
+            for t in req.update_types {
+                if !types.contains(&t) {
+                    types.push(t);
+                }
+            }
+            types
+        };
+        let subscription = Subscription::new(self.replica.clone(), types, req.deltas);
+        let subscription = Arc::new(tokio::sync::Mutex::new(subscription));
         let changes = self.replica.raft.metrics();
         let stream = streams::periodic(every, self.shutdown.clone(), Some(changes), move || {
-            let (replica, types) = (replica.clone(), types.clone());
-            async move {
-                let timestamp = now_ms();
-                let fleet = if types.iter().any(|t| t == "metrics" || t == "nodes") {
-                    replica.usage(UsageQuery::Fleet).await?
-                } else {
-                    Default::default()
-                };
-                let updates = replica
-                    .read(|s| {
-                        types
-                            .iter()
-                            .map(|t| {
-                                let mut u = pb::ClusterUpdate {
-                                    update_type: t.clone(),
-                                    timestamp,
-                                    ..Default::default()
-                                };
-                                match t.as_str() {
-                                    "nodes" => {
-                                        u.nodes = s
-                                            .nodes_by_id()
-                                            .into_iter()
-                                            .map(|n| fleet.with_last_seen(convert::node_info(n)))
-                                            .collect()
-                                    }
-                                    "models" => {
-                                        u.models =
-                                            s.models.values().map(convert::model_info).collect()
-                                    }
-                                    _ => {
-                                        u.metrics =
-                                            Some(convert::cluster_metrics(s, &fleet.free_memory_mb))
-                                    }
-                                }
-                                u
-                            })
-                            .collect()
-                    })
-                    .await?;
-                Ok(updates)
-            }
+            let subscription = subscription.clone();
+            async move { Ok(subscription.lock().await.next().await?) }
         });
         Ok(Response::new(stream))
     }

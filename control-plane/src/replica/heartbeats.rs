@@ -121,6 +121,11 @@ impl Replica {
     /// Answers a question about the soft state; leader only.
     pub async fn leader_usage(&self, query: UsageQuery) -> Result<UsageAnswer, WireError> {
         self.leading()?;
+        // Taken before the detector's lock (the state's is never held under it).
+        let nodes = match query {
+            UsageQuery::AvailableMemory => Some(self.state.read(|s| s.nodes.clone())),
+            _ => None,
+        };
         let detector = self.detector();
         Ok(match query {
             UsageQuery::Node(id) => UsageAnswer {
@@ -137,6 +142,16 @@ impl Replica {
                     .into_iter()
                     .filter_map(|id| Some((id.clone(), detector.last_contact(&id)?)))
                     .collect(),
+                ..Default::default()
+            },
+            UsageQuery::AvailableMemory => UsageAnswer {
+                available_memory_mb: Some(crate::convert::available_memory_mb(
+                    nodes.iter().flat_map(|n| n.values()),
+                    |id| {
+                        let u = detector.usage(id)?;
+                        Some((u.memory_total_mb - u.memory_used_mb).max(0))
+                    },
+                )),
                 ..Default::default()
             },
             UsageQuery::Fleet => UsageAnswer {

@@ -23,6 +23,7 @@ const HELP: &[&str] = &[
     "                     :model add m --layers 8 --size 8G",
     "Enter / Esc          run / close the command line",
     "PgUp PgDn, Up Down   scroll the output (Home, End)",
+    "j k, J K, g G        scroll the nodes (row, page, ends)",
     "?                    this help",
     "q, Esc, Ctrl-C       quit",
 ];
@@ -181,7 +182,7 @@ pub fn draw(frame: &mut Frame, app: &App) {
 
 #[cfg(test)]
 mod tests {
-    use dllm_proto::pb;
+    use dllm_proto::{pb, view::ClusterView};
     use ratatui::{backend::TestBackend, Terminal};
 
     use super::*;
@@ -201,45 +202,50 @@ mod tests {
     }
 
     fn fixture() -> App {
+        let nodes = vec![pb::NodeInfo {
+            node_id: "worker-1".into(),
+            status: "healthy".into(),
+            last_seen: 7_000,
+            resources: Some(pb::ResourceInfo {
+                memory_mb: 65536,
+                gpus: vec![
+                    pb::GpuInfo {
+                        name: "NVIDIA H100".into(),
+                        memory_mb: 81920,
+                        ..Default::default()
+                    };
+                    2
+                ],
+                max_layers: 159,
+                used_layers: 46,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }];
+        let models = vec![
+            pb::ModelInfo {
+                id: "demo-70b".into(),
+                layer_count: 80,
+                node_assignments: vec!["worker-1:0-45".into(), "worker-2:46-79".into()],
+                placement_status: "placed".into(),
+                ..Default::default()
+            },
+            pb::ModelInfo {
+                id: "huge".into(),
+                layer_count: 100,
+                placement_status: "pending".into(),
+                pending_reason: "needs 100 layers".into(),
+                ..Default::default()
+            },
+        ];
         App {
             connection: Connection::Live("127.0.0.1:8080".into()),
             updated_at: 10_000,
-            nodes: vec![pb::NodeInfo {
-                node_id: "worker-1".into(),
-                status: "healthy".into(),
-                last_seen: 7_000,
-                resources: Some(pb::ResourceInfo {
-                    memory_mb: 65536,
-                    gpus: vec![
-                        pb::GpuInfo {
-                            name: "NVIDIA H100".into(),
-                            memory_mb: 81920,
-                            ..Default::default()
-                        };
-                        2
-                    ],
-                    max_layers: 159,
-                    used_layers: 46,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }],
-            models: vec![
-                pb::ModelInfo {
-                    id: "demo-70b".into(),
-                    layer_count: 80,
-                    node_assignments: vec!["worker-1:0-45".into(), "worker-2:46-79".into()],
-                    placement_status: "placed".into(),
-                    ..Default::default()
-                },
-                pb::ModelInfo {
-                    id: "huge".into(),
-                    layer_count: 100,
-                    placement_status: "pending".into(),
-                    pending_reason: "needs 100 layers".into(),
-                    ..Default::default()
-                },
-            ],
+            view: ClusterView {
+                nodes: Some(nodes.into_iter().map(|n| (n.node_id.clone(), n)).collect()),
+                models: Some(models.into_iter().map(|m| (m.id.clone(), m)).collect()),
+                metrics: None,
+            },
             ..App::default()
         }
     }
@@ -281,6 +287,51 @@ mod tests {
         }
         assert!(s.contains("q quit"), "{s}");
         assert_eq!(style_of(&fixture(), "healthy").fg, Some(Color::Green));
+    }
+
+    /// With 100,000 nodes the table shows the rows that fit and where they are; j, J and G
+    /// move through them, and a delta changes just the row it names.
+    #[test]
+    fn a_large_fleet_pages_through_the_nodes() {
+        use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+        let mut app = fixture();
+        let node = |i: usize, status: &str| pb::NodeInfo {
+            node_id: format!("w{i:06}"),
+            status: status.into(),
+            ..Default::default()
+        };
+        app.on_update(pb::ClusterUpdate {
+            update_type: "nodes".into(),
+            timestamp: 10_000,
+            nodes: (0..100_000).map(|i| node(i, "healthy")).collect(),
+            ..Default::default()
+        })
+        .expect("a whole list");
+        let s = screen(&app);
+        assert!(s.contains("Nodes 1-"), "{s}");
+        assert!(s.contains("of 100000 (j/k, J/K)"), "{s}");
+        assert!(s.contains("w000000") && !s.contains("w099999"), "{s}");
+        let key = |c| KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE);
+        app.on_key(key('G'));
+        app.on_update(pb::ClusterUpdate {
+            update_type: "nodes".into(),
+            timestamp: 11_000,
+            nodes: vec![node(99_999, "offline")],
+            delta: true,
+            ..Default::default()
+        })
+        .expect("a delta");
+        let s = screen(&app);
+        let last = s
+            .lines()
+            .find(|l| l.contains("w099999"))
+            .expect("the last row");
+        assert!(last.contains("offline"), "{last}");
+        assert!(s.contains("of 100000"), "{s}");
+        app.on_key(key('g'));
+        app.on_key(key('j'));
+        let s = screen(&app);
+        assert!(s.contains("w000001") && !s.contains("w000000"), "{s}");
     }
 
     /// The placement is drawn in layer order, each worker's range labelled; a pending model

@@ -11,7 +11,7 @@ use ratatui::{
 };
 
 use super::{ago, placement, status_color};
-use crate::{commands::gpu_summary, tui::app::App};
+use crate::{commands::gpu_summary, layers, tui::app::App};
 
 /// The style of a status word: its colour while live, grey when stale.
 fn status_style(app: &App, status: &str) -> Style {
@@ -40,11 +40,24 @@ fn block(app: &App, title: String) -> Block<'static> {
     Block::default().borders(Borders::ALL).title(title)
 }
 
-/// The Nodes tab.
+/// The Nodes tab: the rows that fit, from `app.node_scroll` (only those are built, so a
+/// fleet of 100,000 nodes draws as fast as ten).
 pub fn nodes(frame: &mut Frame, app: &App, area: Rect) {
     let header = Row::new(["NODE", "STATUS", "GPUS", "RAM GiB", "LAYERS", "SEEN"])
         .style(Style::default().add_modifier(Modifier::BOLD));
-    let rows = app.nodes.iter().map(|n| {
+    // Borders and the header take three rows.
+    let shown = area.height.saturating_sub(3) as usize;
+    app.node_rows.set(shown);
+    let total = app.node_count();
+    let top = app.node_scroll.min(total.saturating_sub(shown));
+    let visible = app
+        .view
+        .nodes
+        .iter()
+        .flat_map(|n| n.values())
+        .skip(top)
+        .take(shown);
+    let rows = visible.map(|n| {
         let r = n.resources.clone().unwrap_or_default();
         Row::new(vec![
             Cell::from(n.node_id.clone()),
@@ -64,7 +77,16 @@ pub fn nodes(frame: &mut Frame, app: &App, area: Rect) {
         Constraint::Length(7),
         Constraint::Length(7),
     ];
-    let title = format!(" Nodes ({}) ", app.nodes.len());
+    let title = if total > shown {
+        format!(
+            " Nodes {}-{} of {} (j/k, J/K) ",
+            top + 1,
+            (top + shown).min(total),
+            total
+        )
+    } else {
+        format!(" Nodes ({total}) ")
+    };
     frame.render_widget(
         Table::new(rows, widths)
             .header(header)
@@ -77,10 +99,18 @@ pub fn nodes(frame: &mut Frame, app: &App, area: Rect) {
 /// model's reason.
 pub fn models(frame: &mut Frame, app: &App, area: Rect) {
     let bar_width = (area.width as usize).saturating_sub(33).clamp(10, 80);
-    let node_ids: Vec<String> = app.nodes.iter().map(|n| n.node_id.clone()).collect();
+    let models = app.models();
+    // Workers are coloured by their place among the workers holding layers, in id order.
+    let node_ids: Vec<String> = models
+        .iter()
+        .flat_map(|m| layers::ranges(&m.node_assignments))
+        .map(|r| r.node)
+        .collect::<std::collections::BTreeSet<String>>()
+        .into_iter()
+        .collect();
     let header = Row::new(["MODEL", "LAYERS", "STATUS", "PLACEMENT (layer 0 ->)"])
         .style(Style::default().add_modifier(Modifier::BOLD));
-    let rows = app.models.iter().map(|m| {
+    let rows = models.iter().map(|m| {
         let detail = if m.placement_status == "pending" {
             Text::from(m.pending_reason.clone())
         } else {
@@ -108,7 +138,7 @@ pub fn models(frame: &mut Frame, app: &App, area: Rect) {
         Constraint::Length(8),
         Constraint::Min(10),
     ];
-    let title = format!(" Models ({}) ", app.models.len());
+    let title = format!(" Models ({}) ", models.len());
     frame.render_widget(
         Table::new(rows, widths)
             .header(header)
@@ -142,7 +172,7 @@ pub fn cluster(frame: &mut Frame, app: &App, area: Rect) {
         }
         None => lines.push(Line::from("replicas: waiting for status ...")),
     }
-    if let Some(m) = &app.metrics {
+    if let Some(m) = &app.view.metrics {
         lines.push(Line::from(""));
         lines.push(Line::from(format!(
             "nodes   {} healthy of {}      gpus {}",
