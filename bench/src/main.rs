@@ -124,6 +124,25 @@ enum Scenario {
         #[arg(long, default_value_t = 64)]
         clients: usize,
     },
+    /// Live views of a large fleet: subscribers following StreamUpdates (as the TUI does,
+    /// deltas unless --whole) while node records change; bytes and replica CPU per subscriber.
+    Watch {
+        /// Nodes registered.
+        #[arg(long, default_value_t = 20_000)]
+        nodes: usize,
+        /// Node records changed per second.
+        #[arg(long, default_value_t = 50)]
+        changes: usize,
+        /// Concurrent subscribers.
+        #[arg(long, default_value_t = 1)]
+        subscribers: usize,
+        /// Seconds measured, with and without subscribers each.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Subscribe for whole lists (clients written before `deltas`).
+        #[arg(long)]
+        whole: bool,
+    },
     /// A tiny run of every scenario, to keep them working (CI).
     Smoke,
 }
@@ -172,6 +191,22 @@ async fn run(scenario: Scenario) -> anyhow::Result<Value> {
             models,
             cycles,
         } => scenarios::placement::run(workers, models, cycles).await?,
+        Scenario::Watch {
+            nodes,
+            changes,
+            subscribers,
+            seconds,
+            whole,
+        } => {
+            let args = scenarios::watch::Args {
+                nodes,
+                changes,
+                subscribers,
+                seconds,
+                whole,
+            };
+            scenarios::watch::run(args).await?
+        }
         Scenario::Smoke => {
             let etcd = std::path::Path::new("/usr/bin/etcd")
                 .exists()
@@ -185,6 +220,14 @@ async fn run(scenario: Scenario) -> anyhow::Result<Value> {
                 scenarios::reconnect::run(50).await?,
                 scenarios::join_storm::run(50, 50, 4).await?,
                 scenarios::placement::run(3, 1, 1).await?,
+                scenarios::watch::run(scenarios::watch::Args {
+                    nodes: 50,
+                    changes: 5,
+                    subscribers: 2,
+                    seconds: 2,
+                    whole: false,
+                })
+                .await?,
             ])
         }
     })

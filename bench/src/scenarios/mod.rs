@@ -7,4 +7,5 @@ pub mod memory;
 pub mod placement;
 pub mod reconnect;
 pub mod recovery;
+pub mod watch;
 pub mod writes;

@@ -1,9 +1,10 @@
 //! `dllm watch`: what changes in the cluster, as it changes. It follows `StreamUpdates` on
-//! one endpoint, reports only the differences between snapshots ([`changes`]), one line each
-//! with the local time (or, with `--output json`, one JSON object each), and when the stream
-//! breaks it says so on stderr and tries the endpoints in turn, as the TUI does. When none
-//! gives a stream for `--give-up-after` seconds it exits 1 saying what each endpoint said; an
-//! endpoint that refuses the request itself (a bad `--types`, no permission) ends it at once.
+//! one endpoint (whole lists, then deltas), reports only the differences ([`changes`]), one
+//! line each with the local time (or, with `--output json`, one JSON object each), and when
+//! the stream breaks it says so on stderr and tries the endpoints in turn, as the TUI does.
+//! When none gives a stream for `--give-up-after` seconds it exits 1 saying what each
+//! endpoint said; an endpoint that refuses the request itself (a bad `--types`, no
+//! permission) ends it at once.
 
 mod changes;
 
@@ -24,8 +25,8 @@ use crate::{
 /// `dllm watch` flags.
 #[derive(clap::Args, Debug)]
 pub struct WatchArgs {
-    /// Seconds between the snapshots the server compares against (a change it applies is
-    /// sent at once anyway).
+    /// Seconds between updates; metrics come at this interval, a change the cluster applies
+    /// is sent at once anyway.
     #[arg(long, default_value_t = 2)]
     interval: i32,
     /// Update types: nodes, models, metrics [default: all].

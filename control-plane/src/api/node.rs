@@ -144,7 +144,7 @@ impl NodeService for NodeApi {
             .await??;
         let replica = self.replica.clone();
         let names = Arc::new(req.metric_names);
-        let stream = streams::periodic(every, self.shutdown.clone(), None, move || {
+        let stream = streams::periodic(every, self.shutdown.clone(), None, move |_| {
             let (replica, names, node_id) = (replica.clone(), names.clone(), node_id.clone());
             async move {
                 let (metrics, timestamp) = node_metrics(&replica, &node_id, &names).await?;

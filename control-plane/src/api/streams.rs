@@ -37,8 +37,8 @@ pub fn interval(field: &str, seconds: i32) -> Result<Duration, ApiError> {
 const MIN_PROMPT_GAP: Duration = Duration::from_millis(200);
 
 /// A stream that sends what `tick` makes, first at once and then every `every`, and also
-/// promptly (at most every 200 ms) when `changes` reports a newly applied log entry. An
-/// error from `tick` is sent and ends the stream.
+/// promptly (at most every 200 ms) when `changes` reports a newly applied log entry; `tick`
+/// is told which (`true`: the interval's). An error from `tick` is sent and ends the stream.
 pub fn periodic<T, F, Fut>(
     every: Duration,
     shutdown: CancellationToken,
@@ -47,7 +47,7 @@ pub fn periodic<T, F, Fut>(
 ) -> ReceiverStream<Result<T, Status>>
 where
     T: Send + 'static,
-    F: FnMut() -> Fut + Send + 'static,
+    F: FnMut(bool) -> Fut + Send + 'static,
     Fut: Future<Output = Result<Vec<T>, Status>> + Send,
 {
     let (tx, rx) = mpsc::channel(16);
@@ -71,17 +71,17 @@ where
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
+            let timer = tokio::select! {
                 _ = tx.closed() => return,
                 _ = shutdown.cancelled() => return,
-                _ = ticker.tick() => {}
+                _ = ticker.tick() => true,
                 _ = changed => {
                     tokio::time::sleep(MIN_PROMPT_GAP).await;
-                    ticker.reset();
+                    false
                 }
-            }
+            };
             sent_at = changes.as_ref().and_then(applied);
-            match tick().await {
+            match tick(timer).await {
                 Ok(items) => {
                     for item in items {
                         if tx.send(Ok(item)).await.is_err() {

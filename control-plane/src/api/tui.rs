@@ -13,7 +13,7 @@ use dllm_auth::policy::{self, Caller};
 use super::paging::Page;
 use super::{
     commands, streams,
-    updates::{Subscription, UPDATE_TYPES},
+    updates::{MetricsCache, Subscription, UPDATE_TYPES},
 };
 use crate::{
     convert::{self, NodeFilter},
@@ -26,12 +26,17 @@ use crate::{
 pub struct TuiApi {
     replica: Arc<Replica>,
     shutdown: CancellationToken,
+    metrics: Arc<MetricsCache>,
 }
 
 impl TuiApi {
     /// The service over `replica`; streams end when `shutdown` is cancelled.
     pub fn new(replica: Arc<Replica>, shutdown: CancellationToken) -> Self {
-        Self { replica, shutdown }
+        Self {
+            replica,
+            shutdown,
+            metrics: Arc::default(),
+        }
     }
 }
 
@@ -119,12 +124,17 @@ impl TuiService for TuiApi {
             }
             types
         };
-        let subscription = Subscription::new(self.replica.clone(), types, req.deltas);
+        let deltas = req.deltas;
+        let subscription =
+            Subscription::new(self.replica.clone(), self.metrics.clone(), types, deltas);
         let subscription = Arc::new(tokio::sync::Mutex::new(subscription));
-        let changes = self.replica.raft.metrics();
-        let stream = streams::periodic(every, self.shutdown.clone(), Some(changes), move || {
+        // A delta stream also goes promptly when an entry is applied (a push costs what
+        // changed); whole lists go at the interval only, as the reference defines them (a
+        // push costs the fleet).
+        let changes = deltas.then(|| self.replica.raft.metrics());
+        let stream = streams::periodic(every, self.shutdown.clone(), changes, move |timer| {
             let subscription = subscription.clone();
-            async move { Ok(subscription.lock().await.next().await?) }
+            async move { Ok(subscription.lock().await.next(timer).await?) }
         });
         Ok(Response::new(stream))
     }

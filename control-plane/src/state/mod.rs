@@ -54,15 +54,15 @@ pub struct ClusterState {
     /// good: an id is a few dozen bytes, and a token's expiry is not known here.
     #[serde(default)]
     pub revoked_tokens: imbl::OrdMap<String, i64>,
-    /// Which nodes changed status or generation, for the leader's failure detector. Not
+    /// Which nodes changed, for the leader's failure detector and delta streams. Not
     /// part of the state's value: not encoded, and equal in every copy.
     #[serde(skip)]
     pub node_changes: NodeChanges,
 }
 
-/// The ids of the nodes whose status or generation changed, in apply order: a hint that lets
-/// the leader's failure detector look at just those nodes on each sweep instead of at every
-/// node. Copies of the state share one feed. A state decoded from a snapshot starts a new
+/// The ids of the nodes whose record changed (status, generation, layers), in apply order: a
+/// hint that lets the leader's failure detector look at just those nodes on each sweep
+/// instead of at every node, and a delta stream send just those. Copies of the state share one feed. A state decoded from a snapshot starts a new
 /// feed, and a reader that fell more than [`NodeChanges::CAPACITY`] ids behind is told to
 /// look at everything; a hint about a node that did not change costs one look, nothing else.
 #[derive(Clone, Default)]
@@ -226,6 +226,7 @@ impl ClusterState {
         for (id, used) in changed {
             if let Some(node) = self.nodes.get_mut(&id) {
                 node.used_layers = used;
+                self.node_changes.push(&id);
             }
         }
     }

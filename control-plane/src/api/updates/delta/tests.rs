@@ -51,29 +51,34 @@ fn whole(s: &ClusterState) -> ClusterView {
 }
 
 #[test]
-fn each_member_is_refreshed_once_in_every_window() {
-    let ids: Vec<String> = (0..1000).map(|i| format!("worker-{i}")).collect();
-    for start in [0i64, 17, 1_733_000_000] {
-        let mut count = vec![0; ids.len()];
-        // Windows of 1, 2, ... seconds covering 30 s in all.
-        let mut from = start;
-        for step in [1, 2, 3, 4, 5, 6, 9] {
-            for (c, id) in count.iter_mut().zip(&ids) {
-                *c += usize::from(refresh_due(id, from, from + step));
-            }
-            from += step;
-        }
-        assert_eq!(from - start, LAST_SEEN_REFRESH_S);
-        assert!(count.iter().all(|&c| c == 1), "{count:?}");
+fn each_member_is_refreshed_once_a_cycle() {
+    let mut s = ClusterState::default();
+    for i in 0..1000 {
+        join(&mut s, &format!("w{i:04}"));
     }
-    assert!(!refresh_due("a", 5, 5), "an empty window refreshes nothing");
+    let start = 1_700_000_000_000i64;
+    let mut refresh = Refresh::start(&s.nodes, start);
     assert!(
-        refresh_due("a", 5, 5 + LAST_SEEN_REFRESH_S),
-        "a long gap refreshes everything"
+        refresh.step(&s.nodes, start).is_empty(),
+        "no time, nothing due"
     );
-    // About one in thirty a second.
-    let due = ids.iter().filter(|id| refresh_due(id, 100, 101)).count();
-    assert!((10..=60).contains(&due), "{due} of 1000 due in one second");
+    let mut count = std::collections::HashMap::<String, usize>::new();
+    // Steps of 250 ms to 1 s: 30 s cover every id once.
+    let mut t = start;
+    for step in (0..).map(|i| 250 * (1 + i % 4)) {
+        if t + step > start + LAST_SEEN_REFRESH_S * 1000 {
+            break;
+        }
+        t += step;
+        for id in refresh.step(&s.nodes, t) {
+            *count.entry(id.clone()).or_default() += 1;
+        }
+    }
+    assert_eq!(count.len(), 1000, "every id within 30 s");
+    assert!(count.values().all(|&c| c == 1), "each once");
+    // The next step starts a new cycle, at the same pace.
+    let due = refresh.step(&s.nodes, t + 1000).len();
+    assert!((33..=35).contains(&due), "{due} due in a second, 1000/30");
 }
 
 #[test]
@@ -83,20 +88,26 @@ fn a_delta_names_what_changed_and_what_went() {
         join(&mut s, id);
     }
     let before = s.nodes.clone();
-    let delta = node_delta(&before, &s.nodes, |_| false);
-    assert!(delta.changed.is_empty() && delta.due.is_empty() && delta.removed.is_empty());
+    let at = s.node_changes.end();
+    for hint in [None, Some(&[][..])] {
+        let delta = node_delta(&before, &s.nodes, hint);
+        assert!(delta.changed.is_empty() && delta.removed.is_empty());
+    }
 
     set_status(&mut s, "b", NodeStatus::Unhealthy);
     join(&mut s, "d");
     s.nodes.remove("a");
-    let delta = node_delta(&before, &s.nodes, |_| false);
-    let ids: Vec<&str> = delta.changed.iter().map(|n| n.node_id.as_str()).collect();
-    assert_eq!(ids, ["b", "d"]);
-    assert_eq!(delta.removed, ["a"]);
-    let delta = node_delta(&before, &s.nodes, |n| n.node_id != "a");
-    assert_eq!(delta.changed.len(), 2, "changed nodes are not also due");
-    let due: Vec<&str> = delta.due.iter().map(|n| n.node_id.as_str()).collect();
-    assert_eq!(due, ["c"], "an unchanged node due a refresh");
+    s.node_changes.push("a");
+    let (hint, _) = s.node_changes.since(at).expect("the feed holds them");
+    // With the feed's ids (plus one that did not change) and by comparing every node.
+    let mut noisy = hint.clone();
+    noisy.push("c".into());
+    for hint in [None, Some(&hint[..]), Some(&noisy[..])] {
+        let delta = node_delta(&before, &s.nodes, hint);
+        let ids: Vec<&str> = delta.changed.iter().map(|n| n.node_id.as_str()).collect();
+        assert_eq!(ids, ["b", "d"], "{hint:?}");
+        assert_eq!(delta.removed, ["a"]);
+    }
 }
 
 #[test]
@@ -120,11 +131,11 @@ fn a_delta_stream_sends_little_when_little_changed() {
     assert_eq!(next[0].nodes.len(), 1, "only the changed node whole");
     let due = next[0].last_seen.len();
     assert!(
-        (20..=120).contains(&due),
+        (60..=68).contains(&due),
         "{due} last_seen refreshes, about 2000/30"
     );
-    // Within the same second: just the changed node.
-    let (same_second, _) = compose(&s, &t, true, &sent, 10_500, no_metrics);
+    // At the same moment: just the changed node.
+    let (same_second, _) = compose(&s, &t, true, &sent, 10_000, no_metrics);
     assert_eq!(same_second[0].nodes.len(), 1);
     assert!(same_second[0].last_seen.is_empty());
     assert!(same_second[1].models.is_empty());
@@ -219,7 +230,10 @@ fn apply(s: &mut ClusterState, op: &Op) {
             });
         }
         Op::Forget(n) => {
-            s.nodes.remove(&node(n));
+            // As apply would: every change to a node goes into the feed.
+            if s.nodes.remove(&node(n)).is_some() {
+                s.node_changes.push(&node(n));
+            }
         }
         Op::Rebuild => {
             let bytes = bincode::serialize(&*s).expect("encode");
