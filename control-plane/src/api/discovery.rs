@@ -6,7 +6,7 @@ use std::{collections::HashSet, sync::Arc};
 use dllm_proto::pb::{self, discovery_service_server::DiscoveryService};
 use tonic::{Request, Response, Status};
 
-use super::paging::Page;
+use super::{first_members::FirstMembers, paging::Page};
 use crate::{
     convert::{self, ResourceFilter},
     forward::UsageQuery,
@@ -19,12 +19,16 @@ use dllm_util::clock::now_ms;
 /// Serves DiscoveryService on one replica.
 pub struct DiscoveryApi {
     replica: Arc<Replica>,
+    /// What joins list in `existing_nodes`; `None` when the list is unbounded.
+    first: Option<FirstMembers>,
 }
 
 impl DiscoveryApi {
     /// The service over `replica`.
     pub fn new(replica: Arc<Replica>) -> Self {
-        Self { replica }
+        let bound = replica.config().max_existing_nodes;
+        let first = (bound > 0).then(|| FirstMembers::new(bound));
+        Self { replica, first }
     }
 }
 
@@ -107,18 +111,19 @@ impl DiscoveryService for DiscoveryApi {
         let existing_nodes = if skip_existing {
             Vec::new()
         } else {
-            let bound = self.replica.config().max_existing_nodes;
-            let (nodes, others) = self.replica.local_state().read(|s| {
-                let others = || s.members_unordered().filter(|n| n.node_id != node_id);
-                let page = Page::first(bound);
-                let (nodes, _) = page.select(others());
-                let nodes: Vec<pb::NodeInfo> = nodes.into_iter().map(convert::node_info).collect();
-                let count = if nodes.len() < bound || bound == 0 {
-                    nodes.len()
-                } else {
-                    others().count()
-                };
-                (nodes, count)
+            let (nodes, others) = self.replica.local_state().read(|s| match &self.first {
+                // The bounded list, kept up to date through the change feed.
+                Some(first) => {
+                    let (nodes, others) = first.answer(s, &node_id);
+                    (nodes.into_iter().map(convert::node_info).collect(), others)
+                }
+                // Unbounded (--max-existing-nodes 0): every other member.
+                None => {
+                    let others = s.members().filter(|n| n.node_id != node_id);
+                    let nodes: Vec<pb::NodeInfo> = others.map(convert::node_info).collect();
+                    let count = nodes.len();
+                    (nodes, count)
+                }
             });
             if nodes.len() < others {
                 message = format!(

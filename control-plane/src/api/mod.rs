@@ -5,6 +5,7 @@
 pub(crate) mod admin;
 pub mod commands;
 mod discovery;
+mod first_members;
 mod node;
 mod paging;
 mod raft;

@@ -55,14 +55,6 @@ impl Page {
         Ok(Self { after, limit })
     }
 
-    /// The first `limit` nodes (0: all).
-    pub fn first(limit: usize) -> Self {
-        Self {
-            after: None,
-            limit: (limit > 0).then_some(limit),
-        }
-    }
-
     /// The page of `nodes` (any order) in node-id order, and the token of the next page when
     /// more nodes follow it.
     pub fn select<'a>(&self, nodes: impl Iterator<Item = &'a Node>) -> (Vec<&'a Node>, String) {
