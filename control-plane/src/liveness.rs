@@ -94,8 +94,8 @@ impl<'a> Heard<'a> {
 ///
 /// A sweep costs what changed, not the size of the fleet: it looks at the nodes the state's
 /// change feed names, the nodes heard from while unhealthy or offline, and the nodes whose
-/// next threshold has passed (a queue ordered by time). Only the first sweep of a term, or
-/// one that fell behind the feed, looks at every node.
+/// next threshold has passed (a queue ordered by time) without a heartbeat since. Only the
+/// first sweep of a term, or one that fell behind the feed, looks at every node.
 #[derive(Debug)]
 pub struct Detector {
     config: LivenessConfig,
@@ -110,6 +110,8 @@ pub struct Detector {
     recheck: Vec<String>,
     /// Looks at single nodes so far (what sweeps cost).
     looked: u64,
+    /// Times a node's turn came and was put off, the node heard from meanwhile.
+    put_off: u64,
     /// Looks at every node so far.
     scans: u64,
     /// Bumped whenever leadership starts or ends: a sweep begun in another term stops.
@@ -191,6 +193,7 @@ impl Detector {
             due: BinaryHeap::new(),
             recheck: Vec::new(),
             looked: 0,
+            put_off: 0,
             scans: 0,
             term: 0,
         }
@@ -199,6 +202,12 @@ impl Detector {
     /// How many times a sweep has looked at a node (the work sweeps did).
     pub fn looked(&self) -> u64 {
         self.looked
+    }
+
+    /// How many times a node's turn to be looked at came and was put off without a look,
+    /// the node heard from meanwhile.
+    pub fn put_off(&self) -> u64 {
+        self.put_off
     }
 
     /// The thresholds.
@@ -355,20 +364,37 @@ impl Detector {
             }
         };
         self.cursor = Some((changes.clone(), read));
+        let counting_from = since + self.config.failover_grace;
+        let unhealthy = self.config.unhealthy_timeout();
+        // Nodes whose time came, minus those heard from since it was set: a node heard from
+        // within the unhealthy threshold needs no transition (one that is unhealthy or
+        // offline was queued for a look by its heartbeat), so its time is put off to the
+        // threshold counted from that heartbeat, with no look at the state. Without this,
+        // every heartbeating node was looked at (a read and a copy of it from the state)
+        // once per threshold: a third of the fleet per second.
+        let mut put_off = Vec::new();
         while self.due.peek().is_some_and(|Reverse((at, _))| *at <= now) {
             let Some(Reverse((at, id))) = self.due.pop() else {
                 break;
             };
-            match self.tracked.get_mut(&id) {
-                Some(t) if t.check_at == Some(at) => t.check_at = None,
-                _ => continue,
+            let Some(t) = self.tracked.get_mut(&id).filter(|t| t.check_at == Some(at)) else {
+                continue;
+            };
+            let next = t.last_contact.max(counting_from) + unhealthy;
+            if next > now {
+                t.check_at = Some(next);
+                put_off.push(Reverse((next, id)));
+            } else {
+                t.check_at = None;
+                ids.push(id);
             }
-            ids.push(id);
         }
+        self.put_off += put_off.len() as u64;
+        self.due.extend(put_off);
         Some(Sweep {
             term: self.term,
             now,
-            counting_from: since + self.config.failover_grace,
+            counting_from,
             scan: every.is_some().then_some(self.scans),
             every,
             ids,

@@ -1,8 +1,12 @@
 //! Heartbeats and usage samples: soft state the leader keeps in memory (its failure
 //! detector), never in the Raft log. Any replica takes a worker's heartbeat; a follower
-//! forwards the heartbeats it receives to the leader in batches.
+//! forwards the heartbeats it receives to the leader in batches. A worker that heartbeats the
+//! leader itself is answered and told which follower to heartbeat next
+//! ([`HEARTBEAT_TO_METADATA_KEY`]), so at scale the leader takes batches, not requests: a
+//! heartbeat taken directly cost the leader ~48 us of CPU (a whole gRPC request), a forwarded
+//! one ~8 us (`heartbeats --workers 10000`, BENCHMARKS.md).
 
-use std::sync::atomic::Ordering;
+use std::{sync::atomic::Ordering, time::Duration};
 
 use dllm_proto::pb;
 
@@ -14,7 +18,66 @@ use crate::{
     state::NodeStatus,
 };
 
+/// Metadata key of a heartbeat answer from the leader naming the follower (its address) the
+/// worker should heartbeat from now on.
+pub const HEARTBEAT_TO_METADATA_KEY: &str = "x-dllm-heartbeat-to";
+
+/// Metadata key of a `ForwardHeartbeat` call naming the follower (its Raft id) that forwards.
+pub const FORWARDED_BY_METADATA_KEY: &str = "x-dllm-forwarded-by";
+
+/// How recently (in heartbeat intervals) a follower must have forwarded heartbeats to the
+/// leader for the leader to send workers to it: proof that the path from that follower to the
+/// leader works now, which replication progress alone would not give (an idle cluster's log
+/// does not move, so a dead follower looks as caught up as a live one).
+const FORWARDER_FRESH_INTERVALS: u32 = 2;
+
+/// The follower `node_id` should heartbeat, among `followers` (addresses, in a stable order):
+/// picked by a hash of the node id, as workers pick their first seed, so the workers the
+/// leader sends away spread evenly; `None` without followers.
+fn follower_for<'a>(node_id: &str, followers: &'a [String]) -> Option<&'a String> {
+    // FNV-1a: stable across runs and builds.
+    let hash = node_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    followers.get((hash % followers.len().max(1) as u64) as usize)
+}
+
 impl Replica {
+    /// Notes that follower `id` forwarded heartbeats to this replica (as leader) just now.
+    pub fn forwarded_by(&self, id: u64) {
+        self.forwarders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tokio::time::Instant::now());
+    }
+
+    /// The followers a worker heartbeating this replica may be sent to, while it leads: those
+    /// in the membership that forwarded heartbeats here recently, by id.
+    fn heartbeat_followers(&self) -> Vec<String> {
+        let fresh: Duration = self.config.liveness.interval * FORWARDER_FRESH_INTERVALS;
+        let now = tokio::time::Instant::now();
+        let ids: Vec<u64> = self
+            .forwarders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(id, at)| **id != self.id && now.saturating_duration_since(**at) < fresh)
+            .map(|(id, _)| *id)
+            .collect();
+        if ids.is_empty() {
+            return Vec::new();
+        }
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        if m.state != openraft::ServerState::Leader {
+            return Vec::new();
+        }
+        let membership = m.membership_config.membership();
+        ids.iter()
+            .filter_map(|id| membership.get_node(id).map(|n| n.addr.clone()))
+            .collect()
+    }
+
     /// Records heartbeats on this replica, which must be the leader, and answers each.
     /// Writes nothing: a node that was unhealthy or offline is made healthy by the next
     /// liveness tick, batched with every other transition. A follower's batch costs one state
@@ -36,7 +99,7 @@ impl Replica {
             let cluster_id = s.cluster_id.clone().unwrap_or_default();
             requests
                 .into_iter()
-                .map(|mut request| {
+                .map(|mut request: pb::HeartbeatRequest| {
                     let Some(node) = s
                         .nodes
                         .get(&request.node_id)
@@ -47,13 +110,7 @@ impl Replica {
                             id: request.node_id,
                         });
                     };
-                    heard.push((
-                        node.node_id.clone(),
-                        node.generation,
-                        node.status,
-                        request.usage.take(),
-                    ));
-                    Ok(Proto(pb::HeartbeatResponse {
+                    let answer = Ok(Proto(pb::HeartbeatResponse {
                         status: node.status.as_str().to_string(),
                         assignments: s
                             .models
@@ -71,7 +128,14 @@ impl Replica {
                             .collect(),
                         heartbeat_interval_ms: interval_ms,
                         cluster_id: cluster_id.clone(),
-                    }))
+                    }));
+                    heard.push((
+                        request.node_id,
+                        node.generation,
+                        node.status,
+                        request.usage.take(),
+                    ));
+                    answer
                 })
                 .collect()
         });
@@ -90,19 +154,24 @@ impl Replica {
     /// A heartbeat, carried to the leader: recorded here when this replica leads, otherwise
     /// queued and forwarded together with the other heartbeats this follower received
     /// meanwhile (one `ForwardHeartbeat` call per batch), so workers can heartbeat any replica
-    /// and the leader's cost per heartbeat stays small.
+    /// and the leader's cost per heartbeat stays small. With the answer, when this replica
+    /// leads and has followers that forward: the address of the one the worker should
+    /// heartbeat from now on.
     ///
     /// # Errors
     /// `NOT_FOUND` for an unknown or left node; `UNAVAILABLE` without a leader.
     pub async fn heartbeat(
         &self,
         request: pb::HeartbeatRequest,
-    ) -> Result<pb::HeartbeatResponse, ApiError> {
+    ) -> Result<(pb::HeartbeatResponse, Option<String>), ApiError> {
+        let led = std::sync::atomic::AtomicBool::new(false);
+        let node_id = request.node_id.clone();
         let answer = self
             .at_leader(
                 self.config.request_timeout,
                 "heartbeat",
                 || {
+                    led.store(true, Ordering::Relaxed);
                     let answer = self
                         .leader_heartbeats(vec![request.clone()])
                         .pop()
@@ -115,7 +184,12 @@ impl Replica {
                 },
             )
             .await?;
-        Ok(answer.0)
+        let elsewhere = if led.load(Ordering::Relaxed) {
+            follower_for(&node_id, &self.heartbeat_followers()).cloned()
+        } else {
+            None
+        };
+        Ok((answer.0, elsewhere))
     }
 
     /// Answers a question about the soft state; leader only.
@@ -190,5 +264,34 @@ impl Replica {
             },
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::follower_for;
+
+    /// The leader sends each worker to one follower, always the same for a node id, and
+    /// spreads a fleet evenly over its followers; with none, it sends no one anywhere.
+    #[test]
+    fn workers_are_sent_to_followers_evenly_and_stably() {
+        let followers = vec!["a:1".to_string(), "b:1".to_string()];
+        assert_eq!(
+            follower_for("w1", &[]),
+            None,
+            "no follower: the worker stays"
+        );
+        let to_a = (0..10_000)
+            .filter(|i| follower_for(&format!("hb-{i:06}"), &followers) == Some(&followers[0]))
+            .count();
+        assert!(
+            (4_500..=5_500).contains(&to_a),
+            "{to_a} of 10,000 workers sent to the first of two followers"
+        );
+        assert_eq!(
+            follower_for("w1", &followers),
+            follower_for("w1", &followers),
+            "the same node goes to the same follower"
+        );
     }
 }
