@@ -19,6 +19,7 @@ use std::{
 };
 
 use dllm_proto::pb;
+use prost::Message;
 use tokio::time::Instant;
 
 use crate::state::{Node, NodeChanges, NodeMap, NodeStatus, StatusChange};
@@ -48,13 +49,64 @@ impl LivenessConfig {
     }
 }
 
+/// A usage sample as the leader keeps it: its protobuf encoding, decoded only when someone
+/// asks for the sample, and the two numbers fleet-wide questions need. A decoded sample of an
+/// 8-GPU worker is 10 allocations to make and 10 to free on every heartbeat; this is one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    encoded: Vec<u8>,
+    memory_used_mb: i64,
+    memory_total_mb: i64,
+}
+
+/// The fields of `NodeUsage` a [`Sample`] reads at once (same tags; the rest is skipped
+/// without allocating).
+#[derive(Clone, PartialEq, prost::Message)]
+struct Memory {
+    #[prost(int64, tag = "3")]
+    memory_used_mb: i64,
+    #[prost(int64, tag = "4")]
+    memory_total_mb: i64,
+}
+
+impl Sample {
+    /// A sample from the protobuf encoding of a `NodeUsage`.
+    ///
+    /// # Errors
+    /// When `encoded` is not a valid `NodeUsage` encoding as far as the memory fields go.
+    pub fn from_encoded(encoded: Vec<u8>) -> Result<Self, prost::DecodeError> {
+        let memory = Memory::decode(encoded.as_slice())?;
+        Ok(Self {
+            encoded,
+            memory_used_mb: memory.memory_used_mb,
+            memory_total_mb: memory.memory_total_mb,
+        })
+    }
+
+    /// The sample as a `NodeUsage` (empty if its bytes do not decode, which
+    /// [`Sample::from_encoded`] has mostly ruled out).
+    pub fn decode(&self) -> pb::NodeUsage {
+        pb::NodeUsage::decode(self.encoded.as_slice()).unwrap_or_default()
+    }
+}
+
+impl From<&pb::NodeUsage> for Sample {
+    fn from(usage: &pb::NodeUsage) -> Self {
+        Self {
+            encoded: usage.encode_to_vec(),
+            memory_used_mb: usage.memory_used_mb,
+            memory_total_mb: usage.memory_total_mb,
+        }
+    }
+}
+
 /// What this leader knows about one node beyond the replicated state.
 #[derive(Debug)]
 struct Tracked {
     generation: u64,
     last_contact: Instant,
     last_contact_ms: Option<i64>,
-    usage: Option<pb::NodeUsage>,
+    usage: Option<Sample>,
     /// A transition (from, to) proposed and not yet seen applied, so it is not proposed
     /// twice. Dropped once the node's status is no longer `from` (applied, or overtaken by
     /// another change), or when the write fails.
@@ -286,18 +338,17 @@ impl Detector {
         now: Instant,
         now_ms: i64,
     ) {
-        self.heard(Heard::of(node), usage, now, now_ms);
+        self.heard(
+            Heard::of(node),
+            usage.as_ref().map(Sample::from),
+            now,
+            now_ms,
+        );
     }
 
     /// [`Detector::heartbeat`] from what a heartbeat needs of the node, which the leader
     /// copies out of the state so that the detector is updated with the state unlocked.
-    pub fn heard(
-        &mut self,
-        node: Heard<'_>,
-        usage: Option<pb::NodeUsage>,
-        now: Instant,
-        now_ms: i64,
-    ) {
+    pub fn heard(&mut self, node: Heard<'_>, usage: Option<Sample>, now: Instant, now_ms: i64) {
         let t = Self::track(&mut self.tracked, &node, now, self.scans);
         t.last_contact = now;
         t.last_contact_ms = Some(now_ms);
@@ -530,8 +581,10 @@ impl Detector {
     }
 
     /// The latest usage sample of a node, if this leader has one.
-    pub fn usage(&self, node_id: &str) -> Option<&pb::NodeUsage> {
-        self.tracked.get(node_id).and_then(|t| t.usage.as_ref())
+    pub fn usage(&self, node_id: &str) -> Option<pb::NodeUsage> {
+        self.tracked
+            .get(node_id)
+            .and_then(|t| Some(t.usage.as_ref()?.decode()))
     }
 
     /// When this leader last heard from each node it has heard from (Unix ms): heartbeats

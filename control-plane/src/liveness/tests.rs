@@ -572,3 +572,34 @@ async fn a_look_at_every_node_keeps_what_heartbeats_said_meanwhile() {
         "a node gone from the state is still tracked"
     );
 }
+
+/// The leader keeps usage samples encoded: what it answers about a node is the sample the
+/// node sent, and free memory per node comes from the sample's memory fields.
+#[tokio::test(start_paused = true)]
+async fn samples_kept_encoded_answer_as_sent() {
+    let mut d = Detector::new(config());
+    d.become_leader(Instant::now());
+    let n = node(NodeStatus::Healthy, 1);
+    let usage = pb::NodeUsage {
+        memory_used_mb: 3_000,
+        memory_total_mb: 8_000,
+        gpus: vec![pb::GpuUsage {
+            uuid: "GPU-0".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    d.heartbeat(&n, Some(usage.clone()), Instant::now(), 1);
+    assert_eq!(d.usage("w1"), Some(usage.clone()), "the sample as sent");
+    assert_eq!(d.free_memory().get("w1"), Some(&5_000), "total minus used");
+    d.heartbeat(&n, None, Instant::now(), 2);
+    assert_eq!(
+        d.usage("w1"),
+        Some(usage),
+        "a heartbeat without a sample keeps the last one"
+    );
+    assert!(
+        Sample::from_encoded(vec![0xff, 0xff]).is_err(),
+        "bytes that are not a NodeUsage are refused"
+    );
+}

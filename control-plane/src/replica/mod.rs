@@ -37,7 +37,9 @@ use std::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::warn;
 
-pub use self::heartbeats::{FORWARDED_BY_METADATA_KEY, HEARTBEAT_TO_METADATA_KEY};
+pub use self::heartbeats::{
+    EncodedHeartbeat, FORWARDED_BY_METADATA_KEY, HEARTBEAT_TO_METADATA_KEY,
+};
 use self::{
     batching::{run_group_commit, PendingWrite, Tasks, MAX_GROUP},
     election::ElectionState,
