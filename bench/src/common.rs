@@ -1,6 +1,9 @@
 //! What every scenario shares: channels, requests, the cluster's leader.
 
-use std::time::Duration;
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use std::{
     collections::HashMap,
@@ -28,6 +31,9 @@ struct Credentials {
     signer: Option<Signer>,
     tokens: Mutex<HashMap<String, tonic::metadata::MetadataValue<tonic::metadata::Ascii>>>,
 }
+
+/// The name `dllm_tests::Cluster::admin` issues its admin certificate to.
+const ADMIN: &str = "test-admin";
 
 static CURRENT: RwLock<Option<Arc<Credentials>>> = RwLock::new(None);
 
@@ -61,11 +67,9 @@ pub fn start_cluster_with(extra: &[&str]) -> Cluster {
         Cluster::start(3, &args)
     };
     let credentials = if tls() {
-        let key = std::fs::read(cluster.certs_dir().join(dllm_auth::certs::JWT_SIGNING_KEY))
-            .expect("the cluster's token signing key");
         Credentials {
             auth: cluster.admin(),
-            signer: Some(Signer::from_pem(&key).expect("an Ed25519 key")),
+            signer: Some(signer(cluster.certs_dir())),
             tokens: Mutex::default(),
         }
     } else {
@@ -77,6 +81,46 @@ pub fn start_cluster_with(extra: &[&str]) -> Cluster {
     };
     *CURRENT.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(credentials));
     cluster
+}
+
+/// The token signer of the cluster whose certificates are in `certs_dir`.
+fn signer(certs_dir: &Path) -> Signer {
+    let key = std::fs::read(certs_dir.join(dllm_auth::certs::JWT_SIGNING_KEY))
+        .expect("the cluster's token signing key");
+    Signer::from_pem(&key).expect("an Ed25519 key")
+}
+
+/// Where the certificates of the cluster started last are, under `--tls` (for a child
+/// process to reach the same cluster with [`use_cluster_of`]).
+pub fn certs_dir(cluster: &Cluster) -> Option<PathBuf> {
+    tls().then(|| cluster.certs_dir().to_path_buf())
+}
+
+/// Reaches the cluster another bench process started, as that process does: plaintext, or
+/// with the admin certificate it issued and tokens signed with its key from `certs_dir`.
+pub fn use_cluster_of(certs_dir: Option<&Path>) {
+    let credentials = match certs_dir {
+        Some(dir) => {
+            let stem = dllm_auth::certs::file_stem(Role::Admin, ADMIN);
+            Credentials {
+                auth: ClientAuth::from_flags(
+                    Some(&dir.join(dllm_auth::certs::CA_CERT)),
+                    Some(&dir.join(format!("{stem}.crt"))),
+                    Some(&dir.join(format!("{stem}.key"))),
+                    None,
+                )
+                .expect("the cluster's admin certificate"),
+                signer: Some(signer(dir)),
+                tokens: Mutex::default(),
+            }
+        }
+        None => Credentials {
+            auth: ClientAuth::plaintext(),
+            signer: None,
+            tokens: Mutex::default(),
+        },
+    };
+    *CURRENT.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(credentials));
 }
 
 /// A lazily connected channel to `addr` of the cluster started last, made like every dllm
@@ -100,12 +144,19 @@ pub fn channel_with(auth: &ClientAuth, addr: &str) -> Channel {
 /// `message` as a request of the worker `node_id`: under `--tls`, with that node's token.
 pub fn as_worker<T>(node_id: &str, message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
-    let Some(credentials) = current() else {
-        return request;
-    };
-    let Some(signer) = &credentials.signer else {
-        return request;
-    };
+    if let Some(token) = worker_token(node_id) {
+        request.metadata_mut().insert("authorization", token);
+    }
+    request
+}
+
+/// The `authorization` value a request of the worker `node_id` carries under `--tls` (made
+/// once per node), `None` without.
+pub fn worker_token(
+    node_id: &str,
+) -> Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
+    let credentials = current()?;
+    let signer = credentials.signer.as_ref()?;
     let token = {
         let mut tokens = credentials.tokens.lock().unwrap_or_else(|e| e.into_inner());
         tokens
@@ -125,8 +176,7 @@ pub fn as_worker<T>(node_id: &str, message: T) -> tonic::Request<T> {
             })
             .clone()
     };
-    request.metadata_mut().insert("authorization", token);
-    request
+    Some(token)
 }
 
 /// A registration for a simulated 8-GPU worker; the answer skips the member list.

@@ -70,6 +70,40 @@ enum Scenario {
         /// Seconds.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// Processes sending the heartbeats: 1 is the bench itself; more are child
+        /// processes, each with an equal share of the workers, whose measurements are merged.
+        #[arg(long, default_value_t = 1)]
+        generators: usize,
+        /// Send every heartbeat to a follower, none straight to the leader (what the leader's
+        /// forwarded heartbeats alone cost).
+        #[arg(long)]
+        followers_only: bool,
+    },
+    /// One share of the `heartbeats` load, run by that scenario in a child process; prints
+    /// its measurements as one JSON line.
+    #[command(hide = true)]
+    HbGenerate {
+        /// Replica addresses, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        addrs: Vec<String>,
+        /// The first worker of this share.
+        #[arg(long)]
+        first: usize,
+        /// Workers in this share.
+        #[arg(long)]
+        count: usize,
+        /// When the first interval starts (Unix ms).
+        #[arg(long)]
+        start_unix_ms: i64,
+        /// Heartbeating before measuring.
+        #[arg(long)]
+        warmup_ms: u64,
+        /// How long the measured window lasts.
+        #[arg(long)]
+        duration_ms: u64,
+        /// The cluster's certificates under `--tls`.
+        #[arg(long)]
+        certs_dir: Option<PathBuf>,
     },
     /// Time from a leader kill to the first acknowledged write.
     Failover {
@@ -174,9 +208,19 @@ async fn run(scenario: Scenario) -> anyhow::Result<Value> {
             )
             .await?
         }
-        Scenario::Heartbeats { workers, seconds } => {
-            scenarios::heartbeats::run(workers, Duration::from_secs(seconds)).await?
+        Scenario::Heartbeats {
+            workers,
+            seconds,
+            generators,
+            followers_only,
+        } => {
+            let generators = scenarios::heartbeats::Generators {
+                processes: generators,
+                followers_only,
+            };
+            scenarios::heartbeats::run(workers, Duration::from_secs(seconds), generators).await?
         }
+        Scenario::HbGenerate { .. } => unreachable!("run by main before any scenario"),
         Scenario::Failover { kills } => scenarios::failover::run(kills).await?,
         Scenario::Recovery { entries } => scenarios::recovery::run(entries).await?,
         Scenario::Memory { nodes, models } => scenarios::memory::run(nodes, models).await?,
@@ -211,9 +255,18 @@ async fn run(scenario: Scenario) -> anyhow::Result<Value> {
             let etcd = std::path::Path::new("/usr/bin/etcd")
                 .exists()
                 .then_some("/usr/bin/etcd");
+            let one = scenarios::heartbeats::Generators {
+                processes: 1,
+                followers_only: false,
+            };
+            let two = scenarios::heartbeats::Generators {
+                processes: 2,
+                followers_only: true,
+            };
             json!([
                 scenarios::writes::run(&[1, 4], Duration::from_secs(1), 2, etcd).await?,
-                scenarios::heartbeats::run(200, Duration::from_secs(3)).await?,
+                scenarios::heartbeats::run(200, Duration::from_secs(3), one).await?,
+                scenarios::heartbeats::run(200, Duration::from_secs(3), two).await?,
                 scenarios::failover::run(1).await?,
                 scenarios::recovery::run(500).await?,
                 scenarios::memory::run(100, 3).await?,
@@ -242,6 +295,28 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
+    if let Scenario::HbGenerate {
+        addrs,
+        first,
+        count,
+        start_unix_ms,
+        warmup_ms,
+        duration_ms,
+        certs_dir,
+    } = cli.scenario
+    {
+        common::TLS.set(certs_dir.is_some()).expect("set once");
+        return scenarios::heartbeats::run_generator(
+            addrs,
+            first,
+            count,
+            start_unix_ms,
+            Duration::from_millis(warmup_ms),
+            Duration::from_millis(duration_ms),
+            certs_dir,
+        )
+        .await;
+    }
     // An explicit folder wins, then one already in the environment (an A/B script that sets
     // DLLM_BIN_DIR must get the binaries it named, not the ones next to this bench).
     let from_env = std::env::var_os("DLLM_BIN_DIR")

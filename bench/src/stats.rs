@@ -19,6 +19,11 @@ impl Latencies {
         self.0.extend(other.0);
     }
 
+    /// Every sample, in microseconds (how a generator process reports them).
+    pub fn micros(&self) -> Vec<u64> {
+        self.0.iter().map(|d| d.as_micros() as u64).collect()
+    }
+
     /// Number of samples.
     pub fn len(&self) -> usize {
         self.0.len()

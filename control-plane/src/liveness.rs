@@ -19,6 +19,7 @@ use std::{
 };
 
 use dllm_proto::pb;
+use prost::Message;
 use tokio::time::Instant;
 
 use crate::state::{Node, NodeChanges, NodeMap, NodeStatus, StatusChange};
@@ -48,13 +49,64 @@ impl LivenessConfig {
     }
 }
 
+/// A usage sample as the leader keeps it: its protobuf encoding, decoded only when someone
+/// asks for the sample, and the two numbers fleet-wide questions need. A decoded sample of an
+/// 8-GPU worker is 10 allocations to make and 10 to free on every heartbeat; this is one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    encoded: Vec<u8>,
+    memory_used_mb: i64,
+    memory_total_mb: i64,
+}
+
+/// The fields of `NodeUsage` a [`Sample`] reads at once (same tags; the rest is skipped
+/// without allocating).
+#[derive(Clone, PartialEq, prost::Message)]
+struct Memory {
+    #[prost(int64, tag = "3")]
+    memory_used_mb: i64,
+    #[prost(int64, tag = "4")]
+    memory_total_mb: i64,
+}
+
+impl Sample {
+    /// A sample from the protobuf encoding of a `NodeUsage`.
+    ///
+    /// # Errors
+    /// When `encoded` is not a valid `NodeUsage` encoding as far as the memory fields go.
+    pub fn from_encoded(encoded: Vec<u8>) -> Result<Self, prost::DecodeError> {
+        let memory = Memory::decode(encoded.as_slice())?;
+        Ok(Self {
+            encoded,
+            memory_used_mb: memory.memory_used_mb,
+            memory_total_mb: memory.memory_total_mb,
+        })
+    }
+
+    /// The sample as a `NodeUsage` (empty if its bytes do not decode, which
+    /// [`Sample::from_encoded`] has mostly ruled out).
+    pub fn decode(&self) -> pb::NodeUsage {
+        pb::NodeUsage::decode(self.encoded.as_slice()).unwrap_or_default()
+    }
+}
+
+impl From<&pb::NodeUsage> for Sample {
+    fn from(usage: &pb::NodeUsage) -> Self {
+        Self {
+            encoded: usage.encode_to_vec(),
+            memory_used_mb: usage.memory_used_mb,
+            memory_total_mb: usage.memory_total_mb,
+        }
+    }
+}
+
 /// What this leader knows about one node beyond the replicated state.
 #[derive(Debug)]
 struct Tracked {
     generation: u64,
     last_contact: Instant,
     last_contact_ms: Option<i64>,
-    usage: Option<pb::NodeUsage>,
+    usage: Option<Sample>,
     /// A transition (from, to) proposed and not yet seen applied, so it is not proposed
     /// twice. Dropped once the node's status is no longer `from` (applied, or overtaken by
     /// another change), or when the write fails.
@@ -94,8 +146,8 @@ impl<'a> Heard<'a> {
 ///
 /// A sweep costs what changed, not the size of the fleet: it looks at the nodes the state's
 /// change feed names, the nodes heard from while unhealthy or offline, and the nodes whose
-/// next threshold has passed (a queue ordered by time). Only the first sweep of a term, or
-/// one that fell behind the feed, looks at every node.
+/// next threshold has passed (a queue ordered by time) without a heartbeat since. Only the
+/// first sweep of a term, or one that fell behind the feed, looks at every node.
 #[derive(Debug)]
 pub struct Detector {
     config: LivenessConfig,
@@ -110,6 +162,8 @@ pub struct Detector {
     recheck: Vec<String>,
     /// Looks at single nodes so far (what sweeps cost).
     looked: u64,
+    /// Times a node's turn came and was put off, the node heard from meanwhile.
+    put_off: u64,
     /// Looks at every node so far.
     scans: u64,
     /// Bumped whenever leadership starts or ends: a sweep begun in another term stops.
@@ -191,6 +245,7 @@ impl Detector {
             due: BinaryHeap::new(),
             recheck: Vec::new(),
             looked: 0,
+            put_off: 0,
             scans: 0,
             term: 0,
         }
@@ -199,6 +254,12 @@ impl Detector {
     /// How many times a sweep has looked at a node (the work sweeps did).
     pub fn looked(&self) -> u64 {
         self.looked
+    }
+
+    /// How many times a node's turn to be looked at came and was put off without a look,
+    /// the node heard from meanwhile.
+    pub fn put_off(&self) -> u64 {
+        self.put_off
     }
 
     /// The thresholds.
@@ -277,18 +338,17 @@ impl Detector {
         now: Instant,
         now_ms: i64,
     ) {
-        self.heard(Heard::of(node), usage, now, now_ms);
+        self.heard(
+            Heard::of(node),
+            usage.as_ref().map(Sample::from),
+            now,
+            now_ms,
+        );
     }
 
     /// [`Detector::heartbeat`] from what a heartbeat needs of the node, which the leader
     /// copies out of the state so that the detector is updated with the state unlocked.
-    pub fn heard(
-        &mut self,
-        node: Heard<'_>,
-        usage: Option<pb::NodeUsage>,
-        now: Instant,
-        now_ms: i64,
-    ) {
+    pub fn heard(&mut self, node: Heard<'_>, usage: Option<Sample>, now: Instant, now_ms: i64) {
         let t = Self::track(&mut self.tracked, &node, now, self.scans);
         t.last_contact = now;
         t.last_contact_ms = Some(now_ms);
@@ -355,20 +415,37 @@ impl Detector {
             }
         };
         self.cursor = Some((changes.clone(), read));
+        let counting_from = since + self.config.failover_grace;
+        let unhealthy = self.config.unhealthy_timeout();
+        // Nodes whose time came, minus those heard from since it was set: a node heard from
+        // within the unhealthy threshold needs no transition (one that is unhealthy or
+        // offline was queued for a look by its heartbeat), so its time is put off to the
+        // threshold counted from that heartbeat, with no look at the state. Without this,
+        // every heartbeating node was looked at (a read and a copy of it from the state)
+        // once per threshold: a third of the fleet per second.
+        let mut put_off = Vec::new();
         while self.due.peek().is_some_and(|Reverse((at, _))| *at <= now) {
             let Some(Reverse((at, id))) = self.due.pop() else {
                 break;
             };
-            match self.tracked.get_mut(&id) {
-                Some(t) if t.check_at == Some(at) => t.check_at = None,
-                _ => continue,
+            let Some(t) = self.tracked.get_mut(&id).filter(|t| t.check_at == Some(at)) else {
+                continue;
+            };
+            let next = t.last_contact.max(counting_from) + unhealthy;
+            if next > now {
+                t.check_at = Some(next);
+                put_off.push(Reverse((next, id)));
+            } else {
+                t.check_at = None;
+                ids.push(id);
             }
-            ids.push(id);
         }
+        self.put_off += put_off.len() as u64;
+        self.due.extend(put_off);
         Some(Sweep {
             term: self.term,
             now,
-            counting_from: since + self.config.failover_grace,
+            counting_from,
             scan: every.is_some().then_some(self.scans),
             every,
             ids,
@@ -504,8 +581,10 @@ impl Detector {
     }
 
     /// The latest usage sample of a node, if this leader has one.
-    pub fn usage(&self, node_id: &str) -> Option<&pb::NodeUsage> {
-        self.tracked.get(node_id).and_then(|t| t.usage.as_ref())
+    pub fn usage(&self, node_id: &str) -> Option<pb::NodeUsage> {
+        self.tracked
+            .get(node_id)
+            .and_then(|t| Some(t.usage.as_ref()?.decode()))
     }
 
     /// When this leader last heard from each node it has heard from (Unix ms): heartbeats
@@ -520,6 +599,12 @@ impl Detector {
     /// When this leader last heard from `node_id` (Unix ms).
     pub fn last_contact(&self, node_id: &str) -> Option<i64> {
         self.tracked.get(node_id).and_then(|t| t.last_contact_ms)
+    }
+
+    /// Free host memory (MiB) of one node, if it has a usage sample.
+    pub fn free_memory_of(&self, node_id: &str) -> Option<i64> {
+        let u = self.tracked.get(node_id)?.usage.as_ref()?;
+        Some((u.memory_total_mb - u.memory_used_mb).max(0))
     }
 
     /// Free host memory (MiB) of every node with a usage sample.

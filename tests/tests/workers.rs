@@ -1,6 +1,7 @@
 //! Real `dllm-worker` processes against a real 3-replica control plane: joining with their
 //! resources, failure detection, rejoining, graceful leave, heartbeats that do not touch the
-//! Raft log, and a leader failover that marks nobody offline.
+//! Raft log and that the leader sends on to followers, and a leader failover that marks
+//! nobody offline.
 
 use std::{
     collections::BTreeMap,
@@ -230,6 +231,72 @@ async fn heartbeats_do_not_grow_the_raft_log() {
         after.last_log_index, before.last_log_index,
         "heartbeats wrote to the Raft log"
     );
+}
+
+/// The leader's count of heartbeats taken straight from workers (answered OK), from its
+/// `/metrics` page.
+async fn direct_heartbeats(metrics_addr: &str) -> Option<u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(metrics_addr).await.ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .ok()?;
+    let mut page = String::new();
+    s.read_to_string(&mut page).await.ok()?;
+    let count = page
+        .lines()
+        .find(|l| {
+            l.starts_with("grpc_server_handled_total{")
+                && l.contains("grpc_method=\"Heartbeat\"")
+                && l.contains("grpc_code=\"OK\"")
+        })
+        .map_or(Some(0), |l| l.rsplit(' ').next()?.parse().ok());
+    count
+}
+
+/// A worker that heartbeats the leader is answered and sent to a follower (the answer names
+/// one), so once the fleet has settled the leader takes no heartbeat straight from a worker:
+/// every one reaches it in a follower's batch. Twelve workers start at the seed their node
+/// id hashes to (about a third at the leader); all stay healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_sends_heartbeating_workers_to_followers() {
+    init_tracing();
+    let cluster = Cluster::start_with_metrics(3, dllm_tests::FAST_LIVENESS);
+    let leader = cluster.wait_leader(&[1, 2, 3]).await;
+    let metrics = cluster.replicas[&leader]
+        .metrics
+        .clone()
+        .expect("a metrics port");
+    let _workers: Vec<_> = (0..12)
+        .map(|i| cluster.start_worker(&format!("w{i}"), H100, &[]))
+        .collect();
+    let cp = cluster.addr(leader);
+    for i in 0..12 {
+        wait_status(&cp, &format!("w{i}"), "healthy").await;
+    }
+    info!("--- settle: workers at the leader move to followers");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = direct_heartbeats(&metrics)
+        .await
+        .expect("the leader's metrics");
+    info!(before, "--- 10 heartbeat intervals");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = direct_heartbeats(&metrics)
+        .await
+        .expect("the leader's metrics");
+    assert_eq!(
+        replica_status(&cp).await.ok().map(|s| s.leader_id),
+        Some(leader),
+        "no leader change muddies the count"
+    );
+    assert_eq!(
+        after, before,
+        "the leader still takes heartbeats straight from workers"
+    );
+    for i in 0..12 {
+        let n = node(&cp, &format!("w{i}")).await.expect("registered");
+        assert_eq!(n.status, "healthy", "w{i} stays healthy on a follower");
+    }
 }
 
 /// The control-plane leader is SIGKILLed while 20 workers heartbeat: a new leader takes over

@@ -21,6 +21,9 @@ use crate::{config::Config, resources::Probe};
 
 /// Metadata key in which a control-plane replica names the leader on UNAVAILABLE.
 const LEADER_METADATA_KEY: &str = "x-dllm-leader";
+/// Metadata key of a heartbeat answer naming the replica to heartbeat from now on
+/// (`dllm_control_plane::replica::HEARTBEAT_TO_METADATA_KEY`).
+const HEARTBEAT_TO_METADATA_KEY: &str = "x-dllm-heartbeat-to";
 /// How often (in heartbeats) the worker refreshes its view of its peers.
 const PEERS_EVERY: u64 = 10;
 /// Budget of one call to the control plane.
@@ -157,11 +160,17 @@ impl Seeds {
 
     /// Moves to the leader named in `metadata`, if it names a usable one.
     fn follow(&mut self, metadata: &tonic::metadata::MetadataMap) -> bool {
-        let leader = metadata
-            .get(LEADER_METADATA_KEY)
-            .and_then(|v| v.to_str().ok())
-            .map(String::from);
-        let Some(l) = leader else { return false };
+        self.go_to(metadata.get(LEADER_METADATA_KEY))
+    }
+
+    /// Moves to the replica at `addr` (a `host:port` metadata value), if usable.
+    fn go_to(
+        &mut self,
+        addr: Option<&tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    ) -> bool {
+        let Some(l) = addr.and_then(|v| v.to_str().ok()).map(String::from) else {
+            return false;
+        };
         if let Some(i) = self.addrs.iter().position(|a| *a == l) {
             self.current = i;
         } else if l
@@ -250,6 +259,10 @@ pub async fn run(config: Config, shared: Shared, auth: ClientAuth, shutdown: Can
             let mut client = seeds.client();
             match client.heartbeat(request).await {
                 Ok(answer) => {
+                    // The leader answers a heartbeat and names the follower to send the next
+                    // ones to: followers forward heartbeats in batches, which costs the leader
+                    // a fraction of taking each itself.
+                    seeds.go_to(answer.metadata().get(HEARTBEAT_TO_METADATA_KEY));
                     let answer = answer.into_inner();
                     if answer.heartbeat_interval_ms > 0 {
                         interval = Duration::from_millis(answer.heartbeat_interval_ms as u64);
@@ -317,5 +330,39 @@ async fn leave(seeds: &mut Seeds, node_id: &str) {
                 seeds.next(&status);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seeds() -> Seeds {
+        Seeds::new(
+            vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()],
+            "w1",
+            ClientAuth::plaintext(),
+        )
+    }
+
+    /// A heartbeat answer naming a replica moves the worker's next heartbeats there (a known
+    /// seed, or a new address); an answer naming none, or something that is not host:port,
+    /// leaves it where it is.
+    #[test]
+    fn a_named_replica_is_where_the_next_heartbeat_goes() {
+        let mut s = seeds();
+        let before = s.current;
+        assert!(!s.go_to(None), "nothing named");
+        assert_eq!(s.current, before, "no name: the worker stays");
+        assert!(!s.go_to(Some(&"not an address".parse().expect("ascii"))));
+        assert_eq!(s.current, before, "an unusable name: the worker stays");
+        assert!(s.go_to(Some(&"127.0.0.1:3".parse().expect("ascii"))));
+        assert_eq!(
+            s.addrs[s.current], "127.0.0.1:3",
+            "a new address is added and used"
+        );
+        assert!(s.go_to(Some(&"127.0.0.1:1".parse().expect("ascii"))));
+        assert_eq!(s.addrs[s.current], "127.0.0.1:1", "a known seed is used");
+        assert_eq!(s.addrs.len(), 3, "a known seed is not added twice");
     }
 }

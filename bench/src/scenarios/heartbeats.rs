@@ -1,10 +1,15 @@
 //! `heartbeats`: N simulated workers registered, then each heartbeating once per interval,
-//! spread evenly over time, from this process over shared connections spread over all
-//! replicas (as real workers spread themselves).
-//! Reports achieved heartbeats/s, latency, leader CPU and RSS, false status transitions and
-//! Raft log growth during the run.
+//! spread evenly over time, over shared connections spread over all replicas (as real
+//! workers spread themselves), from this process or from `--generators` child processes
+//! (`generator.rs`), whose measurements are merged into one report.
+//! Reports the heartbeats offered and answered per second, latency, where the CPU goes
+//! (leader, followers, generators), leader RSS, false status transitions and Raft log growth
+//! during the run.
+
+pub mod generator;
 
 use std::{
+    path::PathBuf,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -22,51 +27,155 @@ use serde_json::{json, Value};
 use crate::{
     common::{channel, leader, registration, status},
     procfs,
-    stats::{round, Latencies},
+    stats::round,
 };
+use generator::{worker_id, Load, Shard};
 
-/// Connections the simulated workers share, per replica.
-const CHANNELS_PER_REPLICA: usize = 4;
-/// Tasks that schedule heartbeats; each owns a slice of the workers.
-const SENDERS: usize = 100;
 /// Heartbeating before measuring.
 const WARMUP: Duration = Duration::from_secs(5);
-/// Most heartbeats outstanding at once (a stalled leader would otherwise pile them up).
-const MAX_IN_FLIGHT: usize = 4096;
 
-fn usage(i: usize) -> pb::NodeUsage {
-    pb::NodeUsage {
-        timestamp: 0,
-        cpu_usage_percent: 12.5,
-        memory_used_mb: 65536 + i as i64,
-        memory_total_mb: 2 * 1024 * 1024,
-        gpus: (0..8)
-            .map(|g| pb::GpuUsage {
-                index: g,
-                uuid: format!("GPU-{g}"),
-                utilization_percent: 80.0,
-                memory_used_mb: 60000,
-                memory_total_mb: 81559,
-                temperature_celsius: 61.0,
-            })
-            .collect(),
-        used_layers: 0,
-        uptime_seconds: 1,
+/// How the load is generated.
+#[derive(Clone, Copy, Debug)]
+pub struct Generators {
+    /// Processes that send heartbeats: 1 is this one; more are children, each sending for a
+    /// contiguous share of the workers.
+    pub processes: usize,
+    /// Send every heartbeat to a follower (none straight to the leader), to tell the
+    /// leader's cost of forwarded heartbeats from that of the ones it takes itself.
+    pub followers_only: bool,
+}
+
+/// The processes generating the load: this one, or children running `hb-generate`.
+enum Running {
+    Here(tokio::task::JoinHandle<Load>),
+    Children(Vec<(u32, tokio::task::JoinHandle<anyhow::Result<Load>>)>),
+}
+
+impl Running {
+    fn pids(&self) -> Vec<u32> {
+        match self {
+            Running::Here(_) => vec![std::process::id()],
+            Running::Children(c) => c.iter().map(|(pid, _)| *pid).collect(),
+        }
+    }
+
+    async fn load(self) -> anyhow::Result<Load> {
+        match self {
+            Running::Here(task) => Ok(task.await?),
+            Running::Children(children) => {
+                let mut load = Load::default();
+                for (_, child) in children {
+                    load.merge(child.await??);
+                }
+                Ok(load)
+            }
+        }
     }
 }
 
+/// Starts the load: `generators` shards of the workers, each in a child process (or here, for
+/// one), sending to `addrs` from `start`.
+fn start_load(
+    workers: usize,
+    generators: usize,
+    addrs: &[String],
+    certs_dir: Option<PathBuf>,
+    start: Instant,
+    duration: Duration,
+) -> anyhow::Result<Running> {
+    let shard = |first: usize, count: usize| Shard {
+        addrs: addrs.to_vec(),
+        first,
+        count,
+        start,
+        warmup: WARMUP,
+        duration,
+    };
+    if generators <= 1 {
+        return Ok(Running::Here(tokio::spawn(generator::generate(shard(
+            0, workers,
+        )))));
+    }
+    let exe = std::env::current_exe()?;
+    let per = workers.div_ceil(generators);
+    // Children are told the start as a Unix time (all of them, and this process, agree on
+    // the window that is measured).
+    let start_unix_ms = dllm_util::clock::now_ms()
+        + start.saturating_duration_since(Instant::now()).as_millis() as i64;
+    let mut children = Vec::new();
+    for g in 0..generators {
+        let first = g * per;
+        let count = per.min(workers.saturating_sub(first));
+        if count == 0 {
+            break;
+        }
+        let mut command = tokio::process::Command::new(&exe);
+        command
+            .arg("hb-generate")
+            .arg(format!("--addrs={}", addrs.join(",")))
+            .arg(format!("--first={first}"))
+            .arg(format!("--count={count}"))
+            .arg(format!("--start-unix-ms={start_unix_ms}"))
+            .arg(format!("--warmup-ms={}", WARMUP.as_millis()))
+            .arg(format!("--duration-ms={}", duration.as_millis()))
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(dir) = &certs_dir {
+            command.arg(format!("--certs-dir={}", dir.display()));
+        }
+        let child = command.spawn()?;
+        let pid = child.id().unwrap_or(0);
+        children.push((
+            pid,
+            tokio::spawn(async move {
+                let out = child.wait_with_output().await?;
+                anyhow::ensure!(out.status.success(), "generator {g} failed: {}", out.status);
+                Load::from_json(&serde_json::from_slice(&out.stdout)?)
+            }),
+        ));
+    }
+    Ok(Running::Children(children))
+}
+
+/// The hidden `hb-generate` subcommand: one shard of the load, its measurements printed as
+/// one JSON line on stdout.
+pub async fn run_generator(
+    addrs: Vec<String>,
+    first: usize,
+    count: usize,
+    start_unix_ms: i64,
+    warmup: Duration,
+    duration: Duration,
+    certs_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    crate::common::use_cluster_of(certs_dir.as_deref());
+    let ahead = Duration::from_millis((start_unix_ms - dllm_util::clock::now_ms()).max(0) as u64);
+    let load = generator::generate(Shard {
+        addrs,
+        first,
+        count,
+        start: Instant::now() + ahead,
+        warmup,
+        duration,
+    })
+    .await;
+    println!("{}", load.to_json());
+    Ok(())
+}
+
 /// Runs the scenario.
-pub async fn run(workers: usize, duration: Duration) -> anyhow::Result<Value> {
+pub async fn run(
+    workers: usize,
+    duration: Duration,
+    generators: Generators,
+) -> anyhow::Result<Value> {
     let cluster = crate::common::start_cluster();
     let (leader_id, _) = leader(&cluster).await;
     let addrs: Vec<String> = (1..=3).map(|id| cluster.addr(id)).collect();
-    let channels: Vec<_> = addrs
-        .iter()
-        .flat_map(|a| (0..CHANNELS_PER_REPLICA).map(move |_| channel(a)))
-        .collect();
+    let channels: Vec<_> = addrs.iter().map(|a| channel(a)).collect();
 
     println!("heartbeats: registering {workers} workers ...");
-    let ids: Vec<String> = (0..workers).map(|i| format!("hb-{i:06}")).collect();
+    let ids: Vec<String> = (0..workers).map(worker_id).collect();
     futures::stream::iter(ids.iter().enumerate())
         .for_each_concurrent(64, |(i, id)| {
             let mut c = DiscoveryServiceClient::new(channels[i % channels.len()].clone());
@@ -83,11 +192,9 @@ pub async fn run(workers: usize, duration: Duration) -> anyhow::Result<Value> {
             }
         })
         .await;
+    drop(ids);
 
     let leader_addr = cluster.addr(leader_id);
-    // Workers stay on the replica their node id picks (followers forward heartbeats to the
-    // leader in batches), so the simulated fleet spreads over all replicas the same way.
-    let hb_channels = channels.clone();
     let pid = cluster.replicas[&leader_id].pid().expect("leader runs");
     let follower_pids: Vec<u32> = cluster
         .replicas
@@ -95,14 +202,33 @@ pub async fn run(workers: usize, duration: Duration) -> anyhow::Result<Value> {
         .filter(|r| r.id != leader_id)
         .filter_map(|r| r.pid())
         .collect();
+    // Workers stay on the replica they start at (followers forward heartbeats to the leader
+    // in batches), so the simulated fleet spreads over all replicas the same way; or, with
+    // `followers_only`, over the followers.
+    let targets: Vec<String> = if generators.followers_only {
+        addrs
+            .iter()
+            .filter(|a| **a != leader_addr)
+            .cloned()
+            .collect()
+    } else {
+        addrs.clone()
+    };
+
+    // Measurements start after a warm-up in which every worker has heartbeated a few times
+    // (nodes registered early were silent while the rest registered, and recover now). The
+    // generators get a moment to encode their workers' requests before the first interval.
+    let start =
+        Instant::now() + Duration::from_secs(2) + Duration::from_millis(workers as u64 / 20);
+    let measure_from = start + WARMUP;
 
     // Watch for any node that stops being healthy while the run lasts.
     let not_healthy_seen = Arc::new(AtomicU64::new(0));
     let watch = {
         let (seen, addr) = (not_healthy_seen.clone(), leader_addr.clone());
-        let end = Instant::now() + duration + WARMUP;
+        let end = measure_from + duration;
         tokio::spawn(async move {
-            tokio::time::sleep(WARMUP).await;
+            tokio::time::sleep_until(measure_from.into()).await;
             // Only the nodes that are not healthy come back, so this stays cheap at any size.
             let mut c = TuiServiceClient::new(channel(&addr));
             let request = pb::NodeListRequest {
@@ -124,141 +250,116 @@ pub async fn run(workers: usize, duration: Duration) -> anyhow::Result<Value> {
     };
 
     println!(
-        "heartbeats: {workers} workers, one heartbeat per second each, for {}s after a {}s warm-up ...",
+        "heartbeats: {workers} workers, one heartbeat per second each, from {} process(es), \
+         for {}s after a {}s warm-up ...",
+        generators.processes.max(1),
         duration.as_secs(),
         WARMUP.as_secs()
     );
-    // Measurements start after a warm-up in which every worker has heartbeated a few times
-    // (nodes registered early were silent while the rest registered, and recover now).
-    let total = duration + WARMUP;
-    let measure_from = Instant::now() + WARMUP;
-    let probe = {
-        let (leader_addr, follower_pids) = (leader_addr.clone(), follower_pids.clone());
-        tokio::spawn(async move {
-            tokio::time::sleep_until(measure_from.into()).await;
-            let log = status(&leader_addr).await.and_then(|s| s.last_log_index);
-            let cpu = procfs::cpu_seconds(pid);
-            let followers: Vec<f64> = follower_pids
-                .iter()
-                .map(|p| procfs::cpu_seconds(*p))
-                .collect();
-            (log, cpu, followers, Instant::now())
-        })
+    let load = start_load(
+        workers,
+        generators.processes,
+        &targets,
+        crate::common::certs_dir(&cluster),
+        start,
+        duration,
+    )?;
+    let generator_pids = load.pids();
+    let pids: Vec<u32> = [pid]
+        .into_iter()
+        .chain(follower_pids.iter().copied())
+        .chain(generator_pids.iter().copied())
+        .collect();
+    let cpu = |pids: &[u32]| {
+        pids.iter()
+            .map(|p| procfs::cpu_seconds(*p))
+            .collect::<Vec<_>>()
     };
-    let interval = Duration::from_secs(1);
-    let per_sender = workers.div_ceil(SENDERS);
-    // Like real workers, a heartbeat does not wait for the previous one: each is sent on
-    // schedule (at most MAX_IN_FLIGHT outstanding) and its latency recorded when it returns.
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<Duration>>();
-    let tasks: Vec<_> = (0..SENDERS)
-        .map(|s| {
-            let mine: Vec<String> = ids
-                .iter()
-                .skip(s * per_sender)
-                .take(per_sender)
-                .cloned()
-                .collect();
-            let chan = hb_channels[s % hb_channels.len()].clone();
-            let (tx, in_flight) = (tx.clone(), in_flight.clone());
-            tokio::spawn(async move {
-                if mine.is_empty() {
-                    return;
-                }
-                // Like the worker's client (worker/src/agent.rs): answers may come compressed.
-                let client = DiscoveryServiceClient::new(chan)
-                    .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
-                // Spread this sender's workers evenly over the interval, and the senders over
-                // the first interval.
-                let gap = interval / mine.len() as u32;
-                tokio::time::sleep(interval * s as u32 / SENDERS as u32).await;
-                let mut next = tokio::time::Instant::now();
-                let end = tokio::time::Instant::now() + total;
-                'run: loop {
-                    for (i, id) in mine.iter().enumerate() {
-                        next += gap;
-                        if next > end {
-                            break 'run;
-                        }
-                        tokio::time::sleep_until(next).await;
-                        let permit = in_flight.clone().acquire_owned().await.expect("open");
-                        let (mut client, tx) = (client.clone(), tx.clone());
-                        let request = crate::common::as_worker(
-                            id,
-                            pb::HeartbeatRequest {
-                                node_id: id.clone(),
-                                usage: Some(usage(i)),
-                            },
-                        );
-                        tokio::spawn(async move {
-                            let t = Instant::now();
-                            let answer = client.heartbeat(request).await;
-                            if t >= measure_from {
-                                let _ = tx.send(answer.ok().map(|_| t.elapsed()));
-                            }
-                            drop(permit);
-                        });
-                    }
-                }
-            })
-        })
-        .collect();
-    drop(tx);
-    for t in tasks {
-        t.await?;
-    }
-    let mut lat = Latencies::default();
-    let mut errors = 0;
-    while let Some(sample) = rx.recv().await {
-        match sample {
-            Some(d) => lat.push(d),
-            None => errors += 1,
-        }
-    }
-    let (log_before, cpu_before, follower_cpu_before, measured_at) = probe.await?;
-    let secs = measured_at.elapsed().as_secs_f64();
-    watch.await?;
-    let cpu = (procfs::cpu_seconds(pid) - cpu_before) / secs * 100.0;
-    let follower_cpu: Vec<f64> = follower_pids
+    tokio::time::sleep_until(measure_from.into()).await;
+    let log_before = status(&leader_addr).await.and_then(|s| s.last_log_index);
+    let (cpu_before, measured_at) = (cpu(&pids), Instant::now());
+    tokio::time::sleep_until((measure_from + duration).into()).await;
+    let (cpu_after, secs) = (cpu(&pids), measured_at.elapsed().as_secs_f64());
+    let percent: Vec<f64> = cpu_after
         .iter()
-        .zip(&follower_cpu_before)
-        .map(|(p, before)| round((procfs::cpu_seconds(*p) - before) / secs * 100.0))
+        .zip(&cpu_before)
+        .map(|(after, before)| round((after - before) / secs * 100.0))
         .collect();
+    let (leader_cpu, follower_cpu, generator_cpu) = (
+        percent[0],
+        percent[1..1 + follower_pids.len()].to_vec(),
+        percent[1 + follower_pids.len()..].to_vec(),
+    );
     let rss = procfs::rss_mb(pid);
     let log_after = status(&leader_addr).await.and_then(|s| s.last_log_index);
+    let Load {
+        sent,
+        skipped,
+        latencies: lat,
+        errors,
+        moved,
+    } = load.load().await?;
+    watch.await?;
     let still_leader = status(&leader_addr).await.map(|s| s.leader_id) == Some(leader_id);
     let growth = log_after.unwrap_or(0) as i64 - log_before.unwrap_or(0) as i64;
-    let rate = lat.len() as f64 / secs;
+    let window = duration.as_secs_f64();
+    let (offered, rate) = (sent as f64 / window, lat.len() as f64 / window);
     anyhow::ensure!(lat.len() > 0, "no heartbeat was answered ({errors} errors)");
+    let us_per_hb = |percent: f64| round(percent / 100.0 / rate * 1e6);
     println!(
-        "{:>8} {:>10} {:>9} {:>9} {:>11} {:>15} {:>9} {:>12} {:>10}",
+        "{:>8} {:>10} {:>10} {:>9} {:>9} {:>11} {:>13} {:>15} {:>9} {:>12} {:>10}",
         "workers",
+        "offered/s",
         "hb/s",
         "p50 ms",
         "p99 ms",
         "leader CPU",
         "follower CPU",
+        "generator CPU",
         "RSS MiB",
         "not healthy",
         "log growth"
     );
-    println!(
-        "{workers:>8} {rate:>10.0} {:>9.2} {:>9.2} {:>10.1}% {:>15} {rss:>9.1} {:>12} {growth:>10}",
-        lat.quantile_ms(0.5),
-        lat.quantile_ms(0.99),
-        cpu,
-        follower_cpu
-            .iter()
+    let percents = |v: &[f64]| {
+        v.iter()
             .map(|c| format!("{c:.0}%"))
             .collect::<Vec<_>>()
-            .join(" "),
+            .join(" ")
+    };
+    println!(
+        "{workers:>8} {offered:>10.0} {rate:>10.0} {:>9.2} {:>9.2} {:>10.1}% {:>13} {:>15} {rss:>9.1} {:>12} {growth:>10}",
+        lat.quantile_ms(0.5),
+        lat.quantile_ms(0.99),
+        leader_cpu,
+        percents(&follower_cpu),
+        percents(&generator_cpu),
         not_healthy_seen.load(Ordering::Relaxed),
+    );
+    println!(
+        "{skipped} heartbeats skipped (generators behind), {errors} failed, {moved} answers \
+         moved a worker; \
+         CPU per answered heartbeat: leader {} us, followers {} us, generators {} us",
+        us_per_hb(leader_cpu),
+        us_per_hb(follower_cpu.iter().sum()),
+        us_per_hb(generator_cpu.iter().sum()),
     );
     Ok(json!({
         "scenario": "heartbeats", "workers": workers, "duration_s": round(secs),
+        "generators": generators.processes.max(1),
+        "heartbeats_to": if generators.followers_only { "followers" } else { "all replicas" },
+        "heartbeats_offered": sent, "offered_per_sec": round(offered),
+        "heartbeats_skipped": skipped,
+        "workers_sent_elsewhere_by_an_answer": moved,
         "heartbeats": lat.len(), "errors": errors, "heartbeats_per_sec": round(rate),
-        "latency": lat.summary(), "leader_cpu_percent_of_one_core": round(cpu),
-        "follower_cpu_percent_of_one_core": follower_cpu, "leader_rss_mb": round(rss),
+        "latency": lat.summary(), "leader_cpu_percent_of_one_core": leader_cpu,
+        "follower_cpu_percent_of_one_core": follower_cpu,
+        "generator_cpu_percent_of_one_core": generator_cpu,
+        "cpu_us_per_heartbeat": {
+            "leader": us_per_hb(leader_cpu),
+            "followers": us_per_hb(follower_cpu.iter().sum()),
+            "generators": us_per_hb(generator_cpu.iter().sum()),
+        },
+        "leader_rss_mb": round(rss),
         "max_nodes_not_healthy": not_healthy_seen.load(Ordering::Relaxed),
         "raft_log_growth_entries": growth, "leader_unchanged": still_leader,
     }))

@@ -207,7 +207,15 @@ impl DiscoveryService for DiscoveryApi {
         convert::heartbeat(&req)?;
         policy::require_own_node(caller.as_ref(), &req.node_id)?;
         // Any replica takes heartbeats (followers forward them to the leader in batches), so
-        // workers stay on the replica they reached and spread the load over the replicas.
-        Ok(answer(self.replica.heartbeat(req).await?))
+        // workers stay on the replica they reached and spread the load over the replicas; the
+        // leader answers and names the follower to heartbeat from now on.
+        let (heartbeat, elsewhere) = self.replica.heartbeat(req).await?;
+        let mut response = answer(heartbeat);
+        if let Some(value) = elsewhere.and_then(|addr| addr.parse().ok()) {
+            response
+                .metadata_mut()
+                .insert(crate::replica::HEARTBEAT_TO_METADATA_KEY, value);
+        }
+        Ok(response)
     }
 }

@@ -198,8 +198,15 @@ impl RaftService for RaftApi {
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         self.check_member(&request)?;
+        let from = request
+            .metadata()
+            .get(crate::replica::FORWARDED_BY_METADATA_KEY)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         // A follower's batch of heartbeats; answered in order.
-        let batch: Vec<Proto<dllm_proto::pb::HeartbeatRequest>> = decode(request)?;
+        let batch: Vec<Proto<crate::replica::EncodedHeartbeat>> = decode(request)?;
+        if let Some(from) = from {
+            self.replica.forwarded_by(from);
+        }
         let heartbeats = batch.into_iter().map(|h| h.0).collect();
         encode(&self.replica.leader_heartbeats(heartbeats))
     }

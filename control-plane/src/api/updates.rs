@@ -172,12 +172,12 @@ impl MetricsCache {
         let mut held = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((nodes, mb, m)) = held.as_ref() {
             if nodes.ptr_eq(&s.nodes) && *mb == available {
-                return m.clone();
+                return *m;
             }
         }
         let mut m = convert::cluster_metrics(s, &Default::default());
         m.available_memory_mb = available;
-        *held = Some((s.nodes.clone(), available, m.clone()));
+        *held = Some((s.nodes.clone(), available, m));
         m
     }
 }

@@ -221,7 +221,8 @@ fn named(id: &str, status: NodeStatus) -> Node {
 }
 
 /// A sweep costs what changed: with 1,000 heartbeating nodes, sweeps every 250 ms look at
-/// each node about once per unhealthy threshold (3 s), not on every sweep.
+/// no node after the term's first sweep. Each node's turn comes once per unhealthy threshold
+/// (3 s) and is put off, without a look at the state, since it was heard from meanwhile.
 #[tokio::test(start_paused = true)]
 async fn sweeps_look_at_what_changed_not_at_every_node() {
     let mut d = Detector::new(config());
@@ -249,11 +250,55 @@ async fn sweeps_look_at_what_changed_not_at_every_node() {
             "steady heartbeats change nothing"
         );
     }
-    // 10 s: the grace period (2 s), then one look per node per 3 s.
-    let looked = d.looked() - 1000;
+    assert_eq!(
+        d.looked(),
+        1000,
+        "steady heartbeats need no look after the first sweep"
+    );
+    // 10 s: the grace period (2 s), then each node's turn once per 3 s.
     assert!(
-        (2000..=4000).contains(&looked),
-        "{looked} looks in 40 sweeps of 1,000 nodes"
+        (2000..=4000).contains(&d.put_off()),
+        "{} turns put off in 40 sweeps of 1,000 nodes",
+        d.put_off()
+    );
+}
+
+/// A node whose turns were put off while it heartbeated still goes unhealthy on time once it
+/// falls silent: its turn, put off to the threshold counted from its last heartbeat, comes
+/// then, and the look finds the silence.
+#[tokio::test(start_paused = true)]
+async fn a_node_falling_silent_after_turns_put_off_is_detected_on_time() {
+    let mut d = Detector::new(config());
+    d.become_leader(Instant::now());
+    let n = node(NodeStatus::Healthy, 1);
+    let w = World::with(&n);
+    assert!(w.sweep(&mut d).is_empty());
+    for _ in 0..40 {
+        advance(0.25).await;
+        d.heartbeat(&n, None, Instant::now(), 1);
+        assert!(w.sweep(&mut d).is_empty(), "heartbeating: no transition");
+    }
+    assert!(d.put_off() >= 2, "its turn was put off ({})", d.put_off());
+    let silent_from = Instant::now();
+    let mut found = None;
+    while found.is_none() {
+        advance(0.25).await;
+        found = w.sweep(&mut d).into_iter().next();
+        assert!(
+            silent_from.elapsed() <= Duration::from_secs(3),
+            "not unhealthy 3 s into its silence"
+        );
+    }
+    let change = found.expect("found");
+    assert_eq!(
+        (change.from, change.to),
+        (NodeStatus::Healthy, NodeStatus::Unhealthy),
+        "silence past the threshold: unhealthy"
+    );
+    assert_eq!(
+        silent_from.elapsed(),
+        Duration::from_secs(3),
+        "found by the first sweep at the threshold"
     );
 }
 
@@ -525,5 +570,36 @@ async fn a_look_at_every_node_keeps_what_heartbeats_said_meanwhile() {
     assert!(
         !d.tracked.contains_key("a"),
         "a node gone from the state is still tracked"
+    );
+}
+
+/// The leader keeps usage samples encoded: what it answers about a node is the sample the
+/// node sent, and free memory per node comes from the sample's memory fields.
+#[tokio::test(start_paused = true)]
+async fn samples_kept_encoded_answer_as_sent() {
+    let mut d = Detector::new(config());
+    d.become_leader(Instant::now());
+    let n = node(NodeStatus::Healthy, 1);
+    let usage = pb::NodeUsage {
+        memory_used_mb: 3_000,
+        memory_total_mb: 8_000,
+        gpus: vec![pb::GpuUsage {
+            uuid: "GPU-0".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    d.heartbeat(&n, Some(usage.clone()), Instant::now(), 1);
+    assert_eq!(d.usage("w1"), Some(usage.clone()), "the sample as sent");
+    assert_eq!(d.free_memory().get("w1"), Some(&5_000), "total minus used");
+    d.heartbeat(&n, None, Instant::now(), 2);
+    assert_eq!(
+        d.usage("w1"),
+        Some(usage),
+        "a heartbeat without a sample keeps the last one"
+    );
+    assert!(
+        Sample::from_encoded(vec![0xff, 0xff]).is_err(),
+        "bytes that are not a NodeUsage are refused"
     );
 }

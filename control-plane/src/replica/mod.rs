@@ -37,6 +37,9 @@ use std::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::warn;
 
+pub use self::heartbeats::{
+    EncodedHeartbeat, FORWARDED_BY_METADATA_KEY, HEARTBEAT_TO_METADATA_KEY,
+};
 use self::{
     batching::{run_group_commit, PendingWrite, Tasks, MAX_GROUP},
     election::ElectionState,
@@ -69,6 +72,9 @@ pub struct Replica {
     /// detector's.
     merger: Mutex<crate::placement::merge::Merger>,
     heartbeats: AtomicU64,
+    /// When each follower last forwarded heartbeats to this replica as leader: the followers
+    /// a worker heartbeating the leader may be sent to (`heartbeats.rs`).
+    forwarders: Mutex<std::collections::BTreeMap<u64, tokio::time::Instant>>,
     /// Client writes waiting to be committed together (see `batching.rs`).
     group_commit: tokio::sync::mpsc::Sender<PendingWrite>,
     /// Client writes waiting to be forwarded to the leader together (see `forwarding.rs`).
@@ -198,6 +204,7 @@ impl Replica {
             |mut c, r| async move { c.forward_write(r).await },
         ));
         let (heartbeat_forwarder, queue) = tokio::sync::mpsc::channel(16 * MAX_GROUP);
+        let config_id = config.id;
         // Heartbeats are not latency-critical (one per second per worker): waiting a few
         // milliseconds gathers many into one call, which is what keeps the leader's cost low.
         tasks.tracker.spawn(run_forwarder(
@@ -206,7 +213,12 @@ impl Replica {
             HEARTBEAT_LINGER,
             None,
             tasks.clone(),
-            |mut c, r| async move { c.forward_heartbeat(r).await },
+            move |mut c, mut r: tonic::Request<_>| {
+                // Who forwards: the leader sends workers only to followers that do.
+                r.metadata_mut()
+                    .insert(FORWARDED_BY_METADATA_KEY, config_id.into());
+                async move { c.forward_heartbeat(r).await }
+            },
         ));
         let replica = Arc::new(Self {
             id: config.id,
@@ -221,6 +233,7 @@ impl Replica {
             detector: Mutex::new(Detector::new(config.liveness)),
             merger: Mutex::default(),
             heartbeats: Default::default(),
+            forwarders: Mutex::default(),
             config,
             tasks: tasks.tracker,
             stop: tasks.stop,
