@@ -136,7 +136,7 @@ pub fn repair(state: &ClusterState) -> Vec<PlacementChange> {
     if !needs_work {
         return Vec::new();
     }
-    let mut scratch = state.clone();
+    let mut scratch = state.scratch_copy();
     let mut changes: Vec<PlacementChange> = Vec::new();
     // First re-home (or give up) orphaned ranges, which may free capacity; then place
     // pending models with whatever is free.
@@ -329,7 +329,7 @@ fn within_room(state: &ClusterState, spec: &ModelSpec, ranges: &[Range]) -> bool
 /// pass changes nothing: the result is settled, and a second call right after proposes
 /// nothing. A placed model never becomes pending here.
 pub fn rebalance(state: &ClusterState, model_id: Option<&str>) -> Vec<PlacementChange> {
-    let mut scratch = state.clone();
+    let mut scratch = state.scratch_copy();
     let mut changes = Vec::new();
     let ids: Vec<String> = match model_id {
         Some(id) => vec![id.to_string()],

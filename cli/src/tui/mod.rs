@@ -55,7 +55,9 @@ async fn follow(cluster: Cluster, tx: mpsc::Sender<AppEvent>) {
                                 Ok(Some(Ok(update))) => {
                                     let kind = &update.update_type;
                                     if !update.delta {
-                                        whole.push(kind.clone());
+                                        if !whole.contains(kind) {
+                                            whole.push(kind.clone());
+                                        }
                                     } else if !whole.contains(kind) {
                                         break format!("a {kind} delta came before the list");
                                     }

@@ -16,7 +16,10 @@
 
 pub mod delta;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc, Mutex,
+};
 
 use dllm_proto::pb;
 use dllm_util::clock::now_ms;
@@ -73,6 +76,10 @@ impl Subscription {
             .filter(|t| timer || *t != "metrics")
             .cloned()
             .collect();
+        if types.is_empty() {
+            // A metrics-only stream prompted by an applied entry: nothing to send.
+            return Ok(Vec::new());
+        }
         let wants = |t: &str| types.iter().any(|x| x == t);
         let whole_nodes = wants("nodes") && (!self.deltas || self.sent.nodes.is_none());
         // The fleet's last contacts and free memory where a whole list needs them anyway;
@@ -148,22 +155,29 @@ async fn add_last_contacts(
 /// one per second is what they need.
 #[derive(Default)]
 pub struct MetricsCache {
-    available: tokio::sync::Mutex<Option<(i64, i64)>>,
+    /// The last sum and the second it was asked in.
+    available: Mutex<Option<(i64, i64)>>,
+    /// Whether a stream is asking the leader now.
+    asking: AtomicBool,
     metrics: Mutex<Option<(NodeMap, i64, pb::ClusterMetrics)>>,
 }
 
 impl MetricsCache {
-    /// The leader's sum of the healthy members' free memory, as of `second`.
+    /// The leader's sum of the healthy members' free memory, as of `second`. One stream asks
+    /// at a time (no lock is held while it does); the others take the last sum meanwhile, so
+    /// a slow leader holds up one stream, not all of them.
     async fn available(&self, replica: &Replica, second: i64) -> Result<i64, ApiError> {
-        let mut held = self.available.lock().await;
-        if let Some((at, mb)) = *held {
-            if at == second {
-                return Ok(mb);
-            }
+        let last = *self.available.lock().unwrap_or_else(|e| e.into_inner());
+        match last {
+            Some((at, mb)) if at == second => return Ok(mb),
+            Some((_, mb)) if self.asking.swap(true, Ordering::AcqRel) => return Ok(mb),
+            _ => {}
         }
-        let answer = replica.usage(UsageQuery::AvailableMemory).await?;
-        let mb = answer.available_memory_mb.unwrap_or_default();
-        *held = Some((second, mb));
+        self.asking.store(true, Ordering::Release);
+        let answer = replica.usage(UsageQuery::AvailableMemory).await;
+        self.asking.store(false, Ordering::Release);
+        let mb = answer?.available_memory_mb.unwrap_or_default();
+        *self.available.lock().unwrap_or_else(|e| e.into_inner()) = Some((second, mb));
         Ok(mb)
     }
 

@@ -67,7 +67,7 @@ impl Merger {
                 self.goals.remove(id);
                 continue;
             }
-            let scratch = scratch.get_or_insert_with(|| state.clone());
+            let scratch = scratch.get_or_insert_with(|| state.scratch_copy());
             let spec = model.spec.clone();
             let rooms: HashMap<String, i64> = rooms(scratch, &spec.id, spec.layer_mb())
                 .into_iter()

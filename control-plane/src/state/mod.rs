@@ -389,6 +389,15 @@ impl ClusterState {
         }
     }
 
+    /// A copy to plan on: applying commands to it changes nothing else, not even the change
+    /// feed (it gets its own), so readers of the real state's feed are not sent hints about
+    /// plans.
+    pub fn scratch_copy(&self) -> Self {
+        let mut copy = self.clone();
+        copy.node_changes = NodeChanges::default();
+        copy
+    }
+
     /// Nodes that count as members (every node that has not left), by node id.
     pub fn members(&self) -> impl Iterator<Item = &Node> {
         self.nodes_by_id()

@@ -99,6 +99,7 @@ pub fn compose(
             };
             match t.as_str() {
                 "nodes" => {
+                    let mut feed_end = None;
                     match sent.nodes.as_ref().filter(|_| deltas) {
                         None => {
                             let nodes = s.nodes_by_id().into_iter();
@@ -106,12 +107,16 @@ pub fn compose(
                             next.refresh = Refresh::start(&s.nodes, timestamp);
                         }
                         Some(before) => {
-                            let hint = sent
+                            let since = sent
                                 .feed
                                 .as_ref()
                                 .filter(|(feed, _)| feed.same(&s.node_changes))
-                                .and_then(|(feed, at)| feed.since(*at))
-                                .map(|(ids, _)| ids);
+                                .and_then(|(feed, at)| feed.since(*at));
+                            let (hint, end) = match since {
+                                Some((ids, end)) => (Some(ids), end),
+                                None => (None, s.node_changes.end()),
+                            };
+                            feed_end = Some(end);
                             let delta = node_delta(before, &s.nodes, hint.as_deref());
                             let changed: HashSet<&str> =
                                 delta.changed.iter().map(|n| n.node_id.as_str()).collect();
@@ -130,7 +135,9 @@ pub fn compose(
                         }
                     }
                     next.nodes = Some(s.nodes.clone());
-                    next.feed = Some((s.node_changes.clone(), s.node_changes.end()));
+                    // Where this update's look at the feed ended (what since() returned).
+                    let end = feed_end.unwrap_or_else(|| s.node_changes.end());
+                    next.feed = Some((s.node_changes.clone(), end));
                 }
                 "models" => {
                     match sent.models.as_ref().filter(|_| deltas) {
