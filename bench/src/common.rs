@@ -240,3 +240,31 @@ pub async fn status(addr: &str) -> Option<pb::ReplicaStatusResponse> {
         .ok()
         .map(|r| r.into_inner())
 }
+
+/// Registers `count` nodes named `id(i)` (each as `registration` gives it, as its own
+/// worker), 64 at a time over `channels` in turn, retrying each up to five times.
+///
+/// # Panics
+/// When a node cannot be registered.
+pub async fn register_nodes(channels: &[Channel], count: usize, id: impl Fn(usize) -> String) {
+    use futures::StreamExt;
+    futures::stream::iter(0..count)
+        .for_each_concurrent(64, |i| {
+            let mut c = pb::discovery_service_client::DiscoveryServiceClient::new(
+                channels[i % channels.len()].clone(),
+            );
+            let id = id(i);
+            async move {
+                for _ in 0..5 {
+                    if c.register_with_cluster(as_worker(&id, registration(&id)))
+                        .await
+                        .is_ok()
+                    {
+                        return;
+                    }
+                }
+                panic!("cannot register node {id}");
+            }
+        })
+        .await;
+}

@@ -13,7 +13,6 @@ use std::{
 };
 
 use dllm_proto::pb::discovery_service_client::DiscoveryServiceClient;
-use futures::StreamExt;
 use serde_json::{json, Value};
 use tonic::codec::CompressionEncoding;
 
@@ -41,22 +40,7 @@ pub async fn run(nodes: usize, joins: usize, clients: usize) -> anyhow::Result<V
     leader(&cluster).await;
     let channels: Vec<_> = (1..=3).map(|r| channel(&cluster.addr(r))).collect();
     println!("join-storm: registering {nodes} nodes ...");
-    futures::stream::iter(0..nodes)
-        .for_each_concurrent(64, |i| {
-            let mut c = DiscoveryServiceClient::new(channels[i % 3].clone());
-            async move {
-                for _ in 0..5 {
-                    if c.register_with_cluster(as_worker(&id(i), registration(&id(i))))
-                        .await
-                        .is_ok()
-                    {
-                        return;
-                    }
-                }
-                panic!("cannot register node {i}");
-            }
-        })
-        .await;
+    crate::common::register_nodes(&channels, nodes, id).await;
     let pids: Vec<u32> = (1..=3).filter_map(|r| cluster.replicas[&r].pid()).collect();
     let cpu = || -> f64 { pids.iter().map(|&p| procfs::cpu_seconds(p)).sum() };
     println!("join-storm: {joins} re-registrations by {clients} gzip clients ...");

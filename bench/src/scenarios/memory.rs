@@ -2,15 +2,12 @@
 
 use std::time::Duration;
 
-use dllm_proto::pb::{
-    self, discovery_service_client::DiscoveryServiceClient, tui_service_client::TuiServiceClient,
-};
+use dllm_proto::pb::{self, tui_service_client::TuiServiceClient};
 use dllm_tests::wait_for;
-use futures::StreamExt;
 use serde_json::{json, Value};
 
 use crate::{
-    common::{channel, leader, registration},
+    common::{channel, leader},
     procfs,
     stats::round,
 };
@@ -27,23 +24,7 @@ pub async fn run(nodes: usize, models: usize) -> anyhow::Result<Value> {
     let addrs: Vec<String> = (1..=3).map(|id| cluster.addr(id)).collect();
     let channels: Vec<_> = addrs.iter().map(|a| channel(a)).collect();
     println!("memory: registering {nodes} nodes and {models} models ...");
-    futures::stream::iter(0..nodes)
-        .for_each_concurrent(64, |i| {
-            let mut c = DiscoveryServiceClient::new(channels[i % 3].clone());
-            async move {
-                for _ in 0..5 {
-                    let id = format!("m-{i:06}");
-                    if c.register_with_cluster(crate::common::as_worker(&id, registration(&id)))
-                        .await
-                        .is_ok()
-                    {
-                        return;
-                    }
-                }
-                panic!("cannot register node {i}");
-            }
-        })
-        .await;
+    crate::common::register_nodes(&channels, nodes, |i| format!("m-{i:06}")).await;
     let mut tui = TuiServiceClient::new(channel(&leader_addr));
     for m in 0..models {
         let out = tui

@@ -68,23 +68,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     leader(&cluster).await;
     let channels: Vec<_> = (1..=3).map(|r| channel(&cluster.addr(r))).collect();
     println!("watch: registering {nodes} nodes ...");
-    futures::stream::iter(0..nodes)
-        .for_each_concurrent(64, |i| {
-            let mut c = DiscoveryServiceClient::new(channels[i % 3].clone());
-            async move {
-                for _ in 0..5 {
-                    let request = registration(&id(i));
-                    if c.register_with_cluster(as_worker(&id(i), request))
-                        .await
-                        .is_ok()
-                    {
-                        return;
-                    }
-                }
-                panic!("cannot register node {i}");
-            }
-        })
-        .await;
+    crate::common::register_nodes(&channels, nodes, id).await;
 
     // The changes: `changes` re-registrations a second, each with a new memory size.
     let stop = Arc::new(AtomicBool::new(false));
@@ -95,11 +79,14 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
             let mut c = DiscoveryServiceClient::new(ch);
             let mut ticker = tokio::time::interval(Duration::from_millis(100));
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let (mut round, per_tick) = (0usize, changes.div_ceil(10));
+            // Ten ticks a second; by the end of tick `round`, (round + 1) * changes / 10 sent.
+            let (mut round, mut sent) = (0usize, 0usize);
             while !stop.load(Ordering::Relaxed) {
                 ticker.tick().await;
-                for k in 0..per_tick.min(changes) {
-                    let i = (round * per_tick + k) % nodes;
+                let due = (round + 1) * changes / 10;
+                while sent < due {
+                    let i = sent % nodes;
+                    sent += 1;
                     let mut request = registration(&id(i));
                     if let Some(r) = request.resources.as_mut() {
                         r.memory_mb -= 1 + (round % 1000) as i64;
