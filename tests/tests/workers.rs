@@ -233,9 +233,9 @@ async fn heartbeats_do_not_grow_the_raft_log() {
     );
 }
 
-/// The leader's count of heartbeats taken straight from workers (answered OK), from its
-/// `/metrics` page.
-async fn direct_heartbeats(metrics_addr: &str) -> Option<u64> {
+/// How many `method` calls the replica whose `/metrics` page is at `metrics_addr` answered
+/// OK.
+async fn answered_ok(metrics_addr: &str, method: &str) -> Option<u64> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(metrics_addr).await.ok()?;
     s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
@@ -243,15 +243,92 @@ async fn direct_heartbeats(metrics_addr: &str) -> Option<u64> {
         .ok()?;
     let mut page = String::new();
     s.read_to_string(&mut page).await.ok()?;
+    let method = format!("grpc_method=\"{method}\"");
     let count = page
         .lines()
         .find(|l| {
             l.starts_with("grpc_server_handled_total{")
-                && l.contains("grpc_method=\"Heartbeat\"")
+                && l.contains(&method)
                 && l.contains("grpc_code=\"OK\"")
         })
         .map_or(Some(0), |l| l.rsplit(' ').next()?.parse().ok());
     count
+}
+
+/// The leader's count of heartbeats taken straight from workers (answered OK).
+async fn direct_heartbeats(metrics_addr: &str) -> Option<u64> {
+    answered_ok(metrics_addr, "Heartbeat").await
+}
+
+/// `method` calls answered OK by all of `cluster`'s replicas together.
+async fn answered_by_all(cluster: &Cluster, method: &str) -> u64 {
+    let mut sum = 0;
+    for r in cluster.replicas.values() {
+        let addr = r.metrics.as_deref().expect("a metrics port");
+        sum += answered_ok(addr, method)
+            .await
+            .expect("a replica's metrics");
+    }
+    sum
+}
+
+/// A worker asks the control plane for its peers only when someone asks the worker: its
+/// heartbeats fetch no member list (at 10,000 workers a refresh every ten heartbeats was
+/// 1,000 fleet-sized answers a second). Asked, it answers every other member, itself when
+/// `include_self`, and callers within `MAX_AGE` share one fetch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_fetches_its_peers_only_when_asked() {
+    init_tracing();
+    let cluster = Cluster::start_with_metrics(3, dllm_tests::FAST_LIVENESS);
+    let leader = cluster.wait_leader(&[1, 2, 3]).await;
+    let (w1, _w2) = (
+        cluster.start_worker("p-1", H100, &[]),
+        cluster.start_worker("p-2", H100, &[]),
+    );
+    let cp = cluster.addr(leader);
+    wait_status(&cp, "p-1", "healthy").await;
+    wait_status(&cp, "p-2", "healthy").await;
+    let beats = answered_by_all(&cluster, "Heartbeat").await;
+    wait_for(
+        "twenty more heartbeats from each worker",
+        Duration::from_secs(30),
+        || {
+            let cluster = &cluster;
+            async move { (answered_by_all(cluster, "Heartbeat").await >= beats + 40).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(
+        answered_by_all(&cluster, "DiscoverNodes").await,
+        0,
+        "heartbeating workers listed the fleet with nobody asking"
+    );
+
+    let mut w = NodeServiceClient::new(channel(&w1.addr).await.expect("worker API"));
+    let ids = |peers: pb::PeersResponse| -> Vec<String> {
+        assert_eq!(peers.total_count as usize, peers.peers.len());
+        peers.peers.into_iter().map(|n| n.node_id).collect()
+    };
+    let others = w
+        .get_peers(pb::PeersRequest::default())
+        .await
+        .expect("the worker's GetPeers")
+        .into_inner();
+    assert_eq!(ids(others), ["p-2"]);
+    let all = w
+        .get_peers(pb::PeersRequest {
+            include_self: true,
+            ..Default::default()
+        })
+        .await
+        .expect("the worker's GetPeers")
+        .into_inner();
+    assert_eq!(ids(all), ["p-1", "p-2"]);
+    assert_eq!(
+        answered_by_all(&cluster, "DiscoverNodes").await,
+        1,
+        "two asks within MAX_AGE, one fetch of one page"
+    );
 }
 
 /// A worker that heartbeats the leader is answered and sent to a follower (the answer names

@@ -17,15 +17,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::{codec::CompressionEncoding, Code};
 use tracing::{info, warn};
 
-use crate::{config::Config, resources::Probe};
+use crate::{config::Config, peers::Peers, resources::Probe};
 
 /// Metadata key in which a control-plane replica names the leader on UNAVAILABLE.
 const LEADER_METADATA_KEY: &str = "x-dllm-leader";
 /// Metadata key of a heartbeat answer naming the replica to heartbeat from now on
 /// (`dllm_control_plane::replica::HEARTBEAT_TO_METADATA_KEY`).
 const HEARTBEAT_TO_METADATA_KEY: &str = "x-dllm-heartbeat-to";
-/// How often (in heartbeats) the worker refreshes its view of its peers.
-const PEERS_EVERY: u64 = 10;
 /// Budget of one call to the control plane.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -40,8 +38,6 @@ pub struct View {
     pub cluster_id: String,
     /// Current layer assignments.
     pub assignments: Vec<pb::LayerAssignment>,
-    /// The other members, as of the last refresh.
-    pub peers: Vec<pb::NodeInfo>,
     /// When the cluster last answered a registration or a heartbeat, Unix milliseconds.
     pub last_seen: i64,
     /// The heartbeat interval in use (the control plane's, once it has said one).
@@ -60,11 +56,13 @@ impl View {
     }
 }
 
-/// Shared, lock-protected [`View`] plus the host probe.
+/// Shared, lock-protected [`View`] plus the host probe and the peer view.
 #[derive(Clone)]
 pub struct Shared {
     view: Arc<Mutex<View>>,
     probe: Arc<Mutex<Probe>>,
+    /// The other members, fetched when asked, from the replica the agent last reached.
+    pub peers: Arc<Peers>,
 }
 
 impl Shared {
@@ -86,6 +84,7 @@ impl Shared {
                 ..Default::default()
             })),
             probe: Arc::new(Mutex::new(probe)),
+            peers: Arc::default(),
         };
         shared.sample();
         shared
@@ -209,7 +208,7 @@ pub async fn run(config: Config, shared: Shared, auth: ClientAuth, shutdown: Can
                 port: node.port,
                 resources: node.resources.clone(),
                 seed_nodes: config.seed_nodes.clone(),
-                // The member list grows with the cluster; peers come from DiscoverNodes.
+                // The member list grows with the cluster; the peer view is fetched when asked.
                 skip_existing_nodes: true,
             };
             let mut client = seeds.client();
@@ -219,11 +218,11 @@ pub async fn run(config: Config, shared: Shared, auth: ClientAuth, shutdown: Can
             };
             match result {
                 Ok(answer) => {
+                    shared.peers.use_replica(&client);
                     let answer = answer.into_inner();
-                    info!(cluster_id = %answer.cluster_id, peers = answer.existing_nodes.len(), "joined the cluster ({})", answer.message);
+                    info!(cluster_id = %answer.cluster_id, "joined the cluster ({})", answer.message);
                     let mut view = shared.view();
                     view.cluster_id = answer.cluster_id;
-                    view.peers = answer.existing_nodes;
                     view.status = "healthy".to_string();
                     view.last_seen = now_ms();
                     break;
@@ -245,7 +244,6 @@ pub async fn run(config: Config, shared: Shared, auth: ClientAuth, shutdown: Can
         }
 
         // Heartbeat until the cluster forgets us or we stop.
-        let mut beats: u64 = 0;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break 'join,
@@ -262,6 +260,7 @@ pub async fn run(config: Config, shared: Shared, auth: ClientAuth, shutdown: Can
                     // The leader answers a heartbeat and names the follower to send the next
                     // ones to: followers forward heartbeats in batches, which costs the leader
                     // a fraction of taking each itself.
+                    shared.peers.use_replica(&client);
                     seeds.go_to(answer.metadata().get(HEARTBEAT_TO_METADATA_KEY));
                     let answer = answer.into_inner();
                     if answer.heartbeat_interval_ms > 0 {
@@ -288,28 +287,9 @@ pub async fn run(config: Config, shared: Shared, auth: ClientAuth, shutdown: Can
                     continue;
                 }
             }
-            beats += 1;
-            if beats % PEERS_EVERY == 1 {
-                let channel = seeds.client();
-                refresh_peers(channel, &shared, &config.node_id).await;
-            }
         }
     }
     leave(&mut seeds, &config.node_id).await;
-}
-
-async fn refresh_peers(client: DiscoveryServiceClient<Channel>, shared: &Shared, me: &str) {
-    let mut client = client;
-    let request = pb::DiscoveryRequest {
-        requester_id: me.to_string(),
-        known_nodes: vec![],
-        filter: None,
-        ..Default::default()
-    };
-    match client.discover_nodes(request).await {
-        Ok(answer) => shared.view().peers = answer.into_inner().discovered_nodes,
-        Err(e) => warn!(error = %e, "could not refresh peers"),
-    }
 }
 
 /// Tells the cluster this node is leaving; tries each seed once.

@@ -1,4 +1,5 @@
-//! The worker's NodeService: itself, its last view of its peers, and live metrics.
+//! The worker's NodeService: itself, its peers (fetched when asked, at most
+//! [`crate::peers::MAX_AGE`] old), and live metrics.
 
 use dllm_proto::server::answer;
 use std::time::Duration;
@@ -92,7 +93,8 @@ impl NodeService for WorkerNodeApi {
         request: Request<pb::PeersRequest>,
     ) -> Result<Response<pb::PeersResponse>, Status> {
         let req = request.into_inner();
-        let mut peers = self.shared.view().peers.clone();
+        let me = self.shared.view().node.node_id.clone();
+        let mut peers = Vec::clone(&*self.shared.peers.get(&me).await?);
         if req.include_self {
             peers.push(self.me());
             peers.sort_by(|a, b| a.node_id.cmp(&b.node_id));

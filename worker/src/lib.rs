@@ -4,6 +4,7 @@
 //! - [`resources`]: CPU and memory from sysinfo, GPUs from NVML (or simulated ones).
 //! - [`agent`]: join, heartbeat, re-join, leave; the worker's [`agent::View`] of itself.
 //! - [`api`]: the worker's own NodeService (itself, its peers, live metrics).
+//! - [`peers`]: the other members, fetched from the control plane when asked.
 //! - [`metrics`]: what `--metrics-listen` shows (`/metrics`) and when the worker is ready
 //!   (`/readyz`).
 //! - [`run`]: wires them on one listener, with health and reflection, until shutdown; `main`
@@ -17,6 +18,7 @@ pub mod api;
 pub mod config;
 pub mod entry;
 pub mod metrics;
+pub mod peers;
 pub mod resources;
 
 use std::sync::Arc;
