@@ -78,6 +78,10 @@ enum Scenario {
         /// forwarded heartbeats alone cost).
         #[arg(long)]
         followers_only: bool,
+        /// Models (64 layers, 64 GiB each) added and placed before measuring, so answers
+        /// carry layer assignments (the warm-up is then 15 s and 60 ms per model).
+        #[arg(long, default_value_t = 0)]
+        models: usize,
     },
     /// One share of the `heartbeats` load, run by that scenario in a child process; prints
     /// its measurements as one JSON line.
@@ -213,12 +217,14 @@ async fn run(scenario: Scenario) -> anyhow::Result<Value> {
             seconds,
             generators,
             followers_only,
+            models,
         } => {
             let generators = scenarios::heartbeats::Generators {
                 processes: generators,
                 followers_only,
             };
-            scenarios::heartbeats::run(workers, Duration::from_secs(seconds), generators).await?
+            scenarios::heartbeats::run(workers, Duration::from_secs(seconds), generators, models)
+                .await?
         }
         Scenario::HbGenerate { .. } => unreachable!("run by main before any scenario"),
         Scenario::Failover { kills } => scenarios::failover::run(kills).await?,
@@ -265,8 +271,8 @@ async fn run(scenario: Scenario) -> anyhow::Result<Value> {
             };
             json!([
                 scenarios::writes::run(&[1, 4], Duration::from_secs(1), 2, etcd).await?,
-                scenarios::heartbeats::run(200, Duration::from_secs(3), one).await?,
-                scenarios::heartbeats::run(200, Duration::from_secs(3), two).await?,
+                scenarios::heartbeats::run(200, Duration::from_secs(3), one, 0).await?,
+                scenarios::heartbeats::run(200, Duration::from_secs(3), two, 3).await?,
                 scenarios::failover::run(1).await?,
                 scenarios::recovery::run(500).await?,
                 scenarios::memory::run(100, 3).await?,

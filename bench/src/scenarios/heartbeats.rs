@@ -33,6 +33,9 @@ use generator::{worker_id, Load, Shard};
 
 /// Heartbeating before measuring.
 const WARMUP: Duration = Duration::from_secs(5);
+/// Heartbeating before measuring when models are added and placed first: the warm-up, time
+/// to place, and this much per model (adding one takes a write and a plan).
+const WARMUP_PER_MODEL: Duration = Duration::from_millis(60);
 
 /// How the load is generated.
 #[derive(Clone, Copy, Debug)]
@@ -81,6 +84,7 @@ fn start_load(
     addrs: &[String],
     certs_dir: Option<PathBuf>,
     start: Instant,
+    warmup: Duration,
     duration: Duration,
 ) -> anyhow::Result<Running> {
     let shard = |first: usize, count: usize| Shard {
@@ -88,7 +92,7 @@ fn start_load(
         first,
         count,
         start,
-        warmup: WARMUP,
+        warmup,
         duration,
     };
     if generators <= 1 {
@@ -116,7 +120,7 @@ fn start_load(
             .arg(format!("--first={first}"))
             .arg(format!("--count={count}"))
             .arg(format!("--start-unix-ms={start_unix_ms}"))
-            .arg(format!("--warmup-ms={}", WARMUP.as_millis()))
+            .arg(format!("--warmup-ms={}", warmup.as_millis()))
             .arg(format!("--duration-ms={}", duration.as_millis()))
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true);
@@ -163,11 +167,45 @@ pub async fn run_generator(
     Ok(())
 }
 
-/// Runs the scenario.
+/// Adds `models` models (64 layers, 64 GiB each) through the leader at `addr`, then waits
+/// until every one is placed or `until`; returns how many are placed and how many nodes
+/// hold layers.
+async fn add_models(addr: &str, models: usize, until: Instant) -> anyhow::Result<(usize, usize)> {
+    let mut tui = TuiServiceClient::new(channel(addr));
+    for m in 0..models {
+        let id = format!("model-{m:05}");
+        let args = ["add", id.as_str(), "--layers", "64", "--size", "64G"];
+        crate::scenarios::placement::exec(&mut tui, "model", &args).await?;
+    }
+    loop {
+        let list = tui
+            .get_model_list(pb::ModelListRequest::default())
+            .await?
+            .into_inner()
+            .models;
+        let placed = list
+            .iter()
+            .filter(|m| m.placement_status == "placed")
+            .count();
+        let holders: std::collections::HashSet<&str> = list
+            .iter()
+            .flat_map(|m| m.node_assignments.iter())
+            .filter_map(|a| a.rsplit_once(':').map(|(node, _)| node))
+            .collect();
+        if placed == models || Instant::now() >= until {
+            return Ok((placed, holders.len()));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Runs the scenario: `models` models added and placed during a longer warm-up (0: none),
+/// so that heartbeat answers carry layer assignments.
 pub async fn run(
     workers: usize,
     duration: Duration,
     generators: Generators,
+    models: usize,
 ) -> anyhow::Result<Value> {
     let cluster = crate::common::start_cluster();
     let (leader_id, _) = leader(&cluster).await;
@@ -220,7 +258,11 @@ pub async fn run(
     // generators get a moment to encode their workers' requests before the first interval.
     let start =
         Instant::now() + Duration::from_secs(2) + Duration::from_millis(workers as u64 / 20);
-    let measure_from = start + WARMUP;
+    let warmup = match models {
+        0 => WARMUP,
+        n => WARMUP * 3 + WARMUP_PER_MODEL * n as u32,
+    };
+    let measure_from = start + warmup;
 
     // Watch for any node that stops being healthy while the run lasts.
     let not_healthy_seen = Arc::new(AtomicU64::new(0));
@@ -254,7 +296,7 @@ pub async fn run(
          for {}s after a {}s warm-up ...",
         generators.processes.max(1),
         duration.as_secs(),
-        WARMUP.as_secs()
+        warmup.as_secs()
     );
     let load = start_load(
         workers,
@@ -262,8 +304,21 @@ pub async fn run(
         &targets,
         crate::common::certs_dir(&cluster),
         start,
+        warmup,
         duration,
     )?;
+    let (models_placed, nodes_holding_layers) = if models > 0 {
+        tokio::time::sleep_until((start + WARMUP).into()).await;
+        println!("heartbeats: adding {models} models ...");
+        let placed = add_models(&leader_addr, models, measure_from).await?;
+        println!(
+            "heartbeats: {} of {models} models placed on {} workers before measuring",
+            placed.0, placed.1
+        );
+        placed
+    } else {
+        (0, 0)
+    };
     let generator_pids = load.pids();
     let pids: Vec<u32> = [pid]
         .into_iter()
@@ -362,5 +417,7 @@ pub async fn run(
         "leader_rss_mb": round(rss),
         "max_nodes_not_healthy": not_healthy_seen.load(Ordering::Relaxed),
         "raft_log_growth_entries": growth, "leader_unchanged": still_leader,
+        "models": models, "models_placed_before_measuring": models_placed,
+        "nodes_holding_layers": nodes_holding_layers,
     }))
 }

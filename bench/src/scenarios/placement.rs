@@ -181,7 +181,8 @@ fn stats(hops: &[usize]) -> Value {
     })
 }
 
-async fn exec(
+/// Runs `command args` through ExecuteCommand; its output, or why it failed.
+pub async fn exec(
     tui: &mut TuiServiceClient<dllm_proto::client::Channel>,
     command: &str,
     args: &[&str],

@@ -137,17 +137,11 @@ impl Replica {
                     let answer = Ok(Proto(pb::HeartbeatResponse {
                         status: node.status.as_str().to_string(),
                         assignments: s
-                            .models
-                            .values()
-                            .flat_map(|m| {
-                                m.ranges()
-                                    .iter()
-                                    .filter(|r| r.node_id == request.node_id)
-                                    .map(|r| pb::LayerAssignment {
-                                        model_id: m.spec.id.clone(),
-                                        first_layer: r.first,
-                                        last_layer: r.last,
-                                    })
+                            .assignments_of(&request.node_id)
+                            .map(|(model_id, r)| pb::LayerAssignment {
+                                model_id: model_id.to_string(),
+                                first_layer: r.first,
+                                last_layer: r.last,
                             })
                             .collect(),
                         heartbeat_interval_ms: interval_ms,

@@ -70,7 +70,6 @@ pub fn check_placement(
         ));
     }
     let before = layers_by_node(previous);
-    let others = usage_by_node(state, Some(id));
     let mb = spec.layer_mb();
     for (node_id, layers) in layers_by_node(ranges) {
         let node = state
@@ -91,7 +90,7 @@ pub fn check_placement(
             ));
         }
         if gains {
-            let (other_layers, other_mb) = others.get(node_id).copied().unwrap_or_default();
+            let (other_layers, other_mb) = state.usage_of(node_id, Some(id));
             if other_layers + layers > i64::from(node.resources.max_layers) {
                 return Err(format!(
                     "model {id}: node {node_id} would hold {} layers, over its max_layers {}",
@@ -112,11 +111,19 @@ pub fn check_placement(
 }
 
 /// Checks every invariant of the whole state at rest (for tests): placements are valid
-/// coverings, no node is over capacity, `used_layers` is the sum of the ranges.
+/// coverings, no node is over capacity, `used_layers` is the sum of the ranges, and the
+/// holdings index is what the models say.
 ///
 /// # Errors
 /// The first broken invariant.
 pub fn check_state(state: &ClusterState) -> Result<(), String> {
+    if state.holdings != super::holdings::rebuild(&state.models) {
+        return Err(format!(
+            "holdings {:?} but the models place layers as {:?}",
+            state.holdings,
+            super::holdings::rebuild(&state.models)
+        ));
+    }
     for model in state.models.values() {
         if let super::Placement::Placed(ranges) = &model.placement {
             check_placement(state, &model.spec, ranges, ranges)?;

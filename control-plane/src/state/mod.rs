@@ -6,6 +6,7 @@
 //! same log.
 
 mod command;
+mod holdings;
 pub mod invariants;
 mod node;
 
@@ -15,6 +16,7 @@ use std::{
 };
 
 pub use command::{Command, EncodedCommand, Outcome, PlacementChange, Rejection, StatusChange};
+pub use holdings::Holdings;
 pub use node::{
     layer_mb, Gpu, Model, ModelSpec, Node, NodeSpec, NodeStatus, Placement, Range, Resources,
 };
@@ -34,6 +36,7 @@ pub type NodeMap = PersistentMap<String, Node>;
 
 /// The authoritative state of the cluster as of some log index.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "holdings::Stored")]
 pub struct ClusterState {
     /// Generated once, by the first leader, when the cluster formed.
     pub cluster_id: Option<String>,
@@ -58,6 +61,10 @@ pub struct ClusterState {
     /// part of the state's value: not encoded, and equal in every copy.
     #[serde(skip)]
     pub node_changes: NodeChanges,
+    /// Which models hold layers on each node, kept by apply from `models` (derived: not
+    /// encoded, rebuilt on decoding; see [`holdings`]).
+    #[serde(skip)]
+    pub holdings: Holdings,
 }
 
 /// The ids of the nodes whose record changed (status, generation, layers), in apply order: a
@@ -210,27 +217,6 @@ impl ClusterState {
         }
     }
 
-    /// Recomputes every node's `used_layers` from the placed ranges.
-    fn recount_used_layers(&mut self) {
-        let usage = invariants::usage_by_node(self, None);
-        // Only the nodes whose count changes are written (a persistent map copies what it
-        // writes when shared).
-        let changed: Vec<(String, i32)> = self
-            .nodes
-            .values()
-            .filter_map(|node| {
-                let used = usage.get(&node.node_id).map_or(0, |u| u.0 as i32);
-                (node.used_layers != used).then(|| (node.node_id.clone(), used))
-            })
-            .collect();
-        for (id, used) in changed {
-            if let Some(node) = self.nodes.get_mut(&id) {
-                node.used_layers = used;
-                self.node_changes.push(&id);
-            }
-        }
-    }
-
     fn add_model(&mut self, spec: ModelSpec, placement: Placement) -> Outcome {
         if self.models.contains_key(&spec.id) {
             return Outcome::Rejected(Rejection::ModelExists(spec.id));
@@ -249,23 +235,27 @@ impl ClusterState {
             pending => pending,
         };
         let id = spec.id.clone();
+        let ranges = match &placement {
+            Placement::Placed(ranges) => ranges.clone(),
+            Placement::Pending(_) => Vec::new(),
+        };
         self.models.insert(
-            id,
+            id.clone(),
             Model {
                 spec,
                 placement,
                 epoch: 1,
             },
         );
-        self.recount_used_layers();
+        self.reassign(&id, &[], &ranges);
         Outcome::ModelAdded
     }
 
     fn remove_model(&mut self, id: &str) -> Outcome {
-        if self.models.remove(id).is_none() {
+        let Some(model) = self.models.remove(id) else {
             return Outcome::Rejected(Rejection::UnknownModel(id.to_string()));
-        }
-        self.recount_used_layers();
+        };
+        self.reassign(id, model.ranges(), &[]);
         Outcome::ModelRemoved
     }
 
@@ -293,9 +283,14 @@ impl ClusterState {
                 .models
                 .get_mut(&change.model_id)
                 .expect("checked above");
-            model.placement = change.placement;
+            let old = std::mem::replace(&mut model.placement, change.placement);
             model.epoch += 1;
-            self.recount_used_layers();
+            let new = model.ranges().to_vec();
+            let old = match old {
+                Placement::Placed(ranges) => ranges,
+                Placement::Pending(_) => Vec::new(),
+            };
+            self.reassign(&change.model_id, &old, &new);
             applied += 1;
         }
         Outcome::PlacementsChanged { applied, skipped }

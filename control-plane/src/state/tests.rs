@@ -355,3 +355,90 @@ fn a_refused_placement_names_the_same_node_everywhere() {
     let reason = reasons.pop_first().expect("one reason");
     assert!(reason.contains("node n0 "), "names the lowest id: {reason}");
 }
+
+/// The holdings index follows every placement change (add placed, move, back to pending,
+/// remove) and is rebuilt when a state is decoded: a node's assignments and `used_layers`
+/// come out as a scan of every model's ranges says, on a live state and a decoded one.
+#[test]
+fn holdings_follow_placements_and_survive_a_snapshot() {
+    let mut state = ClusterState::default();
+    for id in ["a", "b", "c"] {
+        state.apply(Command::RegisterNode {
+            spec: spec(id, 100_000),
+            now_ms: 1,
+        });
+    }
+    let spec_of = |id: &str| ModelSpec {
+        id: id.into(),
+        name: id.into(),
+        version: "1".into(),
+        layer_count: 4,
+        file_path: String::new(),
+        size_bytes: 4 << 20,
+    };
+    let range = |node: &str, first, last| Range {
+        node_id: node.into(),
+        first,
+        last,
+    };
+    let scan = |s: &ClusterState, node: &str| -> Vec<(String, i32, i32)> {
+        s.models
+            .values()
+            .flat_map(|m| {
+                m.ranges()
+                    .iter()
+                    .filter(|r| r.node_id == node)
+                    .map(|r| (m.spec.id.clone(), r.first, r.last))
+            })
+            .collect()
+    };
+    let check = |s: &ClusterState| {
+        invariants::check_state(s).expect("invariants hold");
+        for node in ["a", "b", "c"] {
+            let indexed: Vec<(String, i32, i32)> = s
+                .assignments_of(node)
+                .map(|(m, r)| (m.to_string(), r.first, r.last))
+                .collect();
+            assert_eq!(indexed, scan(s, node), "node {node}");
+        }
+    };
+    for (id, ranges) in [
+        ("m2", vec![range("a", 0, 1), range("b", 2, 3)]),
+        ("m1", vec![range("a", 0, 3)]),
+    ] {
+        state.apply(Command::AddModel {
+            spec: spec_of(id),
+            placement: Placement::Placed(ranges),
+        });
+        check(&state);
+    }
+    assert_eq!(state.nodes["a"].used_layers, 6);
+    let epoch = |s: &ClusterState, id: &str| s.models[id].epoch;
+    for placement in [
+        Placement::Placed(vec![range("c", 0, 2), range("b", 3, 3)]),
+        Placement::Pending("repair".into()),
+        Placement::Placed(vec![range("a", 0, 0), range("c", 1, 3)]),
+    ] {
+        state.apply(Command::SetPlacements {
+            changes: vec![PlacementChange {
+                model_id: "m2".into(),
+                epoch: epoch(&state, "m2"),
+                placement,
+            }],
+        });
+        check(&state);
+    }
+    assert_eq!(epoch(&state, "m2"), 4, "every change applied");
+    assert_eq!(scan(&state, "c"), [("m2".to_string(), 1, 3)]);
+    let bytes = bincode::serialize(&state).expect("encode");
+    let back: ClusterState = bincode::deserialize(&bytes).expect("decode");
+    assert_eq!(back, state, "the index is rebuilt as it was kept");
+    check(&back);
+    state.apply(Command::RemoveModel { id: "m1".into() });
+    check(&state);
+    assert_eq!(state.nodes["a"].used_layers, 1);
+    assert!(
+        state.holdings.get("b").is_none(),
+        "b holds nothing: no entry"
+    );
+}
