@@ -5,9 +5,9 @@
 //! 10,000 workers that was 1,000 `DiscoverNodes` a second, each answering 10,000 nodes, for a
 //! list almost nobody reads. Now the cost follows the readers: a worker nobody asks costs the
 //! control plane nothing; one asked continuously costs at most one paged fetch per
-//! [`MAX_AGE`], however many callers (concurrent callers share one fetch). The view is never
-//! served older than [`MAX_AGE`]: when a fresh one cannot be fetched the caller gets
-//! `UNAVAILABLE` with the reason, not an old list that looks current.
+//! [`MAX_AGE`], however many callers (callers queued behind a fetch share it, slow or failed).
+//! A caller is served only a fetch that began less than [`MAX_AGE`] before its call: when no
+//! such fetch works it gets `UNAVAILABLE` with the reason, not an old list that looks current.
 
 use std::{
     future::Future,
@@ -27,11 +27,10 @@ pub const PAGE: i32 = 1_000;
 /// The most pages one fetch reads (10,000,000 nodes): a bound on a server that never ends.
 const MAX_PAGES: usize = 10_000;
 
-/// A fetched list of the other members.
-#[derive(Clone)]
+/// The outcome of the last fetch and when it began.
 struct Fetched {
     at: Instant,
-    peers: Arc<Vec<pb::NodeInfo>>,
+    outcome: Result<Arc<Vec<pb::NodeInfo>>, Status>,
 }
 
 /// The peer view and the control-plane replica to fetch it from.
@@ -82,22 +81,30 @@ impl Peers {
         F: Fn(pb::DiscoveryRequest) -> Fut,
         Fut: Future<Output = Result<pb::DiscoveryResponse, Status>>,
     {
+        // A fetch that began less than MAX_AGE before this call is fresh enough, however long
+        // it took: callers queued behind a slow fetch take its list, not a fetch each. A
+        // failure is shared only by the callers that waited for it; a later one tries again.
+        let arrived = Instant::now();
         let mut last = self.last.lock().await;
-        if let Some(f) = last.as_ref().filter(|f| f.at.elapsed() < MAX_AGE) {
-            return Ok(f.peers.clone());
+        if let Some(f) = last.as_ref() {
+            match &f.outcome {
+                Ok(peers) if f.at + MAX_AGE > arrived => return Ok(peers.clone()),
+                Err(e) if f.at >= arrived => return Err(e.clone()),
+                _ => {}
+            }
         }
         let at = Instant::now();
-        let peers = Arc::new(fetch_all(fetch, me).await.map_err(|e| {
+        let outcome = fetch_all(fetch, me).await.map(Arc::new).map_err(|e| {
             Status::unavailable(format!(
                 "could not list this worker's peers from the control plane: {}",
                 e.message()
             ))
-        })?);
+        });
         *last = Some(Fetched {
             at,
-            peers: peers.clone(),
+            outcome: outcome.clone(),
         });
-        Ok(peers)
+        outcome
     }
 }
 

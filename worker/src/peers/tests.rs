@@ -8,6 +8,8 @@ struct Fake {
     ids: Vec<String>,
     calls: AtomicUsize,
     fail: std::sync::atomic::AtomicBool,
+    /// How long a page takes.
+    delay: Mutex<Duration>,
 }
 
 impl Fake {
@@ -19,13 +21,15 @@ impl Fake {
             ids,
             calls: AtomicUsize::new(0),
             fail: Default::default(),
+            delay: Mutex::new(Duration::from_millis(50)),
         }
     }
 
     async fn page(&self, req: pb::DiscoveryRequest) -> Result<pb::DiscoveryResponse, Status> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         // Long enough for other callers to arrive while this one is out.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let delay = *self.delay.lock().expect("delay");
+        tokio::time::sleep(delay).await;
         if self.fail.load(Ordering::SeqCst) {
             return Err(Status::unavailable("no leader"));
         }
@@ -129,4 +133,37 @@ async fn before_the_first_replica_answers_the_view_is_unavailable() {
         "{}",
         e.message()
     );
+}
+
+/// A fetch slower than MAX_AGE still serves every caller that queued behind it, and a failed
+/// one fails them all at once (each does not try again in turn); a caller after the failure
+/// tries again.
+#[tokio::test(start_paused = true)]
+async fn callers_queued_behind_a_slow_or_failed_fetch_share_it() {
+    let fake = Fake::new(3 * PAGE as usize);
+    *fake.delay.lock().expect("delay") = MAX_AGE;
+    let peers = Peers::default();
+    let answers = futures::future::join_all((0..8).map(|_| get(&peers, &fake))).await;
+    assert!(answers
+        .iter()
+        .all(|a| a.as_ref().is_ok_and(|p| p.len() == 3 * PAGE as usize)));
+    assert_eq!(
+        fake.calls(),
+        3,
+        "one fetch of three pages, each MAX_AGE long"
+    );
+
+    tokio::time::advance(MAX_AGE).await;
+    fake.fail.store(true, Ordering::SeqCst);
+    let answers = futures::future::join_all((0..8).map(|_| get(&peers, &fake))).await;
+    assert!(answers.iter().all(|a| a
+        .as_ref()
+        .is_err_and(|e| e.code() == tonic::Code::Unavailable)));
+    assert_eq!(fake.calls(), 4, "one failed page for eight callers");
+    fake.fail.store(false, Ordering::SeqCst);
+    assert_eq!(
+        get(&peers, &fake).await.expect("peers").len(),
+        3 * PAGE as usize
+    );
+    assert_eq!(fake.calls(), 7, "a later caller tries again");
 }
