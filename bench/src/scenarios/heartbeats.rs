@@ -17,15 +17,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dllm_proto::pb::{
-    self, discovery_service_client::DiscoveryServiceClient, tui_service_client::TuiServiceClient,
-};
+use dllm_proto::pb::{self, tui_service_client::TuiServiceClient};
 
-use futures::StreamExt;
 use serde_json::{json, Value};
 
 use crate::{
-    common::{channel, leader, registration, status},
+    common::{channel, leader, status},
     procfs,
     stats::round,
 };
@@ -213,24 +210,7 @@ pub async fn run(
     let channels: Vec<_> = addrs.iter().map(|a| channel(a)).collect();
 
     println!("heartbeats: registering {workers} workers ...");
-    let ids: Vec<String> = (0..workers).map(worker_id).collect();
-    futures::stream::iter(ids.iter().enumerate())
-        .for_each_concurrent(64, |(i, id)| {
-            let mut c = DiscoveryServiceClient::new(channels[i % channels.len()].clone());
-            async move {
-                for _ in 0..5 {
-                    if c.register_with_cluster(crate::common::as_worker(id, registration(id)))
-                        .await
-                        .is_ok()
-                    {
-                        return;
-                    }
-                }
-                panic!("cannot register {id}");
-            }
-        })
-        .await;
-    drop(ids);
+    crate::common::register_nodes(&channels, workers, worker_id).await;
 
     let leader_addr = cluster.addr(leader_id);
     let pid = cluster.replicas[&leader_id].pid().expect("leader runs");
