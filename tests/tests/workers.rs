@@ -389,11 +389,11 @@ async fn leader_failover_marks_no_worker_offline() {
     let mut cluster = Cluster::start(3, dllm_tests::FAST_LIVENESS);
     let leader = cluster.wait_leader(&[1, 2, 3]).await;
     let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
-    let workers: Vec<_> = (0..20)
+    let mut workers: Vec<_> = (0..20)
         .map(|i| cluster.start_worker(&format!("w{i:02}"), "1x24576:NVIDIA L4", &[]))
         .collect();
     let watch = cluster.addr(survivors[0]);
-    wait_for("20 healthy workers", Duration::from_secs(60), || {
+    let healthy = wait_for("20 healthy workers", Duration::from_secs(61), || {
         let watch = watch.clone();
         async move {
             let mut c = clients(&watch).await;
@@ -405,8 +405,39 @@ async fn leader_failover_marks_no_worker_offline() {
                 .into_inner();
             (peers.peers.iter().filter(|n| n.status == "healthy").count() == 20).then_some(())
         }
-    })
-    .await;
+    });
+    if tokio::time::timeout(Duration::from_secs(60), healthy)
+        .await
+        .is_err()
+    {
+        // Say which workers are missing and why, not only that some are.
+        let peers = clients(&watch)
+            .await
+            .node
+            .get_peers(pb::PeersRequest::default())
+            .await
+            .map(|p| p.into_inner().peers);
+        let seen: BTreeMap<String, String> = peers
+            .iter()
+            .flatten()
+            .map(|n| (n.node_id.clone(), n.status.clone()))
+            .collect();
+        let mut report = format!(
+            "not 20 healthy workers after 60 s; the cluster says {seen:?} ({:?})\n",
+            peers.err()
+        );
+        for w in workers.iter_mut() {
+            if seen.get(&w.node_id).map(String::as_str) != Some("healthy") {
+                let running = w.process.is_running();
+                report += &format!(
+                    "--- {} (running: {running}):\n{}\n",
+                    w.node_id,
+                    w.process.log_tail()
+                );
+            }
+        }
+        panic!("{report}");
+    }
 
     info!("--- watch every status while the leader dies");
     let stop = Arc::new(AtomicBool::new(false));
